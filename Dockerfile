@@ -1,0 +1,46 @@
+# wakeful: Starlette + uvicorn service that keeps itself awake.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+# Debian's chromium (used by the bot engine) plus a basic font set.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends chromium fonts-liberation \
+    && rm -rf /var/lib/apt/lists/*
+ENV CHROMIUM_PATH=/usr/bin/chromium
+
+# Unprivileged runtime user.
+RUN groupadd --system --gid 10001 wakeful \
+    && useradd --system --uid 10001 --gid wakeful --home-dir /app --no-create-home \
+       --shell /usr/sbin/nologin wakeful
+
+WORKDIR /app
+
+# Dependencies first, in their own layer, so code edits don't reinstall them.
+COPY pyproject.toml constraints.txt ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); print('\n'.join(p['project'].get('dependencies', [])))" > /tmp/requirements.txt \
+    && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Application code (flat layout: server.py, config.py, services/, bot/, web/,
+# migrations/ + alembic.ini). See .dockerignore for what is left out.
+COPY . .
+RUN pip install --no-cache-dir -c constraints.txt . \
+    && mkdir -p /app/data \
+    && chown -R wakeful:wakeful /app/data
+
+ENV HOST=0.0.0.0 \
+    PORT=8000 \
+    DATA_DIR=/app/data
+
+USER wakeful
+EXPOSE 8000
+
+# Shell form so ${PORT} is expanded at run time (Railway/Render override PORT).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD python -c "import sys, urllib.request; r = urllib.request.urlopen('http://127.0.0.1:${PORT}/health', timeout=4); sys.exit(0 if r.status == 200 else 1)" || exit 1
+
+CMD ["python", "server.py"]

@@ -1,0 +1,277 @@
+"""Settings: environment variables and `.env`, durations, platform URL detection, validation.
+
+Every other module receives a `Settings` object; nothing else reads the environment. A bad
+value becomes a `ConfigError` whose message is the single line the process prints before it
+exits with status 2.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+VERSION = "0.1.0"
+
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+DURATION_EXPECTED = "milliseconds (600000) or a number with a unit (500ms, 30s, 10m, 24h, 7d)"
+
+
+class ConfigError(Exception):
+    """A configuration problem; `str(error)` is one line naming the variable."""
+
+
+def parse_duration(value: object) -> timedelta:
+    """Parse a duration the way the seeds wrote them (bare milliseconds) or with a unit."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"expected {DURATION_EXPECTED}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"must not be negative; expected {DURATION_EXPECTED}")
+        return timedelta(milliseconds=value)
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match:
+            number, unit = float(match.group(1)), (match.group(2) or "ms").lower()
+            return timedelta(seconds=number * _UNIT_SECONDS[unit])
+    raise ValueError(f"expected {DURATION_EXPECTED}")
+
+
+def format_duration(delta: timedelta) -> str:
+    """`600s (10min)` as the seed logs intervals; sub-second values in ms."""
+    seconds = delta.total_seconds()
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    text = f"{seconds:g}s"
+    if seconds >= 86400 and seconds % 86400 == 0:
+        return f"{text} ({seconds / 86400:g}d)"
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{text} ({seconds / 3600:g}h)"
+    if seconds >= 60:
+        return f"{text} ({seconds / 60:g}min)"
+    return text
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class Platform(StrEnum):
+    RAILWAY = "railway"
+    RENDER = "render"
+    KOYEB = "koyeb"
+    FLY = "fly"
+    UNKNOWN = "unknown"
+
+
+# How long each platform lets a free service go quiet before putting it to sleep. Railway
+# sleeps a service that *sends* nothing for 10 minutes, Render one that *receives* nothing
+# for 15. Others have no threshold we can state with confidence.
+SLEEP_THRESHOLDS: dict[Platform, timedelta] = {
+    Platform.RAILWAY: timedelta(minutes=10),
+    Platform.RENDER: timedelta(minutes=15),
+}
+
+# Settings whose values are never echoed, not even in a configuration error.
+SECRET_FIELDS = frozenset(
+    {"admin_token", "alert_urls", "heartbeat_url", "database_url", "session_encryption_key"}
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # Server
+    host: str = "0.0.0.0"  # noqa: S104 - a PaaS routes to the container's public interface
+    port: int = Field(default=8000, ge=1, le=65535)
+    data_dir: Path = Path("./data")
+    database_url: SecretStr | None = None
+    shutdown_timeout: Duration = timedelta(seconds=10)
+    access_log: bool = False
+
+    # Logging
+    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = (
+        "INFO"
+    )
+    log_format: Literal["text", "json"] = "text"
+
+    # Keep-alive
+    keep_alive_enabled: bool = True
+    keep_alive_interval: Duration = timedelta(minutes=10)
+    keep_alive_timeout: Duration = timedelta(seconds=10)
+    keep_alive_start_delay: Duration = timedelta(seconds=5)
+    keep_alive_alert_after: int = Field(default=3, ge=1)
+    keep_alive_stats_every: int = Field(default=10, ge=1)
+    keep_alive_history_limit: int = Field(default=10_000, ge=100)
+    keepalive_url: str | None = None
+    public_url: str | None = None
+    heartbeat_url: SecretStr | None = None
+    alert_urls: SecretStr | None = None
+
+    # Platform variables, read only to find the public URL and the sleep threshold.
+    render_external_url: str | None = None
+    railway_public_domain: str | None = None
+    railway_environment_name: str | None = None
+    koyeb_public_domain: str | None = None
+    fly_app_name: str | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("keep_alive_interval", "keep_alive_timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError(f"must be greater than zero; expected {DURATION_EXPECTED}")
+        return value
+
+    @field_validator("keepalive_url", "public_url", "render_external_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("expected an http:// or https:// URL with a host")
+        return value.strip()
+
+    @field_validator("heartbeat_url")
+    @classmethod
+    def _secret_http_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.get_secret_value().strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("expected an http:// or https:// URL with a host")
+        return value
+
+    # Derived values -------------------------------------------------------------------
+
+    @property
+    def platform(self) -> Platform:
+        if self.render_external_url:
+            return Platform.RENDER
+        if self.railway_public_domain or self.railway_environment_name:
+            return Platform.RAILWAY
+        if self.koyeb_public_domain:
+            return Platform.KOYEB
+        if self.fly_app_name:
+            return Platform.FLY
+        return Platform.UNKNOWN
+
+    @property
+    def sleep_threshold(self) -> timedelta | None:
+        return SLEEP_THRESHOLDS.get(self.platform)
+
+    @property
+    def keepalive_target(self) -> tuple[str | None, str]:
+        """The URL to ping and the variable it came from (or, with none, what to set)."""
+        if self.keepalive_url:
+            return self.keepalive_url, "KEEPALIVE_URL"
+        candidates = (
+            (self.public_url, "PUBLIC_URL"),
+            (self.render_external_url, "RENDER_EXTERNAL_URL"),
+            (_https(self.railway_public_domain), "RAILWAY_PUBLIC_DOMAIN"),
+            (_https(self.koyeb_public_domain), "KOYEB_PUBLIC_DOMAIN"),
+            (_https(f"{self.fly_app_name}.fly.dev" if self.fly_app_name else None), "FLY_APP_NAME"),
+        )
+        for base, source in candidates:
+            if base:
+                return base.rstrip("/") + "/health", source
+        return None, "set KEEPALIVE_URL or PUBLIC_URL to this service's public address"
+
+    @property
+    def alert_url_list(self) -> list[str]:
+        if self.alert_urls is None:
+            return []
+        return [u for u in re.split(r"[\s,]+", self.alert_urls.get_secret_value()) if u]
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """An async SQLAlchemy URL: the platform's `postgres://` becomes asyncpg."""
+        if self.database_url is None:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'wakeful.db').resolve()}"
+        url = self.database_url.get_secret_value().strip()
+        for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url[len(prefix) :]
+        if url.startswith("sqlite:///"):
+            return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+        return url
+
+
+def _https(domain: str | None) -> str | None:
+    if not domain:
+        return None
+    domain = domain.strip()
+    return domain if domain.startswith(("http://", "https://")) else f"https://{domain}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment (and `.env`); raise `ConfigError` with one line on a bad value."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    if settings.keep_alive_timeout >= settings.keep_alive_interval:
+        if "keep_alive_timeout" not in settings.model_fields_set:
+            # Only the default is in the way (a short interval for a trial): fit it in.
+            settings.keep_alive_timeout = settings.keep_alive_interval / 2
+            return _check_database_scheme(settings)
+        raise ConfigError(
+            "Invalid configuration: KEEP_ALIVE_TIMEOUT="
+            f"{format_duration(settings.keep_alive_timeout)} must be shorter than "
+            f"KEEP_ALIVE_INTERVAL={format_duration(settings.keep_alive_interval)}"
+        )
+    return _check_database_scheme(settings)
+
+
+def _check_database_scheme(settings: Settings) -> Settings:
+    url = settings.sqlalchemy_url
+    if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise ConfigError(
+            "Invalid configuration: DATABASE_URL has an unsupported scheme "
+            f"'{url.split(':', 1)[0]}'; expected postgres://, postgresql:// or sqlite:///"
+        )
+    return settings
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else "?"
+    name = field.upper()
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if field in SECRET_FIELDS:
+        shown = "(hidden)"
+    else:
+        shown = repr(error.get("input"))
+    if error["type"] == "literal_error":
+        message = message.replace("Input should be", "expected")
+    elif error["type"] in ("bool_parsing", "bool_type"):
+        message = "expected true or false"
+    elif error["type"] in ("int_parsing", "int_type"):
+        message = "expected a whole number"
+    elif error["type"].startswith(("greater_than", "less_than")):
+        message = "expected a number " + message.removeprefix("Input should be ")
+    return f"Invalid configuration: {name}={shown}: {message}"

@@ -1,0 +1,133 @@
+"""The database: an async SQLAlchemy engine (SQLite in WAL mode, or Postgres), the shared
+metadata, and Alembic migrations applied at start.
+
+SQLite is the embedded default (a file under DATA_DIR); Postgres is used when DATABASE_URL
+says so, which is also what lets several replicas, or a PaaS with an ephemeral disk, share
+state.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import DateTime, MetaData, event, text
+from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.types import TypeDecorator
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on both backends.
+
+    SQLite has no time zone type and hands back naive values; storing UTC and re-attaching
+    the zone on the way out keeps comparisons in Python correct everywhere.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class DatabaseError(Exception):
+    """The database cannot be reached or prepared; the message is one line for a person."""
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        connect_args: dict[str, Any] = {}
+        if self.dialect == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # Wait for the other writer instead of failing at once with "database is locked".
+            connect_args["timeout"] = 15
+        else:
+            query = dict(parsed.query)
+            # Platforms hand out libpq URLs; asyncpg takes `ssl` instead of `sslmode`.
+            sslmode = query.pop("sslmode", None)
+            if sslmode and sslmode != "disable":
+                connect_args["ssl"] = sslmode
+            parsed = parsed.set(query=query)
+        self.engine: AsyncEngine = create_async_engine(
+            parsed, connect_args=connect_args, pool_pre_ping=self.dialect != "sqlite"
+        )
+        if self.dialect == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+
+    @property
+    def display_name(self) -> str:
+        """The URL without its password, for the log."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest revision (a no-op when it is already there)."""
+        try:
+            async with self.engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    # Two replicas starting together must not both run the same migration.
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(7251982311)"))
+                await conn.run_sync(_upgrade_to_head)
+        except Exception as exc:
+            raise DatabaseError(describe_database_error(exc, self.display_name)) from exc
+
+    async def is_reachable(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=15000")
+    cursor.close()
+
+
+def _upgrade_to_head(connection: Connection) -> None:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
+
+
+def describe_database_error(exc: BaseException, where: str) -> str:
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc) else ""
+    reason = reason or type(exc).__name__
+    return f"Database unavailable ({where}): {reason}"

@@ -1,0 +1,88 @@
+"""loguru setup: text or JSON lines on stdout, with the stdlib loggers routed into it.
+
+Platforms (Railway, Render) show stdout as ordinary log lines and stderr as errors, so
+everything goes to stdout and the level is carried in the line itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Message, Record
+
+# Libraries whose INFO lines would leak URLs (httpx logs every request's full URL, and the
+# heartbeat URL is a secret) or drown the useful lines.
+_QUIET_LOGGERS = {
+    "httpx": logging.WARNING,
+    "httpcore": logging.WARNING,
+    "apprise": logging.WARNING,
+    "asyncio": logging.WARNING,
+    "aiosqlite": logging.WARNING,
+    "sqlalchemy": logging.WARNING,
+    "alembic": logging.WARNING,
+    "apscheduler.executors.default": logging.WARNING,
+    "apscheduler.scheduler": logging.WARNING,
+}
+
+TEXT_FORMAT = (
+    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | "
+    "{extra[component]: <9} | <level>{message}</level>"
+)
+
+
+class InterceptHandler(logging.Handler):
+    """Send stdlib records (uvicorn, apscheduler, alembic) to loguru with their origin."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        component = record.name.split(".")[0]
+        logger.bind(component=component).opt(exception=record.exc_info).log(
+            level, record.getMessage()
+        )
+
+
+def _json_sink(message: Message) -> None:
+    record: Record = message.record
+    line: dict[str, Any] = {
+        "time": record["time"].isoformat(),
+        "level": record["level"].name,
+        "message": record["message"],
+        "component": record["extra"].get("component", "wakeful"),
+    }
+    extra = {k: v for k, v in record["extra"].items() if k != "component"}
+    if extra:
+        line.update(
+            {k: v if isinstance(v, str | int | float | bool) else str(v) for k, v in extra.items()}
+        )
+    if record["exception"] is not None:
+        exc_type, exc_value, exc_tb = record["exception"]
+        line["exception"] = "".join(traceback.format_exception(exc_type, exc_value, exc_tb))
+    sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    logger.remove()
+    logger.configure(extra={"component": "wakeful"})
+    if fmt == "json":
+        logger.add(_json_sink, level=level, format="{message}")
+    else:
+        logger.add(sys.stdout, level=level, format=TEXT_FORMAT, colorize=sys.stdout.isatty())
+
+    logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "apscheduler"):
+        std = logging.getLogger(name)
+        std.handlers = [InterceptHandler()]
+        std.propagate = False
+    for name, std_level in _QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(std_level)

@@ -1,0 +1,137 @@
+"""Prometheus registry, HTTP request counts, and the JSON metrics snapshot (psutil).
+
+Each app gets its own registry (not prometheus-client's global one), so two apps in one
+process, as in the tests, never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# `*_created` series double the output and no dashboard uses them.
+disable_created_metrics()
+
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.keepalive_pings = Counter(
+            "keepalive_pings", "Keep-alive self-pings by result", ["result"], registry=self.registry
+        )
+        for result in ("success", "failure"):
+            self.keepalive_pings.labels(result=result)
+        self.keepalive_ping_duration = Histogram(
+            "keepalive_ping_duration_seconds",
+            "Duration of keep-alive self-pings",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=self.registry,
+        )
+        self.keepalive_consecutive_failures = Gauge(
+            "keepalive_consecutive_failures",
+            "Keep-alive pings failed in a row",
+            registry=self.registry,
+        )
+        self.keepalive_last_success = Gauge(
+            "keepalive_last_success_timestamp_seconds",
+            "Unix time of the last successful keep-alive ping",
+            registry=self.registry,
+        )
+        self.http_requests = Counter(
+            "http_requests",
+            "HTTP requests answered, by status class",
+            ["status_class"],
+            registry=self.registry,
+        )
+        # Resolve the labelled children once: this runs on every request, /health included.
+        self._request_children = [self.http_requests.labels(status_class=c) for c in STATUS_CLASSES]
+        self.http_counts = dict.fromkeys(STATUS_CLASSES, 0)
+
+    def count_request(self, status: int) -> None:
+        index = min(max(status // 100, 1), 5) - 1
+        self._request_children[index].inc()
+        self.http_counts[STATUS_CLASSES[index]] += 1
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class SystemSampler:
+    """Process and system figures from psutil.
+
+    CPU percentages are measured between two calls, so the first call is made here and the
+    API reports the usage since the previous request (or since start).
+    """
+
+    def __init__(self, started_at: float | None = None) -> None:
+        self._process = psutil.Process(os.getpid())
+        self._started_at = started_at if started_at is not None else time.time()
+        self._process.cpu_percent(None)
+        psutil.cpu_percent(None)
+
+    def process(self) -> dict[str, Any]:
+        proc = self._process
+        with proc.oneshot():
+            memory = proc.memory_info()
+            try:
+                open_files = proc.num_fds()
+            except (AttributeError, psutil.Error):
+                open_files = len(proc.open_files())
+            return {
+                "pid": proc.pid,
+                "rssBytes": memory.rss,
+                "rssMb": round(memory.rss / 1_048_576, 1),
+                "cpuPercent": proc.cpu_percent(None),
+                "threads": proc.num_threads(),
+                "openFiles": open_files,
+                "uptimeSeconds": round(time.time() - self._started_at, 1),
+            }
+
+    def system(self) -> dict[str, Any]:
+        memory = psutil.virtual_memory()
+        try:
+            load = [round(x, 2) for x in os.getloadavg()]
+        except OSError:
+            load = None
+        return {
+            "cpuCount": psutil.cpu_count(),
+            "cpuPercent": psutil.cpu_percent(None),
+            "memoryPercent": memory.percent,
+            "memoryTotalMb": round(memory.total / 1_048_576),
+            "memoryAvailableMb": round(memory.available / 1_048_576),
+            "loadAverage": load,
+        }
+
+
+def metrics_snapshot(
+    sampler: SystemSampler,
+    metrics: Metrics,
+    sections: dict[str, Callable[[], dict[str, Any]]],
+) -> dict[str, Any]:
+    """The `/api/metrics` document; `sections` adds the keep-alive (and later bot) summaries."""
+    document: dict[str, Any] = {
+        "process": sampler.process(),
+        "system": sampler.system(),
+        "http": {"requests": dict(metrics.http_counts), "total": sum(metrics.http_counts.values())},
+    }
+    for name, build in sections.items():
+        document[name] = build()
+    return document

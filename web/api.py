@@ -1,0 +1,92 @@
+"""The public JSON and text routes: /health, /api/keepalive, /api/metrics, /metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from services.health import HealthState
+from services.keepalive import UPTIME_WINDOWS, KeepAlive
+from services.metrics import Metrics, SystemSampler, metrics_snapshot
+from services.scheduler import Scheduler
+
+HEALTH_JSON = "application/health+json"
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _health(request: Request) -> HealthState:
+    state: HealthState = request.app.state.health
+    return state
+
+
+def _keepalive(request: Request) -> KeepAlive:
+    keepalive: KeepAlive = request.app.state.keepalive
+    return keepalive
+
+
+def _scheduler(request: Request) -> Scheduler:
+    scheduler: Scheduler = request.app.state.scheduler
+    return scheduler
+
+
+def _metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+async def health(request: Request) -> Response:
+    status, body = _health(request).document()
+    return Response(
+        json.dumps(body, separators=(",", ":")),
+        status_code=status,
+        media_type=HEALTH_JSON,
+        headers=NO_STORE,
+    )
+
+
+def keepalive_document(request: Request) -> dict[str, Any]:
+    scheduler = _scheduler(request)
+    next_ping = scheduler.next_run_at("keepalive") if "keepalive" in scheduler.names() else None
+    return _keepalive(request).snapshot(next_ping)
+
+
+async def keepalive_status(request: Request) -> Response:
+    return JSONResponse(keepalive_document(request), headers=NO_STORE)
+
+
+def keepalive_summary(request: Request) -> dict[str, Any]:
+    keepalive = _keepalive(request)
+    return {
+        "isRunning": keepalive.running,
+        "pingCount": keepalive.ping_count,
+        "failedPings": keepalive.failed_pings,
+        "successRate": round(keepalive.success_rate(), 1),
+        "consecutiveFailures": keepalive.consecutive_failures,
+        "alerting": keepalive.alerting,
+        "uptimePercent24h": keepalive.uptime_percent(UPTIME_WINDOWS["24h"]),
+    }
+
+
+async def metrics_json(request: Request) -> Response:
+    sampler: SystemSampler = request.app.state.sampler
+    document = metrics_snapshot(
+        sampler, _metrics(request), {"keepalive": lambda: keepalive_summary(request)}
+    )
+    return JSONResponse(document, headers=NO_STORE)
+
+
+async def metrics_prometheus(request: Request) -> Response:
+    return Response(_metrics(request).render(), media_type=CONTENT_TYPE_LATEST, headers=NO_STORE)
+
+
+routes = [
+    Route("/health", health, methods=["GET", "HEAD"]),
+    Route("/api/keepalive", keepalive_status, methods=["GET"]),
+    Route("/api/metrics", metrics_json, methods=["GET"]),
+    Route("/metrics", metrics_prometheus, methods=["GET"]),
+]

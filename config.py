@@ -104,9 +104,7 @@ class Settings(BaseSettings):
     access_log: bool = False
 
     # Logging
-    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = (
-        "INFO"
-    )
+    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
     # Keep-alive
@@ -262,10 +260,7 @@ def _describe(exc: ValidationError) -> str:
     field = str(error["loc"][0]) if error["loc"] else "?"
     name = field.upper()
     message = str(error["msg"]).removeprefix("Value error, ")
-    if field in SECRET_FIELDS:
-        shown = "(hidden)"
-    else:
-        shown = repr(error.get("input"))
+    shown = "(hidden)" if field in SECRET_FIELDS else repr(error.get("input"))
     if error["type"] == "literal_error":
         message = message.replace("Input should be", "expected")
     elif error["type"] in ("bool_parsing", "bool_type"):

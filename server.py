@@ -116,34 +116,50 @@ def create_app(
             )
         health.checks["keepalive"] = lambda: (
             "warn" if keepalive.alerting else "pass",
-            {"componentType": "component", "observedValue": keepalive.consecutive_failures,
-             "observedUnit": "consecutive failures"},
+            {
+                "componentType": "component",
+                "observedValue": keepalive.consecutive_failures,
+                "observedUnit": "consecutive failures",
+            },
         )
         app.state.db = db
         app.state.keepalive = keepalive
         app.state.scheduler = scheduler
         app.state.alerter = alerter
 
-        scheduler.start()
         keepalive.log_started()
         warn_about_sleep_threshold(settings)
+        jobs = asyncio.get_running_loop().create_task(_start_jobs_once_listening(app, scheduler))
         try:
             yield
         finally:
             health.draining = True
+            jobs.cancel()
             await _shutdown(settings, scheduler, alerter, client, db)
 
     app = Starlette(
         routes=api_routes,
         lifespan=lifespan,
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         middleware=[Middleware(RequestCounter, metrics=metrics)],
     )
     app.state.settings = settings
+    app.state.listening = asyncio.Event()
     app.state.metrics = metrics
     app.state.health = health
     app.state.sampler = SystemSampler()
     return app
+
+
+async def _start_jobs_once_listening(app: Starlette, scheduler: Scheduler) -> None:
+    """Start the jobs when the socket is bound, so a self-ping due at once is not refused.
+
+    Without uvicorn (in-process tests) nobody sets the event: the jobs start after a second.
+    """
+    listening: asyncio.Event = app.state.listening
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(listening.wait(), timeout=1.0)
+    scheduler.start()
 
 
 async def _shutdown(
@@ -160,7 +176,7 @@ async def _shutdown(
     scheduler.shutdown()
     try:
         async with asyncio.timeout(max(budget - 0.5, 0.1)):
-            await alerter.drain(timeout=max(budget / 2, 0.1))
+            await alerter.drain(grace=max(budget / 2, 0.1))
             await client.aclose()
             await db.dispose()
     except TimeoutError:
@@ -178,9 +194,10 @@ class WakefulServer(uvicorn.Server):
     - After a clean shutdown the signal is not re-raised, so the exit status is 0.
     """
 
-    def __init__(self, config: uvicorn.Config, health: HealthState, settings: Settings) -> None:
+    def __init__(self, config: uvicorn.Config, app: Starlette, settings: Settings) -> None:
         super().__init__(config)
-        self._health = health
+        self._app = app
+        self._health: HealthState = app.state.health
         self._settings = settings
         self._watchdog: threading.Timer | None = None
 
@@ -192,6 +209,10 @@ class WakefulServer(uvicorn.Server):
             self._watchdog.daemon = True
             self._watchdog.start()
         super().handle_exit(sig, frame)
+
+    def disarm_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
 
     def _force_exit(self) -> None:
         log.error(
@@ -216,6 +237,7 @@ class WakefulServer(uvicorn.Server):
     async def startup(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         await super().startup(sockets=sockets)  # type: ignore[arg-type]
         if self.started:
+            self._app.state.listening.set()
             log.info(
                 "✅ Server running on port {} (http://{}:{})",
                 self.config.port,
@@ -258,8 +280,9 @@ def main() -> int:
         # Half the bound for open requests; the rest for the app's own shutdown.
         timeout_graceful_shutdown=max(int(settings.shutdown_timeout.total_seconds() / 2), 1),
     )
-    server = WakefulServer(config, app.state.health, settings)
+    server = WakefulServer(config, app, settings)
     server.run()
+    server.disarm_watchdog()
     if not server.started:
         return 1
     return 0

@@ -60,6 +60,8 @@ class Alerter:
         self._open: dict[str, Incident] = {}
         # Strong references: a task nobody holds may be garbage-collected mid-flight.
         self._tasks: set[asyncio.Task[None]] = set()
+        # One notification at a time, in order: a "resolved" must never overtake its alert.
+        self._sending = asyncio.Lock()
         self.notifications_sent = 0
         self.notifications_failed = 0
 
@@ -79,7 +81,9 @@ class Alerter:
             return False
         self._open[key] = Incident(key=key, opened_at=self._clock.now(), message=message)
         log.error("🚨 ALERT: {}", message)
-        self._notify(title=f"[{self._source}] {title}", body=message, kind=apprise.NotifyType.FAILURE)
+        self._notify(
+            title=f"[{self._source}] {title}", body=message, kind=apprise.NotifyType.FAILURE
+        )
         return True
 
     def resolve(self, key: str, message: str, *, title: str) -> Incident | None:
@@ -102,7 +106,9 @@ class Alerter:
 
     async def _send(self, title: str, body: str, kind: str) -> None:
         try:
-            delivered = await self._apprise.async_notify(body=body, title=title, notify_type=kind)
+            async with self._sending:
+                result = await self._apprise.async_notify(body=body, title=title, notify_type=kind)
+            delivered = bool(result)
         except Exception as exc:  # a notification channel must never break the caller
             delivered = False
             log.warning("Alert notification raised {}: {}", type(exc).__name__, exc)
@@ -112,11 +118,11 @@ class Alerter:
             self.notifications_failed += 1
             log.warning("Alert notification could not be delivered to every channel")
 
-    async def drain(self, timeout: float) -> None:
-        """Wait (bounded) for notifications in flight; cancel what is left."""
+    async def drain(self, grace: float) -> None:
+        """Wait up to `grace` seconds for notifications in flight; cancel what is left."""
         if not self._tasks:
             return
         pending = set(self._tasks)
-        _, still_running = await asyncio.wait(pending, timeout=timeout)
+        _, still_running = await asyncio.wait(pending, timeout=grace)
         for task in still_running:
             task.cancel()

@@ -65,9 +65,12 @@ class Database:
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         connect_args: dict[str, Any] = {}
+        self._sqlite_path = (
+            Path(parsed.database)
+            if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:"
+            else None
+        )
         if self.dialect == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             # Wait for the other writer instead of failing at once with "database is locked".
             connect_args["timeout"] = 15
         else:
@@ -91,6 +94,8 @@ class Database:
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (a no-op when it is already there)."""
         try:
+            if self._sqlite_path is not None:
+                self._sqlite_path.parent.mkdir(parents=True, exist_ok=True)
             async with self.engine.begin() as conn:
                 if self.dialect == "postgresql":
                     # Two replicas starting together must not both run the same migration.

@@ -31,6 +31,16 @@ _QUIET_LOGGERS = {
     "apscheduler.scheduler": logging.WARNING,
 }
 
+_STDLIB_LEVELS = {
+    "TRACE": logging.DEBUG,  # never uvicorn's TRACE: see setup_logging
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "SUCCESS": logging.INFO,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "CRITICAL": logging.CRITICAL,
+}
+
 TEXT_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | "
     "{extra[component]: <9} | <level>{message}</level>"
@@ -79,10 +89,14 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     else:
         logger.add(sys.stdout, level=level, format=TEXT_FORMAT, colorize=sys.stdout.isatty())
 
-    logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
+    # A real level on the stdlib side too: at level 0 uvicorn believes TRACE is on and wraps
+    # every request in its message logger, which cut /health throughput by more than half.
+    std_level = _STDLIB_LEVELS.get(level, logging.INFO)
+    logging.basicConfig(handlers=[InterceptHandler()], level=std_level, force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "apscheduler"):
         std = logging.getLogger(name)
         std.handlers = [InterceptHandler()]
         std.propagate = False
+        std.setLevel(std_level)
     for name, std_level in _QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(std_level)

@@ -47,9 +47,7 @@ class JobRecord:
 
 
 def fixed_rate_trigger(first_run_at: datetime, interval: timedelta) -> IntervalTrigger:
-    return IntervalTrigger(
-        seconds=interval.total_seconds(), start_date=first_run_at, timezone=UTC
-    )
+    return IntervalTrigger(seconds=interval.total_seconds(), start_date=first_run_at, timezone=UTC)
 
 
 class Scheduler:

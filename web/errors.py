@@ -28,7 +28,7 @@ _TITLES = {
 }
 
 
-class Problem(Exception):
+class Problem(Exception):  # noqa: N818 - raised to become a response, not an error class
     """Raise anywhere under a route to answer with a problem document."""
 
     def __init__(
@@ -88,16 +88,15 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "")
         detail = f"{request.method} is not allowed on {request.url.path}; use {allowed}."
-    return problem_response(request, exc.status_code, str(detail), headers=exc.headers)
+    headers = dict(exc.headers) if exc.headers else None
+    return problem_response(request, exc.status_code, str(detail), headers=headers)
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     logger.bind(component="http").opt(exception=exc).error(
         "Unhandled error on {} {}", request.method, request.url.path
     )
-    return problem_response(
-        request, 500, "The server hit an unexpected error; it has been logged."
-    )
+    return problem_response(request, 500, "The server hit an unexpected error; it has been logged.")
 
 
 EXCEPTION_HANDLERS = {

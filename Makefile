@@ -1,0 +1,49 @@
+# wakeful: `make run` to start it, `make test` to check it. Both set up .venv themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: run test lint typecheck pytest install install-test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
+	$(PIP) install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(PY)
+	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+## Start the server on http://$(HOST):$(PORT) (SQLite under ./data unless DATABASE_URL is set).
+run: install
+	HOST=$(HOST) PORT=$(PORT) $(PY) server.py
+
+## Lint, type-check and run the whole test suite.
+test: install-test lint typecheck pytest
+
+lint: install-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install-test
+	$(VENV)/bin/mypy .
+
+pytest: install-test
+	$(PY) -m pytest
+
+## Run every benchmark in bench/ and print its figures.
+bench: install-test
+	$(PY) bench/health_throughput.py --json bench/results.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

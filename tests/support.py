@@ -1,0 +1,224 @@
+"""Test support: a settable clock, free loopback ports, a local notification receiver, and
+a real `python server.py` process with its log captured."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Variables from the developer's shell that would change what a spawned server does.
+_SCRUBBED = (
+    "KEEPALIVE_URL",
+    "PUBLIC_URL",
+    "RENDER_EXTERNAL_URL",
+    "RAILWAY_PUBLIC_DOMAIN",
+    "RAILWAY_ENVIRONMENT_NAME",
+    "KOYEB_PUBLIC_DOMAIN",
+    "FLY_APP_NAME",
+    "DATABASE_URL",
+    "HEARTBEAT_URL",
+    "ALERT_URLS",
+    "ADMIN_TOKEN",
+    "PORT",
+    "HOST",
+    "DATA_DIR",
+)
+
+
+class FakeClock:
+    def __init__(self, start: datetime) -> None:
+        self._now = start
+        self._monotonic = 1_000.0
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._monotonic
+
+    def advance(self, delta: timedelta | float) -> None:
+        seconds = delta.total_seconds() if isinstance(delta, timedelta) else delta
+        self._now += timedelta(seconds=seconds)
+        self._monotonic += seconds
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Receiver:
+    """A real HTTP server on loopback that records every POST (apprise json://, webhooks)."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.status = 200
+        received = self.requests
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                try:
+                    parsed = json.loads(body)
+                except ValueError:
+                    parsed = None
+                received.append(
+                    {"path": self.path, "headers": dict(self.headers), "json": parsed, "body": body}
+                )
+                self.send_response(outer.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST  # noqa: N815 - the heartbeat monitor is hit with GET
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def url(self, scheme: str = "http", path: str = "/hook") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def __enter__(self) -> Receiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class ServerProcess:
+    """`python server.py` in a child process, on its own port and DATA_DIR."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        base = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+        self.env = {
+            **base,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "DATA_DIR": str(data_dir),
+            "LOG_FORMAT": "text",
+            "LOG_LEVEL": "DEBUG",
+            "KEEP_ALIVE_ENABLED": "false",
+            "PYTHONUNBUFFERED": "1",
+            "NO_COLOR": "1",
+            **(env or {}),
+        }
+        self.lines: list[str] = []
+        self.process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> ServerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # cwd is DATA_DIR, so a developer's own .env in the repository is never read.
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "server.py")],
+            cwd=self.data_dir,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        assert self.process
+        assert self.process.stdout
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        def answers() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log}")
+            try:
+                return httpx.get(self.base_url + "/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, timeout, f"/health on {self.base_url}")
+
+    def wait_for_log(self, text: str, timeout: float = 20, count: int = 1) -> None:
+        wait_until(lambda: self.log.count(text) >= count, timeout, f"{text!r} in the log")
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.base_url + path, timeout=5, **kwargs)
+
+    def stop(self, sig: int, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout=timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self._reader:
+            self._reader.join(timeout=5)
+        return code
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def run_server_once(data_dir: Path, env: dict[str, str], timeout: float = 30) -> tuple[int, str]:
+    """Run `python server.py` expecting it to exit by itself (a bad setting)."""
+    server = ServerProcess(data_dir, env)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "server.py")],
+        cwd=data_dir,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr

@@ -1,0 +1,139 @@
+"""Settings: durations, URL detection, and the one-line errors for bad values."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from config import ConfigError, Platform, format_duration, load_settings, parse_duration
+
+
+def settings(**values: object):
+    return load_settings(_env_file=None, **values)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "KEEPALIVE_URL",
+        "PUBLIC_URL",
+        "RENDER_EXTERNAL_URL",
+        "RAILWAY_PUBLIC_DOMAIN",
+        "RAILWAY_ENVIRONMENT_NAME",
+        "KOYEB_PUBLIC_DOMAIN",
+        "FLY_APP_NAME",
+        "DATABASE_URL",
+        "KEEP_ALIVE_INTERVAL",
+        "KEEP_ALIVE_TIMEOUT",
+        "PORT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("600000", timedelta(minutes=10)),
+        (600000, timedelta(minutes=10)),
+        ("10m", timedelta(minutes=10)),
+        ("1s", timedelta(seconds=1)),
+        ("500ms", timedelta(milliseconds=500)),
+        ("24h", timedelta(hours=24)),
+        ("7d", timedelta(days=7)),
+        ("1.5h", timedelta(minutes=90)),
+        (" 30 S ", timedelta(seconds=30)),
+        ("0", timedelta(0)),
+    ],
+)
+def test_durations_in_milliseconds_or_with_a_unit(text: object, expected: timedelta):
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "10 minutes", "-5s", "", "1w", "true"])
+def test_bad_durations_are_refused(text: str):
+    with pytest.raises(ValueError, match="expected milliseconds"):
+        parse_duration(text)
+
+
+def test_format_duration_like_the_seed():
+    assert format_duration(timedelta(minutes=10)) == "600s (10min)"
+    assert format_duration(timedelta(hours=1)) == "3600s (1h)"
+    assert format_duration(timedelta(seconds=5)) == "5s"
+
+
+def test_defaults_match_the_seed():
+    s = settings()
+    assert s.keep_alive_interval == timedelta(minutes=10)
+    assert s.keep_alive_timeout == timedelta(seconds=10)
+    assert s.keep_alive_start_delay == timedelta(seconds=5)
+    assert s.keep_alive_alert_after == 3
+    assert s.keep_alive_enabled is True
+
+
+def test_environment_durations_in_seed_milliseconds(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("KEEP_ALIVE_INTERVAL", "300000")
+    assert settings().keep_alive_interval == timedelta(minutes=5)
+
+
+def test_url_precedence():
+    both = settings(keepalive_url="https://a.test/ping", public_url="https://b.test")
+    assert both.keepalive_target == ("https://a.test/ping", "KEEPALIVE_URL")
+    public = settings(public_url="https://b.test/", render_external_url="https://c.onrender.com")
+    assert public.keepalive_target == ("https://b.test/health", "PUBLIC_URL")
+    render = settings(render_external_url="https://c.onrender.com")
+    assert render.keepalive_target == ("https://c.onrender.com/health", "RENDER_EXTERNAL_URL")
+    assert render.platform is Platform.RENDER
+    railway = settings(railway_public_domain="x.up.railway.app")
+    assert railway.keepalive_target[0] == "https://x.up.railway.app/health"
+    assert railway.platform is Platform.RAILWAY
+    assert railway.sleep_threshold == timedelta(minutes=10)
+    koyeb = settings(koyeb_public_domain="app-org.koyeb.app")
+    assert koyeb.keepalive_target[0] == "https://app-org.koyeb.app/health"
+    fly = settings(fly_app_name="mybot")
+    assert fly.keepalive_target[0] == "https://mybot.fly.dev/health"
+    none = settings()
+    assert none.keepalive_target[0] is None
+    assert "KEEPALIVE_URL" in none.keepalive_target[1]
+
+
+@pytest.mark.parametrize(
+    ("values", "line"),
+    [
+        ({"keep_alive_interval": "soon"}, "KEEP_ALIVE_INTERVAL='soon': expected milliseconds"),
+        ({"port": "eighty"}, "PORT='eighty': expected a whole number"),
+        ({"port": 70000}, "PORT=70000: expected a number less than or equal to 65535"),
+        ({"log_format": "xml"}, "LOG_FORMAT='xml': expected 'text' or 'json'"),
+        ({"keep_alive_enabled": "perhaps"}, "KEEP_ALIVE_ENABLED='perhaps': expected true or"),
+        ({"keepalive_url": "ftp://x"}, "KEEPALIVE_URL='ftp://x': expected an http:// or https://"),
+        ({"keep_alive_interval": "0"}, "KEEP_ALIVE_INTERVAL='0': must be greater than zero"),
+        ({"heartbeat_url": "not a url"}, "HEARTBEAT_URL=(hidden): expected an http"),
+        ({"database_url": "mysql://u:pw@h/db"}, "DATABASE_URL has an unsupported scheme 'mysql'"),
+        (
+            {"keep_alive_interval": "1s", "keep_alive_timeout": "2s"},
+            "KEEP_ALIVE_TIMEOUT=2s must be shorter than KEEP_ALIVE_INTERVAL=1s",
+        ),
+    ],
+)
+def test_bad_values_give_one_line_naming_the_variable(values: dict[str, object], line: str):
+    with pytest.raises(ConfigError) as caught:
+        settings(**values)
+    message = str(caught.value)
+    assert line in message
+    assert "\n" not in message
+    assert "pw@" not in message
+
+
+def test_a_short_interval_with_the_default_timeout_fits_the_timeout_in():
+    s = settings(keep_alive_interval="1s")
+    assert s.keep_alive_timeout == timedelta(milliseconds=500)
+
+
+def test_platform_postgres_urls_become_asyncpg():
+    s = settings(database_url="postgres://u:p@db.internal:5432/app")
+    assert s.sqlalchemy_url == "postgresql+asyncpg://u:p@db.internal:5432/app"
+
+
+def test_alert_urls_split_on_commas_and_spaces():
+    s = settings(alert_urls="json://a.test/x, tgram://bot/chat  discord://id/token")
+    assert s.alert_url_list == ["json://a.test/x", "tgram://bot/chat", "discord://id/token"]

@@ -172,3 +172,23 @@ async def test_scheduled_pings_run_on_their_own(tmp_path: Path, peer):
                 await asyncio.sleep(0.02)
         body = (await client.get("/api/keepalive")).json()
     assert body["pingCount"] >= 3
+
+
+async def test_sigterm_turns_health_to_fail_at_once(tmp_path: Path):
+    import signal
+
+    import uvicorn
+
+    from server import WakefulServer
+
+    settings = make_settings(tmp_path)
+    app = create_app(settings)
+    server = WakefulServer(uvicorn.Config(app), app, settings)
+    async with running(app) as client:
+        assert (await client.get("/health")).status_code == 200
+        server.handle_exit(signal.SIGTERM, None)
+        server.disarm_watchdog()
+        response = await client.get("/health")
+        assert response.status_code == 503
+        assert response.json()["output"] == "shutting down"
+    assert server.should_exit

@@ -75,6 +75,14 @@ class Alerter:
     def incident(self, key: str) -> Incident | None:
         return self._open.get(key)
 
+    def adopt(self, key: str, opened_at: datetime, message: str) -> None:
+        """Re-open an incident known from storage (after a restart) without notifying."""
+        self._open.setdefault(key, Incident(key=key, opened_at=opened_at, message=message))
+
+    def forget(self, key: str) -> None:
+        """Drop an incident whose subject is gone (a deleted bot), without a notice."""
+        self._open.pop(key, None)
+
     def alert(self, key: str, message: str, *, title: str) -> bool:
         """Open an incident: log at ERROR and notify. False if it was already open."""
         if key in self._open:

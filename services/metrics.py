@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psutil
@@ -22,6 +22,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # `*_created` series double the output and no dashboard uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -61,6 +63,22 @@ class Metrics:
             ["status_class"],
             registry=self.registry,
         )
+        self.bot_transitions = Counter(
+            "bot_session_transitions",
+            "Bot session state changes, by the state entered",
+            ["to"],
+            registry=self.registry,
+        )
+        self.bot_cleanup_removed = Counter(
+            "bot_cleanup_removed",
+            "Bot sessions closed by the cleanup sweep, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        # Session counts are read at scrape time from whoever owns the sessions (services
+        # never import the bot manager; it hands a callable over instead).
+        self.session_counts: Callable[[], dict[str, int]] = dict
+        self.registry.register(_SessionStateCollector(self))
         # Resolve the labelled children once: this runs on every request, /health included.
         self._request_children = [self.http_requests.labels(status_class=c) for c in STATUS_CLASSES]
         self.http_counts = dict.fromkeys(STATUS_CLASSES, 0)
@@ -72,6 +90,19 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _SessionStateCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "bot_sessions", "Bot sessions by lifecycle state", labels=["state"]
+        )
+        for state, count in sorted(self._metrics.session_counts().items()):
+            family.add_metric([state], count)
+        yield family
 
 
 class SystemSampler:

@@ -1,0 +1,1 @@
+"""Engines drive one chat account each; the manager only knows `base.Engine`."""

@@ -1,0 +1,69 @@
+"""What the bot manager needs from an engine, and the events an engine reports.
+
+An engine starts one session per bot (with that bot's profile), and reports what happens
+through a single callback, as normalised events. The manager never sees a browser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class EventKind(StrEnum):
+    QR = "qr"  # data: {"qr": str}
+    PAIR_CODE = "pair_code"  # data: {"code": str}
+    AUTHENTICATED = "authenticated"
+    READY = "ready"  # data: {"me": str} (the linked account, when known)
+    MESSAGE = "message"  # data: {"id", "from", "body", "timestamp"}
+    STATE = "state"  # data: {"state": "CONNECTED" | "OPENING" | "CONFLICT" | ...}
+    LOGOUT = "logout"  # data: {"reason": str}
+    CRASH = "crash"  # data: {"reason": str}; the session is gone, the manager restarts it
+
+
+@dataclass(frozen=True, slots=True)
+class EngineEvent:
+    kind: EventKind
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+EventSink = Callable[[EngineEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    ok: bool  # the page answered and the chat socket is connected
+    state: str  # the engine's own word for the socket state
+
+
+class EngineError(Exception):
+    """A failure the manager treats as transient: it backs off and tries again."""
+
+
+class EngineSession(Protocol):
+    async def stop(self) -> None:
+        """Close the session (browser and all); the link to the phone is kept."""
+
+    async def logout(self) -> None:
+        """Unlink from the phone; the session is closed afterwards."""
+
+    async def send_text(self, to: str, text: str) -> str:
+        """Send a text message; return the engine's message id."""
+
+    async def heartbeat(self) -> Heartbeat:
+        """Ask the page whether it is alive and connected; raise on no answer."""
+
+    async def request_pair_code(self, phone: str) -> str:
+        """Ask for an 8-character pairing code for linking without a camera."""
+
+
+class Engine(Protocol):
+    name: str
+
+    async def start(self, session_id: str, on_event: EventSink) -> EngineSession:
+        """Start a session for this bot; raise EngineError when it cannot start."""
+
+    async def close(self) -> None:
+        """Release what the engine holds across sessions (a shared browser, say)."""

@@ -1,0 +1,311 @@
+"""BotManager: the registry of bot sessions, their owners' actions, boot restore, and the
+two periodic steps (`cleanup_once`, `health_sweep_once`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from loguru import logger
+
+from bot.engines.base import Engine
+from bot.policy import HealthLevel, Policy, cleanup_verdict
+from bot.session import BotSession, ConcurrentChangeError, SessionContext
+from bot.states import RUNNING_STATES, IllegalTransitionError, SessionState
+from bot.store import BotStore, DuplicateNameError, SessionRecord
+from services.alerts import Alerter
+from services.clock import Clock
+from services.metrics import Metrics
+
+log = logger.bind(component="bot")
+S = SessionState
+
+CLEANUP_REASONS = {
+    "inactive": "no activity for {inactive}",
+    "max_age": "running for more than {max_age}",
+}
+
+
+class SessionLimitError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerConfig:
+    max_sessions_per_user: int = 5
+    start_concurrency: int = 2
+    start_stagger: timedelta = timedelta(seconds=5)
+    start_timeout: timedelta = timedelta(seconds=90)
+
+
+def new_session_id() -> str:
+    return "bot_" + secrets.token_hex(6)
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+class BotManager:
+    def __init__(
+        self,
+        *,
+        store: BotStore,
+        engine: Engine | None,
+        policy: Policy,
+        clock: Clock,
+        alerter: Alerter,
+        metrics: Metrics,
+        config: ManagerConfig,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.policy = policy
+        self.clock = clock
+        self.config = config
+        self.ctx = SessionContext(
+            engine=engine,
+            store=store,
+            policy=policy,
+            clock=clock,
+            alerter=alerter,
+            metrics=metrics,
+            start_slots=asyncio.Semaphore(config.start_concurrency),
+            start_timeout=config.start_timeout.total_seconds(),
+            random=rand,
+        )
+        self.sessions: dict[str, BotSession] = {}
+        self._restore_task: asyncio.Task[None] | None = None
+        self.last_cleanup: dict[str, Any] | None = None
+        self.last_sweep: dict[str, Any] | None = None
+        metrics.session_counts = self.counts_by_state
+
+    # Registry --------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read every session from the store; re-adopt open incidents without re-alerting."""
+        for record in await self.store.all_sessions():
+            self.sessions[record.id] = BotSession(record, self.ctx)
+            if record.health == HealthLevel.CRITICAL.value:
+                self.ctx.alerter.adopt(
+                    f"session:{record.id}", record.state_changed_at, record.state_reason or ""
+                )
+
+    def visible(self, session_id: str, owner: str | None) -> BotSession | None:
+        """The session if `owner` may see it (None = admin); another's is as good as absent."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return None
+        if owner is not None and session.record.user_id != owner:
+            return None
+        return session
+
+    def list_visible(self, owner: str | None, user_filter: str | None = None) -> list[BotSession]:
+        sessions = sorted(self.sessions.values(), key=lambda s: (s.record.created_at, s.id))
+        if owner is not None:
+            return [s for s in sessions if s.record.user_id == owner]
+        if user_filter is not None:
+            wanted = None if user_filter == "admin" else user_filter
+            return [s for s in sessions if s.record.user_id == wanted]
+        return sessions
+
+    def count_for(self, user_id: str | None) -> int:
+        return sum(1 for s in self.sessions.values() if s.record.user_id == user_id)
+
+    def counts_by_state(self) -> dict[str, int]:
+        counts = dict.fromkeys((state.value for state in SessionState), 0)
+        for session in self.sessions.values():
+            counts[session.record.state.value] += 1
+        return counts
+
+    def counts_by_health(self) -> dict[str, int]:
+        counts = dict.fromkeys((level.value for level in HealthLevel), 0)
+        for session in self.sessions.values():
+            counts[session.record.health] = counts.get(session.record.health, 0) + 1
+        return counts
+
+    # Owner actions ---------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        user_id: str | None,
+        name: str,
+        webhook_url: str | None,
+        metadata: dict[str, Any],
+        start: bool,
+    ) -> BotSession:
+        if user_id is not None and self.count_for(user_id) >= self.config.max_sessions_per_user:
+            raise SessionLimitError(self.config.max_sessions_per_user)
+        if any(
+            s.record.user_id == user_id and s.record.name == name for s in self.sessions.values()
+        ):
+            raise DuplicateNameError(name)
+        now = self.clock.now()
+        record = SessionRecord(
+            id=new_session_id(),
+            user_id=user_id,
+            name=name,
+            state=S.IDLE,
+            state_changed_at=now,
+            created_at=now,
+            webhook_url=webhook_url,
+            metadata=metadata,
+        )
+        await self.store.insert_session(record, "created")
+        session = BotSession(record, self.ctx)
+        self.sessions[record.id] = session
+        log.bind(session=record.id).info("Bot session '{}' created", name)
+        if start and self.engine is not None:
+            await session.start("started at creation")
+        return session
+
+    async def delete(self, session: BotSession) -> None:
+        await session.destroy()
+        self.sessions.pop(session.id, None)
+        await self.store.delete_session(session.id)
+        self.ctx.alerter.forget(f"session:{session.id}")
+        log.bind(session=session.id).info("Bot session '{}' deleted", session.record.name)
+
+    async def delete_user_sessions(self, user_id: str) -> int:
+        mine = [s for s in self.sessions.values() if s.record.user_id == user_id]
+        for session in mine:
+            await self.delete(session)
+        return len(mine)
+
+    # Boot and shutdown -----------------------------------------------------------------
+
+    def restore_in_background(self) -> None:
+        self._restore_task = asyncio.get_running_loop().create_task(self._restore())
+
+    async def _restore(self) -> None:
+        """Restart what was running when the process stopped or crashed: staggered, and
+        under the start cap, so a boot does not open fifty browsers at once."""
+        wanted = [s for s in self.sessions.values() if s.record.want_running]
+        if not wanted or self.engine is None:
+            return
+        log.info("Restoring {} bot session(s) (stagger {})", len(wanted), self.config.start_stagger)
+        for index, session in enumerate(wanted):
+            if index:
+                await asyncio.sleep(self.config.start_stagger.total_seconds())
+            try:
+                if session.state in RUNNING_STATES and session.state is not S.DISCONNECTED:
+                    # The process died under it (SIGKILL, OOM): say so in its history.
+                    await session.stop("the process ended while it was running", by_owner=False)
+                await session.start("restored at boot")
+            except (IllegalTransitionError, ConcurrentChangeError) as exc:
+                log.bind(session=session.id).warning("Not restored: {}", exc)
+
+    async def shutdown(self, within: float) -> None:
+        """Stop every session and store its state, within `within` seconds."""
+        if self._restore_task is not None:
+            self._restore_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._restore_task
+        pending = [s.shutdown() for s in self.sessions.values()]
+        try:
+            async with asyncio.timeout(within):
+                results = await asyncio.gather(*pending, return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception):
+                    log.warning("A session did not stop cleanly: {}", result)
+        except TimeoutError:
+            log.error("Bot sessions did not all stop within {:.1f}s", within)
+        for task in list(self.ctx.tasks):
+            task.cancel()
+        if self.engine is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(max(within / 2, 1.0)):
+                    await self.engine.close()
+
+    # Periodic steps --------------------------------------------------------------------
+
+    async def cleanup_once(self) -> dict[str, Any]:
+        """Close running sessions idle for SESSION_INACTIVE_TIMEOUT or older than
+        SESSION_MAX_AGE (→ EXPIRED; the link is kept, a restart needs no QR)."""
+        now = self.clock.now()
+        checked = 0
+        removed: Counter[str] = Counter()
+        texts = {
+            key: text.format(
+                inactive=_duration(self.policy.inactive_timeout),
+                max_age=_duration(self.policy.max_age),
+            )
+            for key, text in CLEANUP_REASONS.items()
+        }
+        for session in list(self.sessions.values()):
+            record = session.record
+            if record.state not in RUNNING_STATES:
+                continue
+            checked += 1
+            verdict = cleanup_verdict(
+                self.policy, record.state, record.last_activity_at, record.started_at, now
+            )
+            if verdict is None:
+                continue
+            try:
+                await session.expire(f"cleanup: {texts[verdict.value]}")
+            except (IllegalTransitionError, ConcurrentChangeError) as exc:
+                log.bind(session=session.id).debug("Cleanup skipped: {}", exc)
+                continue
+            removed[verdict.value] += 1
+            self.ctx.metrics.bot_cleanup_removed.labels(reason=verdict.value).inc()
+            log.bind(session=session.id).info(
+                "🧹 Session '{}' closed: {}", record.name, texts[verdict.value]
+            )
+        total = sum(removed.values())
+        log.info("✅ Session cleanup complete: {}/{} sessions removed", total, checked)
+        self.last_cleanup = {
+            "at": now.isoformat(),
+            "checked": checked,
+            "removed": total,
+            "reasons": dict(removed),
+        }
+        return self.last_cleanup
+
+    async def health_sweep_once(self) -> dict[str, Any]:
+        """Level every session, reconnect what is due, alert on entering critical."""
+        now = self.clock.now()
+        summary = {
+            "total": 0,
+            "healthy": 0,
+            "warning": 0,
+            "critical": 0,
+            "inactive": 0,
+            "reconnected": 0,
+            "notified": 0,
+        }
+        for session in list(self.sessions.values()):
+            record = session.record
+            try:
+                due = record.next_retry_at is None or record.next_retry_at <= now
+                if record.state is S.DISCONNECTED and due:
+                    reconnected = await session.reconnect_now()
+                else:
+                    reconnected = session.trial_due(now) and await session.breaker_trial()
+                summary["reconnected"] += reconnected
+                if await session.update_health(now):
+                    summary["notified"] += 1
+            except (IllegalTransitionError, ConcurrentChangeError) as exc:
+                log.bind(session=session.id).debug("Sweep skipped: {}", exc)
+            summary["total"] += 1
+            summary[record.health] = summary.get(record.health, 0) + 1
+        log.info(
+            "🩺 Session health check complete: {total} total, {healthy} healthy, {warning} "
+            "warning, {critical} critical, {reconnected} reconnected, {notified} notified",
+            **summary,
+        )
+        self.last_sweep = {"at": now.isoformat(), **summary}
+        return self.last_sweep

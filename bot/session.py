@@ -1,0 +1,657 @@
+"""BotSession: one bot's lifecycle, a state machine driven by engine events and its owner.
+
+Every decision (how long to back off, whether the breaker is open, whether a QR is
+debounced or expired, whether a heartbeat is stale) comes from `bot.policy`; this class only
+carries it out: it starts and stops the engine session, keeps the timers, and stores each
+transition (guarded by `UPDATE … WHERE state = old`) before it tells anyone about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from loguru import logger
+
+from bot.engines.base import Engine, EngineEvent, EngineSession, EventKind
+from bot.policy import (
+    Breaker,
+    HealthLevel,
+    Policy,
+    backoff_delay,
+    breaker_verdict,
+    health_level,
+    heartbeat_stale,
+    qr_expired,
+    qr_should_emit,
+)
+from bot.states import (
+    RUNNING_STATES,
+    STARTABLE_STATES,
+    IllegalTransitionError,
+    SessionState,
+    check_transition,
+)
+from bot.store import BotStore, SessionRecord
+from services.alerts import Alerter
+from services.clock import Clock
+from services.metrics import Metrics
+
+S = SessionState
+# Listeners get (session, event name, data): webhooks, chat commands, the QR printer.
+Listener = Callable[["BotSession", str, dict[str, Any]], Awaitable[None]]
+HEARTBEAT_TIMEOUT = 10.0
+# Activity is written to the database at most this often (it changes on every message).
+ACTIVITY_WRITE_EVERY = timedelta(seconds=60)
+
+
+class ConcurrentChangeError(Exception):
+    """Another writer (a replica, or an engine event) moved the session first."""
+
+
+class EngineUnavailableError(Exception):
+    """No engine is configured in this process."""
+
+
+@dataclass
+class SessionContext:
+    """What every session shares: one object, so an idle session costs little memory."""
+
+    engine: Engine | None
+    store: BotStore
+    policy: Policy
+    clock: Clock
+    alerter: Alerter
+    metrics: Metrics
+    start_slots: asyncio.Semaphore
+    start_timeout: float
+    random: Callable[[], float]
+    listeners: list[Listener] = field(default_factory=list)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        """Run in the background, holding a strong reference until it ends."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+
+class BotSession:
+    __slots__ = (
+        "_breaker_opened_at",
+        "_ctx",
+        "_engine_session",
+        "_error_times",
+        "_first_qr_at",
+        "_generation",
+        "_heartbeat_task",
+        "_last_activity_write",
+        "_last_heartbeat_write",
+        "_launch_task",
+        "_lock",
+        "_timer",
+        "_trial",
+        "pair_code",
+        "qr",
+        "qr_at",
+        "record",
+    )
+
+    def __init__(self, record: SessionRecord, ctx: SessionContext) -> None:
+        self.record = record
+        self._ctx = ctx
+        self._engine_session: EngineSession | None = None
+        # Bumped by every start and stop: events and launches of an older generation are
+        # ignored, so a late event from a closed browser cannot move the new one.
+        self._generation = 0
+        self._lock: asyncio.Lock | None = None  # made on first use: most sessions sit idle
+        self._timer: asyncio.Task[Any] | None = None
+        self._heartbeat_task: asyncio.Task[Any] | None = None
+        self._launch_task: asyncio.Task[Any] | None = None
+        self._error_times: list[datetime] = []
+        self._breaker_opened_at: datetime | None = None
+        self._trial = False
+        self._first_qr_at: datetime | None = None
+        self._last_activity_write: datetime | None = None
+        self._last_heartbeat_write: datetime | None = None
+        self.qr: str | None = None
+        self.qr_at: datetime | None = None
+        self.pair_code: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def state(self) -> SessionState:
+        return self.record.state
+
+    @property
+    def engine_session(self) -> EngineSession | None:
+        return self._engine_session
+
+    def _log(self) -> Any:
+        return logger.bind(component="bot", session=self.id)
+
+    def _get_lock(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    # Transitions -----------------------------------------------------------------------
+
+    async def _transition(self, target: SessionState, reason: str, **values: Any) -> None:
+        async with self._get_lock():
+            current = self.record.state
+            check_transition(current, target)
+            now = self._ctx.clock.now()
+            moved = await self._ctx.store.transition(
+                self.id, current, target, reason, now, **values
+            )
+            if not moved:
+                raise ConcurrentChangeError(f"session {self.id} changed while moving to {target}")
+            self.record.state = target
+            self.record.state_reason = reason
+            self.record.state_changed_at = now
+            for name, value in values.items():
+                setattr(self.record, name, value)
+        self._log().info("State: {} → {} ({})", current.value, target.value, reason)
+        self._ctx.metrics.bot_transitions.labels(to=target.value).inc()
+        await self.update_health(now)
+        await self.emit(
+            "session.status", {"from": current.value, "to": target.value, "reason": reason}
+        )
+
+    async def emit(self, event: str, data: dict[str, Any]) -> None:
+        for listener in self._ctx.listeners:
+            try:
+                await listener(self, event, data)
+            except Exception as exc:  # a listener's bug must not break the lifecycle
+                self._log().opt(exception=exc).error("Listener failed on {}: {}", event, exc)
+
+    def offline_since(self) -> datetime | None:
+        if self.record.state is S.CONNECTED:
+            return None
+        r = self.record
+        return r.last_disconnected_at or r.started_at or r.created_at
+
+    async def update_health(self, now: datetime) -> bool:
+        """Recompute the health level; alert on entering critical. True if it notified."""
+        level = health_level(
+            self._ctx.policy,
+            self.record.state,
+            self.record.last_heartbeat_at,
+            self.offline_since(),
+            now,
+        )
+        previous = self.record.health
+        if level.value == previous:
+            return False
+        self.record.health = level.value
+        await self._ctx.store.save_fields(self.id, health=level.value)
+        key = f"session:{self.id}"
+        label = f"bot '{self.record.name}' ({self.id})"
+        if level is HealthLevel.CRITICAL:
+            return self._ctx.alerter.alert(
+                key,
+                f"{label} is critical: {self.record.state.value}, {self.record.state_reason}",
+                title=f"bot {self.record.name} needs attention",
+            )
+        if previous == HealthLevel.CRITICAL.value:
+            self._ctx.alerter.resolve(
+                key, f"{label} is {level.value} again", title=f"bot {self.record.name} recovered"
+            )
+        return False
+
+    # Owner actions ---------------------------------------------------------------------
+
+    async def start(self, reason: str) -> None:
+        """Start (or start again) on a person's request: counters and breaker are reset."""
+        if self._ctx.engine is None:
+            raise EngineUnavailableError
+        if self.record.state not in STARTABLE_STATES:
+            raise IllegalTransitionError(self.record.state, S.CONNECTING)
+        self._generation += 1
+        self._cancel_timers()
+        await self._close_engine()
+        self._error_times.clear()
+        self._breaker_opened_at = None
+        self._trial = False
+        now = self._ctx.clock.now()
+        await self._transition(
+            S.CONNECTING,
+            reason,
+            want_running=True,
+            started_at=now,
+            last_activity_at=now,
+            reconnect_attempts=0,
+            next_retry_at=None,
+        )
+        self._spawn_launch()
+
+    async def stop(self, reason: str, *, by_owner: bool, target: SessionState = S.STOPPED) -> None:
+        """Close the browser and store the state. Shutdown keeps `want_running`, so the
+        next boot brings the bot back; an owner's stop (or cleanup) clears it."""
+        check_transition(self.record.state, target)
+        self._generation += 1
+        self._cancel_timers()
+        await self._close_engine()
+        want = False if by_owner else self.record.want_running
+        await self._transition(target, reason, want_running=want, next_retry_at=None)
+
+    async def expire(self, reason: str) -> None:
+        await self.stop(reason, by_owner=True, target=S.EXPIRED)
+
+    async def restart(self, reason: str) -> None:
+        if self.record.state in RUNNING_STATES:
+            await self.stop(reason, by_owner=False)
+        await self.start(reason)
+
+    async def logout(self, reason: str) -> None:
+        """Unlink from the phone; the profile is deleted, a new link needs a new QR."""
+        check_transition(self.record.state, S.LOGGED_OUT)
+        self._generation += 1
+        self._cancel_timers()
+        if self._engine_session is not None:
+            try:
+                await asyncio.wait_for(self._engine_session.logout(), timeout=15)
+            except Exception as exc:
+                self._log().warning("Logout through the page failed: {}", exc)
+        await self._close_engine()
+        await self._forget_profile()
+        await self._transition(S.LOGGED_OUT, reason, want_running=False, linked_as=None)
+
+    async def shutdown(self) -> None:
+        """Process shutdown: close what runs, remember it should run again."""
+        self._generation += 1
+        self._cancel_timers()
+        if self.record.state in RUNNING_STATES:
+            await self._close_engine()
+            await self._transition(S.STOPPED, "shutdown", next_retry_at=None)
+        else:
+            await self._close_engine()
+
+    async def destroy(self) -> None:
+        """Before deletion: close everything and delete the profile."""
+        self._generation += 1
+        self._cancel_timers()
+        await self._close_engine()
+        await self._forget_profile()
+
+    async def request_pair_code(self, phone: str) -> str:
+        if self._engine_session is None or self.record.state not in (S.SCAN_QR, S.CONNECTING):
+            raise IllegalTransitionError(self.record.state, S.SCAN_QR)
+        code = await self._engine_session.request_pair_code(phone)
+        self.pair_code = code
+        await self.touch()
+        return code
+
+    async def touch(self) -> None:
+        """Record activity (a message in or out, an action on the session)."""
+        now = self._ctx.clock.now()
+        self.record.last_activity_at = now
+        last = self._last_activity_write
+        if last is None or now - last >= ACTIVITY_WRITE_EVERY:
+            self._last_activity_write = now
+            await self._ctx.store.save_fields(self.id, last_activity_at=now)
+
+    # Engine events ---------------------------------------------------------------------
+
+    def _spawn_launch(self) -> None:
+        generation = self._generation
+        self._launch_task = self._ctx.spawn(self._launch(generation), f"launch {self.id}")
+
+    async def _launch(self, generation: int) -> None:
+        engine = self._ctx.engine
+        assert engine is not None
+
+        async def on_event(event: EngineEvent) -> None:
+            await self._on_event(generation, event)
+
+        try:
+            async with self._ctx.start_slots:
+                if generation != self._generation:
+                    return
+                async with asyncio.timeout(self._ctx.start_timeout):
+                    handle = await engine.start(self.id, on_event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if generation == self._generation:
+                await self._fail(f"start failed: {_describe(exc)}")
+            return
+        if generation != self._generation:  # stopped while the browser was starting
+            with contextlib.suppress(Exception):
+                await handle.stop()
+            return
+        self._engine_session = handle
+        # A page that never shows a QR nor connects is as dead as one that crashed.
+        if self.record.state is S.CONNECTING:
+            self._set_timer(self._connect_deadline(generation))
+
+    async def _connect_deadline(self, generation: int) -> None:
+        await asyncio.sleep(self._ctx.start_timeout)
+        if generation == self._generation and self.record.state is S.CONNECTING:
+            await self._fail(f"no QR and no connection within {self._ctx.start_timeout:.0f}s")
+
+    async def _on_event(self, generation: int, event: EngineEvent) -> None:
+        if generation != self._generation:
+            return
+        try:
+            await self._handle_event(generation, event)
+        except (IllegalTransitionError, ConcurrentChangeError) as exc:
+            self._log().debug("Ignored {} event: {}", event.kind.value, exc)
+
+    async def _handle_event(self, generation: int, event: EngineEvent) -> None:
+        kind, data = event.kind, event.data
+        now = self._ctx.clock.now()
+        policy = self._ctx.policy
+        if kind is EventKind.QR:
+            if self.record.state not in (S.CONNECTING, S.SCAN_QR):
+                return
+            if not qr_should_emit(policy, self.qr_at, now):
+                return
+            self.qr, self.qr_at = str(data.get("qr", "")), now
+            if self._first_qr_at is None:
+                self._first_qr_at = now
+                self._set_timer(self._qr_deadline(generation))
+            if self.record.state is S.CONNECTING:
+                await self._transition(S.SCAN_QR, "waiting for the phone to scan the QR code")
+            await self.emit("qr", {"qr": self.qr})
+        elif kind is EventKind.PAIR_CODE:
+            self.pair_code = str(data.get("code", ""))
+        elif kind is EventKind.AUTHENTICATED:
+            if self.record.state is S.SCAN_QR:
+                self._clear_qr()
+                self._cancel_timer()
+                await self._transition(S.CONNECTING, "linked; loading chats")
+        elif kind is EventKind.READY:
+            await self._on_ready(generation, data, now)
+        elif kind is EventKind.MESSAGE:
+            await self.touch()
+            await self.emit("message.received", dict(data))
+        elif kind is EventKind.STATE:
+            await self._on_socket_state(str(data.get("state", "")))
+        elif kind is EventKind.LOGOUT:
+            await self._on_phone_logout(str(data.get("reason", "unknown")))
+        elif kind is EventKind.CRASH:
+            await self._fail(f"crash: {data.get('reason', 'unknown')}")
+
+    async def _on_ready(self, generation: int, data: dict[str, Any], now: datetime) -> None:
+        if self.record.state not in (S.CONNECTING, S.SCAN_QR):
+            return
+        self._clear_qr()
+        self._cancel_timer()
+        if self._trial:
+            self._log().info("Circuit breaker trial succeeded; breaker closed")
+        self._trial = False
+        self._breaker_opened_at = None
+        self._error_times.clear()
+        me = data.get("me")
+        await self._transition(
+            S.CONNECTED,
+            f"connected as {me}" if me else "connected",
+            reconnect_attempts=0,
+            next_retry_at=None,
+            last_connected_at=now,
+            last_heartbeat_at=now,
+            linked_as=str(me) if me else self.record.linked_as,
+        )
+        self._last_heartbeat_write = now
+        self._heartbeat_task = self._ctx.spawn(
+            self._heartbeat_loop(generation), f"heartbeat {self.id}"
+        )
+
+    async def _on_socket_state(self, state: str) -> None:
+        state = state.upper()
+        if state in ("UNPAIRED", "UNPAIRED_IDLE", "UNLAUNCHED_LOGOUT"):
+            await self._on_phone_logout(f"socket state {state}")
+        elif state == "CONFLICT" and self.record.state is S.CONNECTED:
+            await self._fail("conflict: WhatsApp Web was opened in another browser")
+        elif state in ("TIMEOUT", "DEPRECATED_VERSION", "PROXYBLOCK", "SMB_TOS_BLOCK"):
+            await self._fail(f"socket state {state}")
+
+    async def _on_phone_logout(self, reason: str) -> None:
+        if self.record.state is S.LOGGED_OUT:
+            return
+        self._generation += 1
+        self._cancel_timers()
+        await self._close_engine()
+        await self._forget_profile()
+        await self._transition(
+            S.LOGGED_OUT,
+            f"logged out from the phone ({reason})",
+            want_running=False,
+            linked_as=None,
+        )
+
+    # Failure path: backoff, breaker, give up -----------------------------------------
+
+    async def _fail(self, reason: str) -> None:
+        """Something broke: close the engine, then back off, or suspend."""
+        try:
+            await self._fail_and_recover(reason)
+        except (IllegalTransitionError, ConcurrentChangeError) as exc:
+            # Stopped or moved by someone else in the meantime: their move stands.
+            self._log().debug("Failure '{}' not applied: {}", reason, exc)
+
+    async def _fail_and_recover(self, reason: str) -> None:
+        self._generation += 1
+        generation = self._generation
+        self._cancel_timers()
+        await self._close_engine()
+        self._clear_qr()
+        policy, now = self._ctx.policy, self._ctx.clock.now()
+        self._error_times.append(now)
+        del self._error_times[: -policy.breaker_threshold * 2]
+        attempts = self.record.reconnect_attempts + 1
+        errors = self.record.error_count + 1
+        verdict = breaker_verdict(
+            policy, self._error_times, self._breaker_opened_at, self._trial, now
+        )
+        common = {"error_count": errors, "last_disconnected_at": self._disconnected_at(now)}
+        if verdict.state is Breaker.LOCKED:
+            self._trial = False
+            await self._transition(
+                S.SUSPENDED,
+                f"{reason}; circuit breaker trial failed: restart it by hand",
+                want_running=False,
+                next_retry_at=None,
+                reconnect_attempts=attempts,
+                **common,
+            )
+            return
+        if verdict.state is Breaker.OPEN:
+            self._breaker_opened_at = now
+            assert verdict.open_until is not None
+            self._log().warning(
+                "Circuit breaker activated: {} errors within {}",
+                policy.breaker_threshold,
+                policy.breaker_window,
+            )
+            await self._transition(
+                S.SUSPENDED,
+                f"{reason}; circuit breaker open until {verdict.open_until.isoformat()}",
+                next_retry_at=verdict.open_until,
+                reconnect_attempts=attempts,
+                **common,
+            )
+            self._set_timer(self._trial_after(generation, verdict.open_until))
+            return
+        if attempts > policy.max_reconnect_attempts:
+            await self._transition(
+                S.SUSPENDED,
+                f"{reason}; gave up after {policy.max_reconnect_attempts} reconnect attempts",
+                want_running=False,
+                next_retry_at=None,
+                reconnect_attempts=attempts,
+                **common,
+            )
+            return
+        delay = backoff_delay(policy, attempts, self._ctx.random())
+        due = now + delay
+        self._log().info("Reconnect in {:.1f}s (attempt {})", delay.total_seconds(), attempts)
+        await self._transition(
+            S.DISCONNECTED,
+            reason,
+            next_retry_at=due,
+            reconnect_attempts=attempts,
+            **common,
+        )
+        self._set_timer(self._reconnect_after(generation, delay))
+
+    def _disconnected_at(self, now: datetime) -> datetime:
+        # A failed retry does not move the moment the bot went offline.
+        if self.record.state is S.CONNECTED or self.record.last_disconnected_at is None:
+            return now
+        return self.record.last_disconnected_at
+
+    async def _reconnect_after(self, generation: int, delay: timedelta) -> None:
+        await asyncio.sleep(delay.total_seconds())
+        if generation == self._generation:
+            await self.reconnect_now()
+
+    async def reconnect_now(self) -> bool:
+        """A due reconnect (timer, or the health sweep after a restart lost the timer)."""
+        if self.record.state is not S.DISCONNECTED or self._ctx.engine is None:
+            return False
+        self._generation += 1
+        self._cancel_timer()
+        attempt = self.record.reconnect_attempts
+        try:
+            await self._transition(S.CONNECTING, f"reconnect attempt {attempt}", next_retry_at=None)
+        except (IllegalTransitionError, ConcurrentChangeError):
+            return False
+        self._spawn_launch()
+        return True
+
+    async def _trial_after(self, generation: int, at: datetime) -> None:
+        wait = (at - self._ctx.clock.now()).total_seconds()
+        await asyncio.sleep(max(wait, 0))
+        if generation == self._generation:
+            await self.breaker_trial()
+
+    async def breaker_trial(self) -> bool:
+        """The breaker's wait is over: one trial start."""
+        if self.record.state is not S.SUSPENDED or self._breaker_opened_at is None:
+            return False
+        if self._ctx.engine is None:
+            return False
+        self._generation += 1
+        self._cancel_timer()
+        self._trial = True
+        await self._transition(S.CONNECTING, "circuit breaker trial", next_retry_at=None)
+        self._spawn_launch()
+        return True
+
+    def trial_due(self, now: datetime) -> bool:
+        return (
+            self.record.state is S.SUSPENDED
+            and self._breaker_opened_at is not None
+            and not self._trial
+            and now >= self._breaker_opened_at + self._ctx.policy.breaker_open_for
+        )
+
+    async def _qr_deadline(self, generation: int) -> None:
+        policy = self._ctx.policy
+        wait = policy.qr_timeout.total_seconds()
+        while True:
+            await asyncio.sleep(max(wait, 0.01))
+            if generation != self._generation or self.record.state is not S.SCAN_QR:
+                return
+            now = self._ctx.clock.now()
+            if qr_expired(policy, self._first_qr_at, now):
+                break
+            assert self._first_qr_at is not None
+            wait = (self._first_qr_at + policy.qr_timeout - now).total_seconds()
+        await self._fail(f"QR code not scanned within {policy.qr_timeout.total_seconds():.0f}s")
+
+    async def _heartbeat_loop(self, generation: int) -> None:
+        policy = self._ctx.policy
+        while True:
+            await asyncio.sleep(policy.heartbeat_every.total_seconds())
+            if generation != self._generation or self.record.state is not S.CONNECTED:
+                return
+            handle = self._engine_session
+            ok = False
+            if handle is not None:
+                try:
+                    beat = await asyncio.wait_for(handle.heartbeat(), HEARTBEAT_TIMEOUT)
+                    ok = beat.ok
+                except Exception as exc:
+                    self._log().debug("Heartbeat failed: {}", exc)
+            if generation != self._generation:
+                return
+            now = self._ctx.clock.now()
+            if ok:
+                self.record.last_heartbeat_at = now
+                last = self._last_heartbeat_write
+                if last is None or now - last >= policy.heartbeat_stale_after / 2:
+                    self._last_heartbeat_write = now
+                    await self._ctx.store.save_fields(self.id, last_heartbeat_at=now)
+                continue
+            since = self.record.last_connected_at or now
+            if heartbeat_stale(policy, self.record.last_heartbeat_at, since, now):
+                self._heartbeat_task = None  # this task is ending; don't let _fail cancel it
+                stale_for = policy.heartbeat_stale_after.total_seconds()
+                await self._fail(f"stale: no good heartbeat for {stale_for:.0f}s")
+                return
+
+    # Helpers ---------------------------------------------------------------------------
+
+    def _set_timer(self, coro: Awaitable[Any]) -> None:
+        self._cancel_timer()
+        self._timer = self._ctx.spawn(coro, f"timer {self.id}")
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+
+    def _cancel_timers(self) -> None:
+        self._cancel_timer()
+        beat, self._heartbeat_task = self._heartbeat_task, None
+        if beat is not None and beat is not asyncio.current_task():
+            beat.cancel()
+        launch, self._launch_task = self._launch_task, None
+        if launch is not None and launch is not asyncio.current_task():
+            launch.cancel()
+
+    def _clear_qr(self) -> None:
+        self.qr = None
+        self.qr_at = None
+        self._first_qr_at = None
+        self.pair_code = None
+
+    async def _close_engine(self) -> None:
+        handle, self._engine_session = self._engine_session, None
+        self._clear_qr()
+        if handle is None:
+            return
+        try:
+            await asyncio.wait_for(handle.stop(), timeout=15)
+        except Exception as exc:
+            self._log().warning("Closing the engine session failed: {}", _describe(exc))
+
+    async def _forget_profile(self) -> None:
+        engine = self._ctx.engine
+        forget = getattr(engine, "forget", None)
+        if forget is None:
+            return
+        try:
+            await forget(self.id)
+        except Exception as exc:
+            self._log().warning("Deleting the profile failed: {}", _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

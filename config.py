@@ -120,12 +120,45 @@ class Settings(BaseSettings):
     heartbeat_url: SecretStr | None = None
     alert_urls: SecretStr | None = None
 
+    # Access
+    admin_token: SecretStr | None = None
+    max_body_bytes: int = Field(default=65_536, ge=1024)
+
+    # Bot manager
+    bot_engine: str = "whatsapp"
+    max_sessions_per_user: int = Field(default=5, ge=1)
+    bot_start_concurrency: int = Field(default=2, ge=1)
+    bot_start_stagger: Duration = timedelta(seconds=5)
+    bot_start_timeout: Duration = timedelta(seconds=90)
+    reconnect_base_delay: Duration = timedelta(seconds=1)
+    reconnect_max_delay: Duration = timedelta(seconds=30)
+    reconnect_max_attempts: int = Field(default=10, ge=1)
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_window: Duration = timedelta(minutes=5)
+    breaker_open_for: Duration = timedelta(seconds=60)
+    qr_debounce: Duration = timedelta(seconds=2)
+    qr_timeout: Duration = timedelta(minutes=2)
+    heartbeat_interval: Duration = timedelta(seconds=30)
+    heartbeat_stale_after: Duration = timedelta(minutes=5)
+    offline_alert_after: Duration = timedelta(hours=6)
+    session_inactive_timeout: Duration = timedelta(hours=24)
+    session_max_age: Duration = timedelta(days=7)
+    session_cleanup_interval: Duration = timedelta(hours=1)
+    health_check_interval: Duration = timedelta(minutes=15)
+
     # Platform variables, read only to find the public URL and the sleep threshold.
     render_external_url: str | None = None
     railway_public_domain: str | None = None
     railway_environment_name: str | None = None
     koyeb_public_domain: str | None = None
     fly_app_name: str | None = None
+
+    @field_validator("admin_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (use a long random string)")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -137,7 +170,23 @@ class Settings(BaseSettings):
     def _lower_format(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("keep_alive_interval", "keep_alive_timeout")
+    @field_validator(
+        "keep_alive_interval",
+        "keep_alive_timeout",
+        "bot_start_timeout",
+        "reconnect_base_delay",
+        "reconnect_max_delay",
+        "breaker_window",
+        "breaker_open_for",
+        "qr_timeout",
+        "heartbeat_interval",
+        "heartbeat_stale_after",
+        "offline_alert_after",
+        "session_inactive_timeout",
+        "session_max_age",
+        "session_cleanup_interval",
+        "health_check_interval",
+    )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):

@@ -24,57 +24,25 @@ from loguru import logger
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from bot.engines import engine_factory, load_engine
+from bot.manager import BotManager, manager_config_from, policy_from
+from bot.store import BotStore
 from config import ConfigError, Settings, format_duration, load_settings
 from services.alerts import AlertConfigError, Alerter
 from services.clock import Clock, SystemClock
 from services.database import Database, DatabaseError
 from services.health import HealthState
-from services.keepalive import KeepAlive, KeepAliveConfig
+from services.keepalive import KeepAlive, keepalive_config, warn_about_sleep_threshold
 from services.logging import setup_logging
 from services.metrics import Metrics, SystemSampler
 from services.pingstore import PingStore
 from services.scheduler import Scheduler
-from web.api import routes as api_routes
+from web.app_routes import all_routes
+from web.auth import Authenticator, ensure_admin_token
 from web.errors import EXCEPTION_HANDLERS
 from web.middleware import RequestCounter
 
 log = logger.bind(component="server")
-
-
-def keepalive_config(settings: Settings) -> KeepAliveConfig:
-    url, source = settings.keepalive_target
-    reason: str | None = None
-    if not settings.keep_alive_enabled:
-        reason = "KEEP_ALIVE_ENABLED=false"
-    elif url is None:
-        reason = f"no public URL is known; {source}"
-    return KeepAliveConfig(
-        url=url,
-        interval=settings.keep_alive_interval,
-        timeout=settings.keep_alive_timeout,
-        start_delay=settings.keep_alive_start_delay,
-        alert_after=settings.keep_alive_alert_after,
-        stats_every=settings.keep_alive_stats_every,
-        history_limit=settings.keep_alive_history_limit,
-        heartbeat_url=settings.heartbeat_url.get_secret_value() if settings.heartbeat_url else None,
-        enabled=settings.keep_alive_enabled and url is not None,
-        disabled_reason=reason,
-    )
-
-
-def warn_about_sleep_threshold(settings: Settings) -> None:
-    threshold = settings.sleep_threshold
-    if threshold is None or not settings.keep_alive_enabled:
-        return
-    if settings.keep_alive_interval >= threshold:
-        log.warning(
-            "⚠️ KEEP_ALIVE_INTERVAL={} reaches {}'s sleep threshold ({}): the service can be "
-            "put to sleep between two pings; set KEEP_ALIVE_INTERVAL below it (e.g. {})",
-            format_duration(settings.keep_alive_interval),
-            settings.platform.value.capitalize(),
-            format_duration(threshold),
-            format_duration(threshold / 2),
-        )
 
 
 def create_app(
@@ -106,7 +74,32 @@ def create_app(
             await keepalive.load_history()
         except Exception as exc:
             log.warning("Could not load keep-alive history: {}", exc)
+        store = BotStore(db)
+        app.state.auth = Authenticator(await ensure_admin_token(settings, store, clock), store)
+        manager = BotManager(
+            store=store,
+            engine=load_engine(settings),
+            policy=policy_from(settings),
+            clock=clock,
+            alerter=alerter,
+            metrics=metrics,
+            config=manager_config_from(settings),
+        )
+        await manager.load()
         scheduler = Scheduler(clock)
+        now = clock.now()
+        scheduler.add_periodic(
+            "cleanup",
+            manager.cleanup_once,
+            settings.session_cleanup_interval,
+            now + settings.session_cleanup_interval,
+        )
+        scheduler.add_periodic(
+            "health-sweep",
+            manager.health_sweep_once,
+            settings.health_check_interval,
+            now + settings.health_check_interval,
+        )
         if keepalive.running:
             scheduler.add_periodic(
                 "keepalive",
@@ -122,23 +115,30 @@ def create_app(
                 "observedUnit": "consecutive failures",
             },
         )
+        health.details["sessions"] = manager.counts_by_state
         app.state.db = db
+        app.state.manager = manager
         app.state.keepalive = keepalive
         app.state.scheduler = scheduler
         app.state.alerter = alerter
 
         keepalive.log_started()
         warn_about_sleep_threshold(settings)
+        log.info(
+            "🧹 Session cleanup started (checking every {:.0f}s)",
+            settings.session_cleanup_interval.total_seconds(),
+        )
+        manager.restore_in_background()
         jobs = asyncio.get_running_loop().create_task(_start_jobs_once_listening(app, scheduler))
         try:
             yield
         finally:
             health.draining = True
             jobs.cancel()
-            await _shutdown(settings, scheduler, alerter, client, db)
+            await _shutdown(settings, scheduler, manager, alerter, client, db)
 
     app = Starlette(
-        routes=api_routes,
+        routes=all_routes(),
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[Middleware(RequestCounter, metrics=metrics)],
@@ -165,6 +165,7 @@ async def _start_jobs_once_listening(app: Starlette, scheduler: Scheduler) -> No
 async def _shutdown(
     settings: Settings,
     scheduler: Scheduler,
+    manager: BotManager,
     alerter: Alerter,
     client: httpx.AsyncClient,
     db: Database,
@@ -176,6 +177,7 @@ async def _shutdown(
     scheduler.shutdown()
     try:
         async with asyncio.timeout(max(budget - 0.5, 0.1)):
+            await manager.shutdown(within=max(budget * 0.6, 0.1))
             await alerter.drain(grace=max(budget / 2, 0.1))
             await client.aclose()
             await db.dispose()
@@ -262,9 +264,10 @@ def main() -> int:
         return 2
     setup_logging(settings.log_level, settings.log_format)
     try:
+        engine_factory(settings)
         app = create_app(settings)
         asyncio.run(_prepare_database(settings))
-    except (AlertConfigError, DatabaseError) as exc:
+    except (AlertConfigError, ConfigError, DatabaseError) as exc:
         print(exc, file=sys.stderr)
         return 2
     config = uvicorn.Config(

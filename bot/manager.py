@@ -20,6 +20,7 @@ from bot.policy import HealthLevel, Policy, cleanup_verdict
 from bot.session import BotSession, ConcurrentChangeError, SessionContext
 from bot.states import RUNNING_STATES, IllegalTransitionError, SessionState
 from bot.store import BotStore, DuplicateNameError, SessionRecord
+from config import Settings
 from services.alerts import Alerter
 from services.clock import Clock
 from services.metrics import Metrics
@@ -43,6 +44,33 @@ class ManagerConfig:
     start_concurrency: int = 2
     start_stagger: timedelta = timedelta(seconds=5)
     start_timeout: timedelta = timedelta(seconds=90)
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(
+        backoff_base=settings.reconnect_base_delay,
+        backoff_cap=settings.reconnect_max_delay,
+        max_reconnect_attempts=settings.reconnect_max_attempts,
+        breaker_threshold=settings.breaker_threshold,
+        breaker_window=settings.breaker_window,
+        breaker_open_for=settings.breaker_open_for,
+        qr_debounce=settings.qr_debounce,
+        qr_timeout=settings.qr_timeout,
+        heartbeat_every=settings.heartbeat_interval,
+        heartbeat_stale_after=settings.heartbeat_stale_after,
+        offline_alert_after=settings.offline_alert_after,
+        inactive_timeout=settings.session_inactive_timeout,
+        max_age=settings.session_max_age,
+    )
+
+
+def manager_config_from(settings: Settings) -> ManagerConfig:
+    return ManagerConfig(
+        max_sessions_per_user=settings.max_sessions_per_user,
+        start_concurrency=settings.bot_start_concurrency,
+        start_stagger=settings.bot_start_stagger,
+        start_timeout=settings.bot_start_timeout,
+    )
 
 
 def new_session_id() -> str:

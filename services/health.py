@@ -25,6 +25,8 @@ class HealthState:
         self.started_at = started_at.isoformat()
         self.draining = False
         self.checks: dict[str, Check] = {}
+        # Extra figures (session counts by state…), read from memory on each request.
+        self.details: dict[str, Callable[[], Any]] = {}
 
     def document(self) -> tuple[int, dict[str, Any]]:
         status = "fail" if self.draining else "pass"
@@ -43,6 +45,8 @@ class HealthState:
         }
         if self.draining:
             body["output"] = "shutting down"
+        for name, read in self.details.items():
+            body[name] = read()
         if checks:
             body["checks"] = checks
         return (503 if status == "fail" else 200), body

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from loguru import logger
 
-from config import VERSION, format_duration
+from config import VERSION, Settings, format_duration
 from services.alerts import Alerter
 from services.clock import Clock
 from services.metrics import Metrics
@@ -91,6 +91,42 @@ class KeepAliveConfig:
     heartbeat_url: str | None = None
     enabled: bool = True
     disabled_reason: str | None = None
+
+
+def keepalive_config(settings: Settings) -> KeepAliveConfig:
+    url, source = settings.keepalive_target
+    reason: str | None = None
+    if not settings.keep_alive_enabled:
+        reason = "KEEP_ALIVE_ENABLED=false"
+    elif url is None:
+        reason = f"no public URL is known; {source}"
+    return KeepAliveConfig(
+        url=url,
+        interval=settings.keep_alive_interval,
+        timeout=settings.keep_alive_timeout,
+        start_delay=settings.keep_alive_start_delay,
+        alert_after=settings.keep_alive_alert_after,
+        stats_every=settings.keep_alive_stats_every,
+        history_limit=settings.keep_alive_history_limit,
+        heartbeat_url=settings.heartbeat_url.get_secret_value() if settings.heartbeat_url else None,
+        enabled=settings.keep_alive_enabled and url is not None,
+        disabled_reason=reason,
+    )
+
+
+def warn_about_sleep_threshold(settings: Settings) -> None:
+    threshold = settings.sleep_threshold
+    if threshold is None or not settings.keep_alive_enabled:
+        return
+    if settings.keep_alive_interval >= threshold:
+        log.warning(
+            "⚠️ KEEP_ALIVE_INTERVAL={} reaches {}'s sleep threshold ({}): the service can be "
+            "put to sleep between two pings; set KEEP_ALIVE_INTERVAL below it (e.g. {})",
+            format_duration(settings.keep_alive_interval),
+            settings.platform.value.capitalize(),
+            format_duration(threshold),
+            format_duration(threshold / 2),
+        )
 
 
 class KeepAlive:

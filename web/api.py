@@ -15,6 +15,7 @@ from services.health import HealthState
 from services.keepalive import UPTIME_WINDOWS, KeepAlive
 from services.metrics import Metrics, SystemSampler, metrics_snapshot
 from services.scheduler import Scheduler
+from web.routing import ApiRoute
 
 HEALTH_JSON = "application/health+json"
 NO_STORE = {"Cache-Control": "no-store"}
@@ -74,10 +75,26 @@ def keepalive_summary(request: Request) -> dict[str, Any]:
     }
 
 
+def sessions_summary(request: Request) -> dict[str, Any]:
+    manager = request.app.state.manager
+    return {
+        "total": len(manager.sessions),
+        "byState": manager.counts_by_state(),
+        "byHealth": manager.counts_by_health(),
+        "lastCleanup": manager.last_cleanup,
+        "lastHealthSweep": manager.last_sweep,
+    }
+
+
 async def metrics_json(request: Request) -> Response:
     sampler: SystemSampler = request.app.state.sampler
     document = metrics_snapshot(
-        sampler, _metrics(request), {"keepalive": lambda: keepalive_summary(request)}
+        sampler,
+        _metrics(request),
+        {
+            "keepalive": lambda: keepalive_summary(request),
+            "sessions": lambda: sessions_summary(request),
+        },
     )
     return JSONResponse(document, headers=NO_STORE)
 
@@ -85,6 +102,43 @@ async def metrics_json(request: Request) -> Response:
 async def metrics_prometheus(request: Request) -> Response:
     return Response(_metrics(request).render(), media_type=CONTENT_TYPE_LATEST, headers=NO_STORE)
 
+
+PUBLIC_ROUTES = [
+    ApiRoute(
+        "GET",
+        "/health",
+        keepalive_status,  # documentation only: /health is served by HealthEndpoint
+        "Liveness for the platform and the keep-alive (application/health+json)",
+        access="public",
+        responses={200: ("pass or warn", {"type": "object"}), 503: ("shutting down", {})},
+        content_type="application/health+json",
+    ),
+    ApiRoute(
+        "GET",
+        "/api/keepalive",
+        keepalive_status,
+        "Keep-alive status, counts, latency, uptime %, recent pings",
+        access="public",
+        responses={200: ("The keep-alive status", {"type": "object"})},
+    ),
+    ApiRoute(
+        "GET",
+        "/api/metrics",
+        metrics_json,
+        "Process, system, keep-alive, HTTP and bot figures",
+        access="public",
+        responses={200: ("The metrics", {"type": "object"})},
+    ),
+    ApiRoute(
+        "GET",
+        "/metrics",
+        metrics_prometheus,
+        "Prometheus text exposition",
+        access="public",
+        responses={200: ("Prometheus text", {"type": "string"})},
+        content_type="text/plain",
+    ),
+]
 
 routes = [
     Route("/health", HealthEndpoint(), methods=["GET", "HEAD"]),

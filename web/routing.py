@@ -1,0 +1,177 @@
+"""API routes declared once, with who may call them and what they take and return, so the
+Starlette routes, the auth checks and `/openapi.json` all come from the same list."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from config import VERSION
+from web.auth import Authenticator, Principal
+from web.errors import Problem
+
+Access = Literal["public", "user", "admin"]
+Handler = Callable[[Request], Awaitable[Response]]
+
+PROBLEM = {"$ref": "#/components/schemas/Problem"}
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    access: Access = "user"
+    body: dict[str, Any] | None = None
+    responses: dict[int, tuple[str, dict[str, Any] | None]] = field(default_factory=dict)
+    query: dict[str, dict[str, Any]] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+def principal(request: Request) -> Principal:
+    found: Principal = request.state.principal
+    return found
+
+
+def _guard(route: ApiRoute) -> Handler:
+    if route.access == "public":
+        return route.handler
+
+    async def guarded(request: Request) -> Response:
+        auth: Authenticator = request.app.state.auth
+        who = await auth.authenticate(request)
+        if who is None:
+            raise Problem(
+                401,
+                "Send a valid token as `Authorization: Bearer <token>` or `X-Api-Key: <token>`.",
+                headers={"WWW-Authenticate": 'Bearer realm="wakeful"'},
+            )
+        if route.access == "admin" and not who.is_admin:
+            raise Problem(403, "Only the admin token may use this route.")
+        request.state.principal = who
+        return await route.handler(request)
+
+    return guarded
+
+
+def starlette_routes(api: list[ApiRoute]) -> list[Route]:
+    by_path: dict[str, dict[str, Handler]] = {}
+    for route in api:
+        by_path.setdefault(route.path, {})[route.method] = _guard(route)
+    routes = []
+    for path, handlers in by_path.items():
+        if len(handlers) == 1:
+            ((method, handler),) = handlers.items()
+            routes.append(Route(path, handler, methods=[method]))
+        else:
+            routes.append(Route(path, _dispatch(handlers), methods=list(handlers)))
+    return routes
+
+
+def _dispatch(handlers: dict[str, Handler]) -> Handler:
+    async def by_method(request: Request) -> Response:
+        return await handlers[request.method](request)
+
+    return by_method
+
+
+_PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def openapi_document(api: list[ApiRoute]) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in api:
+        slug = route.path.strip("/").replace("/", "_").replace("{", "").replace("}", "")
+        operation: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": f"{route.method.lower()}_{slug}",
+            "responses": {},
+        }
+        if route.access != "public":
+            operation["security"] = [{"bearer": []}, {"apiKey": []}]
+            operation["x-access"] = route.access
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _path_params(route.path)
+        ]
+        parameters += [
+            {"name": name, "in": "query", "required": False, "schema": schema}
+            for name, schema in route.query.items()
+        ]
+        if parameters:
+            operation["parameters"] = parameters
+        if route.body is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": route.body}},
+            }
+        for status, (description, schema) in sorted(route.responses.items()):
+            response: dict[str, Any] = {"description": description}
+            if schema is not None:
+                media = route.content_type if status < 300 else "application/problem+json"
+                response["content"] = {media: {"schema": schema if status < 300 else PROBLEM}}
+            operation["responses"][str(status)] = response
+        errors = {400, 413, 415, 422} if route.body is not None else set()
+        if route.access != "public":
+            errors |= {401}
+        if route.access == "admin":
+            errors |= {403}
+        if _path_params(route.path):
+            errors |= {404}
+        for status in sorted(errors):
+            operation["responses"].setdefault(
+                str(status),
+                {
+                    "description": "Problem",
+                    "content": {"application/problem+json": {"schema": PROBLEM}},
+                },
+            )
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "wakeful", "version": VERSION},
+        "paths": paths,
+        "components": {
+            "schemas": {"Problem": _PROBLEM_SCHEMA},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+            },
+        },
+    }
+
+
+def _path_params(path: str) -> list[str]:
+    return [part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{")]
+
+
+def openapi_endpoint(api: list[ApiRoute]) -> Handler:
+    document = openapi_document(api)
+
+    async def serve(request: Request) -> Response:
+        return JSONResponse(document)
+
+    return serve

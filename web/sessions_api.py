@@ -1,0 +1,301 @@
+"""`/api/sessions`: a user's bots (the admin's: everyone's). Another user's bot is a 404,
+exactly like a bot that does not exist."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from bot.manager import BotManager, SessionLimitError
+from bot.session import BotSession, ConcurrentChangeError, EngineUnavailableError
+from bot.states import RUNNING_STATES, STARTABLE_STATES, TRANSITIONS, IllegalTransitionError
+from bot.states import SessionState as S
+from bot.store import ADMIN_OWNER, DuplicateNameError
+from web.errors import Problem
+from web.routing import ApiRoute, principal
+from web.validation import Fields, read_json
+
+NAME_RE = re.compile(r"[\w .@:+\-]{1,64}")
+SESSION_ID_RE = re.compile(r"bot_[0-9a-f]{12}")
+HISTORY_LIMIT = 20
+
+SESSION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "name", "owner", "state", "health", "isConnected"],
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "owner": {"type": "string"},
+        "state": {"type": "string", "enum": [s.value for s in S]},
+        "stateReason": {"type": ["string", "null"]},
+        "health": {"type": "string"},
+        "isConnected": {"type": "boolean"},
+        "reconnectAttempts": {"type": "integer"},
+        "errorCount": {"type": "integer"},
+        "connectedForSeconds": {"type": ["number", "null"]},
+        "history": {"type": "array", "items": {"type": "object"}},
+    },
+}
+CREATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 64},
+        "webhookUrl": {"type": ["string", "null"], "format": "uri"},
+        "metadata": {"type": ["object", "null"]},
+        "start": {"type": "boolean", "default": True},
+        "userId": {"type": "string", "description": "admin only: create it for this user"},
+    },
+}
+
+
+def manager(request: Request) -> BotManager:
+    found: BotManager = request.app.state.manager
+    return found
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+async def session_json(
+    request: Request, session: BotSession, *, with_history: bool = True
+) -> dict[str, Any]:
+    record = session.record
+    now = manager(request).clock.now()
+    connected = record.state is S.CONNECTED
+    document: dict[str, Any] = {
+        "id": record.id,
+        "name": record.name,
+        "owner": record.user_id or ADMIN_OWNER,
+        "state": record.state.value,
+        "stateReason": record.state_reason,
+        "stateChangedAt": record.state_changed_at.isoformat(),
+        "health": record.health,
+        "isConnected": connected,
+        "linkedAs": record.linked_as,
+        "reconnectAttempts": record.reconnect_attempts,
+        "errorCount": record.error_count,
+        "connectedForSeconds": (
+            round((now - record.last_connected_at).total_seconds(), 1)
+            if connected and record.last_connected_at
+            else None
+        ),
+        "lastActivity": _iso(record.last_activity_at),
+        "lastConnectedAt": _iso(record.last_connected_at),
+        "lastDisconnectedAt": _iso(record.last_disconnected_at),
+        "nextRetryAt": (
+            _iso(record.next_retry_at) if record.state in (S.DISCONNECTED, S.SUSPENDED) else None
+        ),
+        "qrAvailable": session.qr is not None,
+        "webhookUrl": record.webhook_url,
+        "metadata": record.metadata,
+        "createdAt": record.created_at.isoformat(),
+        "startedAt": _iso(record.started_at),
+    }
+    if with_history:
+        history = await manager(request).store.history(record.id, HISTORY_LIMIT)
+        document["history"] = [t.as_json() for t in history]
+    return document
+
+
+def find(request: Request) -> BotSession:
+    session_id = request.path_params["session_id"]
+    session = None
+    if SESSION_ID_RE.fullmatch(session_id):
+        session = manager(request).visible(session_id, principal(request).owner_scope)
+    if session is None:
+        raise Problem(404, f"There is no bot session '{session_id[:40]}' for this token.")
+    return session
+
+
+async def list_sessions(request: Request) -> Response:
+    who = principal(request)
+    user_filter = request.query_params.get("user") if who.is_admin else None
+    with_history = request.query_params.get("include") == "history"
+    sessions = manager(request).list_visible(who.owner_scope, user_filter)
+    items = [await session_json(request, s, with_history=with_history) for s in sessions]
+    return JSONResponse({"sessions": items, "total": len(items)})
+
+
+async def get_session(request: Request) -> Response:
+    return JSONResponse(await session_json(request, find(request)))
+
+
+async def create_session(request: Request) -> Response:
+    who = principal(request)
+    settings = request.app.state.settings
+    body = await read_json(request, settings.max_body_bytes)
+    fields = Fields(body, {"name", "webhookUrl", "metadata", "start", "userId"})
+    name = fields.text(
+        "name",
+        required=True,
+        max_length=64,
+        pattern=NAME_RE,
+        pattern_text="letters, digits, spaces and . @ : + - _ only (1 to 64)",
+    )
+    webhook_url = fields.url("webhookUrl")
+    metadata = fields.mapping("metadata")
+    start = fields.boolean("start", True)
+    owner = who.user_id
+    user_id = fields.text("userId", max_length=32)
+    if user_id is not None:
+        if not who.is_admin:
+            fields.error("userId", "only the admin token may create bots for another user")
+        elif await manager(request).store.get_user(user_id) is None:
+            fields.error("userId", f"there is no user '{user_id}'")
+        else:
+            owner = user_id
+    fields.done()
+    assert name is not None
+    try:
+        session = await manager(request).create(
+            user_id=owner, name=name, webhook_url=webhook_url, metadata=metadata, start=start
+        )
+    except DuplicateNameError:
+        raise Problem(
+            409, f"You already have a bot named '{name}'; names are unique per user."
+        ) from None
+    except SessionLimitError as exc:
+        raise Problem(
+            409,
+            f"This user already has {exc.args[0]} bots, the most MAX_SESSIONS_PER_USER allows; "
+            "delete one first.",
+        ) from None
+    await audit(request, "session.create", session.id, name)
+    return JSONResponse(await session_json(request, session), status_code=201)
+
+
+def _conflict(exc: IllegalTransitionError | ConcurrentChangeError, action: str) -> Problem:
+    if isinstance(exc, ConcurrentChangeError):
+        return Problem(409, f"The session changed while it was being {action}; try again.")
+    current = exc.current
+    if action == "started":
+        allowed = sorted(s.value for s in STARTABLE_STATES)
+    else:
+        allowed = sorted(s.value for s, targets in TRANSITIONS.items() if exc.target in targets)
+    return Problem(
+        409,
+        f"The session is {current.value}, so it cannot be {action}; that needs one of: "
+        f"{', '.join(allowed)}.",
+        state=current.value,
+    )
+
+
+def _action(
+    name: str, past: str, run: Callable[[BotSession], Awaitable[None]]
+) -> Callable[[Request], Awaitable[Response]]:
+    async def act(request: Request) -> Response:
+        session = find(request)
+        try:
+            await run(session)
+        except (IllegalTransitionError, ConcurrentChangeError) as exc:
+            raise _conflict(exc, past) from None
+        except EngineUnavailableError:
+            settings = request.app.state.settings
+            raise Problem(
+                503,
+                f"No bot engine is available in this process (BOT_ENGINE={settings.bot_engine}).",
+            ) from None
+        await session.touch()
+        await audit(request, f"session.{name}", session.id, None)
+        return JSONResponse(await session_json(request, session))
+
+    return act
+
+
+async def _stop(session: BotSession) -> None:
+    if session.state not in RUNNING_STATES and session.state not in (S.SUSPENDED, S.EXPIRED):
+        raise IllegalTransitionError(session.state, S.STOPPED)
+    await session.stop("stopped by its owner", by_owner=True)
+
+
+start_session = _action("start", "started", lambda s: s.start("started by its owner"))
+stop_session = _action("stop", "stopped", _stop)
+restart_session = _action("restart", "restarted", lambda s: s.restart("restarted by its owner"))
+logout_session = _action("logout", "logged out", lambda s: s.logout("logged out by its owner"))
+
+
+async def delete_session(request: Request) -> Response:
+    session = find(request)
+    await manager(request).delete(session)
+    await audit(request, "session.delete", session.id, session.record.name)
+    return Response(status_code=204)
+
+
+async def audit(request: Request, action: str, target: str | None, detail: str | None) -> None:
+    who = principal(request)
+    mgr = manager(request)
+    await mgr.store.audit(mgr.clock.now(), who.label, action, target, detail)
+
+
+def _ok(schema: dict[str, Any]) -> dict[int, tuple[str, dict[str, Any] | None]]:
+    return {200: ("The session", schema), 409: ("Not allowed in this state", {})}
+
+
+SESSION_ROUTES = [
+    ApiRoute(
+        "GET",
+        "/api/sessions",
+        list_sessions,
+        "List the bots this token may see",
+        query={"user": {"type": "string"}, "include": {"type": "string", "enum": ["history"]}},
+        responses={200: ("The sessions", {"type": "object"})},
+    ),
+    ApiRoute(
+        "POST",
+        "/api/sessions",
+        create_session,
+        "Create a bot (and start it unless start is false)",
+        body=CREATE_SCHEMA,
+        responses={201: ("Created", SESSION_SCHEMA), 409: ("Duplicate name or limit", {})},
+    ),
+    ApiRoute(
+        "GET",
+        "/api/sessions/{session_id}",
+        get_session,
+        "One bot with its last 20 state changes",
+        responses={200: ("The session", SESSION_SCHEMA)},
+    ),
+    ApiRoute(
+        "DELETE",
+        "/api/sessions/{session_id}",
+        delete_session,
+        "Stop and delete a bot and its profile",
+        responses={204: ("Deleted", None)},
+    ),
+    ApiRoute(
+        "POST",
+        "/api/sessions/{session_id}/start",
+        start_session,
+        "Start a bot",
+        responses={**_ok(SESSION_SCHEMA), 503: ("No engine", {})},
+    ),
+    ApiRoute(
+        "POST",
+        "/api/sessions/{session_id}/stop",
+        stop_session,
+        "Stop a bot",
+        responses=_ok(SESSION_SCHEMA),
+    ),
+    ApiRoute(
+        "POST",
+        "/api/sessions/{session_id}/restart",
+        restart_session,
+        "Stop and start a bot",
+        responses={**_ok(SESSION_SCHEMA), 503: ("No engine", {})},
+    ),
+    ApiRoute(
+        "POST",
+        "/api/sessions/{session_id}/logout",
+        logout_session,
+        "Unlink a bot from the phone and delete its profile",
+        responses=_ok(SESSION_SCHEMA),
+    ),
+]

@@ -1,0 +1,130 @@
+"""Reading request bodies: size bound, content type, JSON, and field errors a person can fix.
+
+Every refusal is a problem document naming the field and what was expected; nothing is
+stored unless the whole body is valid.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import ClientDisconnect, Request
+
+from web.errors import Problem
+
+
+async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise Problem(
+            415,
+            f"Send the body as JSON with `Content-Type: application/json` "
+            f"(got {content_type or 'no content type'}).",
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise Problem(413, f"The body is larger than {max_bytes} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise Problem(413, f"The body is larger than {max_bytes} bytes.")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise Problem(400, "The client went away before the body was complete.") from None
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise Problem(400, "The body is empty; send a JSON object.")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        where = ""
+        if isinstance(exc, json.JSONDecodeError):
+            where = f" at line {exc.lineno}, column {exc.colno}"
+        raise Problem(400, f"The body is not valid JSON{where}.") from None
+    if not isinstance(body, dict):
+        raise Problem(422, "The body must be a JSON object.", errors=[])
+    return body
+
+
+class Fields:
+    """Collects field errors; `done()` raises one 422 naming every bad field."""
+
+    def __init__(self, body: dict[str, Any], allowed: set[str]) -> None:
+        self.body = body
+        self.errors: list[dict[str, str]] = []
+        for name in sorted(set(body) - allowed):
+            self.errors.append(
+                {"field": name, "message": f"unknown field; expected one of {sorted(allowed)}"}
+            )
+
+    def error(self, field: str, message: str) -> None:
+        self.errors.append({"field": field, "message": message})
+
+    def text(
+        self,
+        name: str,
+        *,
+        required: bool = False,
+        max_length: int = 100,
+        pattern: re.Pattern[str] | None = None,
+        pattern_text: str = "",
+    ) -> str | None:
+        value = self.body.get(name)
+        if value is None:
+            if required:
+                self.error(name, "required; expected a string")
+            return None
+        if not isinstance(value, str):
+            self.error(name, f"expected a string, got {type(value).__name__}")
+            return None
+        value = value.strip()
+        if required and not value:
+            self.error(name, "must not be empty")
+            return None
+        if len(value) > max_length:
+            self.error(name, f"at most {max_length} characters")
+            return None
+        if pattern is not None and not pattern.fullmatch(value):
+            self.error(name, pattern_text or f"must match {pattern.pattern}")
+            return None
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.body.get(name, default)
+        if not isinstance(value, bool):
+            self.error(name, "expected true or false")
+            return default
+        return value
+
+    def url(self, name: str) -> str | None:
+        value = self.text(name, max_length=2000)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.error(name, "expected an http:// or https:// URL with a host")
+            return None
+        return value
+
+    def mapping(self, name: str, max_bytes: int = 4096) -> dict[str, Any]:
+        value = self.body.get(name)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error(name, f"expected an object, got {type(value).__name__}")
+            return {}
+        if len(json.dumps(value)) > max_bytes:
+            self.error(name, f"at most {max_bytes} bytes once encoded as JSON")
+            return {}
+        return value
+
+    def done(self) -> None:
+        if self.errors:
+            names = ", ".join(e["field"] for e in self.errors)
+            raise Problem(422, f"Some fields are not valid: {names}.", errors=self.errors)

@@ -79,8 +79,9 @@ def new_session_id() -> str:
 
 def _duration(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
+    # Days only from two days on: "24h" reads better than "1d" in a log line.
+    for unit, size, minimum in (("d", 86400, 2 * 86400), ("h", 3600, 3600), ("m", 60, 60)):
+        if seconds >= minimum and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
 

@@ -190,6 +190,9 @@ class BotSession:
             self.offline_since(),
             now,
         )
+        if self._trial:
+            # A breaker trial is not a recovery yet: no "resolved" then a second alert.
+            level = HealthLevel.CRITICAL
         previous = self.record.health
         if level.value == previous:
             return False
@@ -207,6 +210,7 @@ class BotSession:
             self._ctx.alerter.resolve(
                 key, f"{label} is {level.value} again", title=f"bot {self.record.name} recovered"
             )
+            self._ctx.alerter.forget(f"{key}:locked")
         return False
 
     # Owner actions ---------------------------------------------------------------------
@@ -458,6 +462,12 @@ class BotSession:
         common = {"error_count": errors, "last_disconnected_at": self._disconnected_at(now)}
         if verdict.state is Breaker.LOCKED:
             self._trial = False
+            self._ctx.alerter.alert(
+                f"session:{self.id}:locked",
+                f"bot '{self.record.name}' ({self.id}): the circuit breaker trial failed "
+                f"({reason}); it stays SUSPENDED until someone restarts it",
+                title=f"bot {self.record.name} needs a restart",
+            )
             await self._transition(
                 S.SUSPENDED,
                 f"{reason}; circuit breaker trial failed: restart it by hand",

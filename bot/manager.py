@@ -20,7 +20,7 @@ from bot.policy import HealthLevel, Policy, cleanup_verdict
 from bot.session import BotSession, ConcurrentChangeError, SessionContext
 from bot.states import RUNNING_STATES, IllegalTransitionError, SessionState
 from bot.store import BotStore, DuplicateNameError, SessionRecord
-from config import Settings
+from config import Settings, format_duration
 from services.alerts import Alerter
 from services.clock import Clock
 from services.metrics import Metrics
@@ -225,7 +225,11 @@ class BotManager:
         wanted = [s for s in self.sessions.values() if s.record.want_running]
         if not wanted or self.engine is None:
             return
-        log.info("Restoring {} bot session(s) (stagger {})", len(wanted), self.config.start_stagger)
+        log.info(
+            "Restoring {} bot session(s), {} apart",
+            len(wanted),
+            format_duration(self.config.start_stagger),
+        )
         for index, session in enumerate(wanted):
             if index:
                 await asyncio.sleep(self.config.start_stagger.total_seconds())

@@ -43,8 +43,15 @@ _STDLIB_LEVELS = {
 
 TEXT_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | "
-    "{extra[component]: <9} | <level>{message}</level>"
+    "{extra[component]: <9} | "
 )
+
+
+def _text_format(record: Record) -> str:
+    # A bot's lines carry its id, so one bot's story can be grepped out of the log.
+    session = "[{extra[session]}] " if "session" in record["extra"] else ""
+    tail = "\n{exception}" if record["exception"] else ""
+    return TEXT_FORMAT + session + "<level>{message}</level>" + tail + "\n"
 
 
 class InterceptHandler(logging.Handler):
@@ -87,7 +94,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     if fmt == "json":
         logger.add(_json_sink, level=level, format="{message}")
     else:
-        logger.add(sys.stdout, level=level, format=TEXT_FORMAT, colorize=sys.stdout.isatty())
+        logger.add(sys.stdout, level=level, format=_text_format, colorize=sys.stdout.isatty())
 
     # A real level on the stdlib side too: at level 0 uvicorn believes TRACE is on and wraps
     # every request in its message logger, which cut /health throughput by more than half.

@@ -116,6 +116,8 @@ class BotManager:
             random=rand,
         )
         self.sessions: dict[str, BotSession] = {}
+        # One creation at a time per owner, so concurrent requests cannot pass the limit.
+        self._create_locks: dict[str | None, asyncio.Lock] = {}
         self._restore_task: asyncio.Task[None] | None = None
         self.last_cleanup: dict[str, Any] | None = None
         self.last_sweep: dict[str, Any] | None = None
@@ -131,6 +133,15 @@ class BotManager:
                 self.ctx.alerter.adopt(
                     f"session:{record.id}", record.state_changed_at, record.state_reason or ""
                 )
+        # Still "running" in storage means the last process died under them (SIGKILL, out
+        # of memory). Say so now, before anyone reads a CONNECTED that no browser backs.
+        orphans = [(s.id, s.state) for s in self.sessions.values() if s.state in RUNNING_STATES]
+        if orphans:
+            now = self.clock.now()
+            reason = "the process ended while it was running"
+            moved = await self.store.stop_many(orphans, S.STOPPED, reason, now)
+            for session_id in moved:
+                self.sessions[session_id].mark_stopped(reason, now)
 
     def visible(self, session_id: str, owner: str | None) -> BotSession | None:
         """The session if `owner` may see it (None = admin); another's is as good as absent."""
@@ -176,6 +187,16 @@ class BotManager:
         metadata: dict[str, Any],
         start: bool,
     ) -> BotSession:
+        lock = self._create_locks.setdefault(user_id, asyncio.Lock())
+        async with lock:
+            session = await self._create(user_id, name, webhook_url, metadata)
+        if start and self.engine is not None:
+            await session.start("started at creation")
+        return session
+
+    async def _create(
+        self, user_id: str | None, name: str, webhook_url: str | None, metadata: dict[str, Any]
+    ) -> BotSession:
         if user_id is not None and self.count_for(user_id) >= self.config.max_sessions_per_user:
             raise SessionLimitError(self.config.max_sessions_per_user)
         if any(
@@ -197,16 +218,17 @@ class BotManager:
         session = BotSession(record, self.ctx)
         self.sessions[record.id] = session
         log.bind(session=record.id).info("Bot session '{}' created", name)
-        if start and self.engine is not None:
-            await session.start("started at creation")
         return session
 
-    async def delete(self, session: BotSession) -> None:
+    async def delete(self, session: BotSession) -> bool:
+        """False when it was already deleted (two deletes racing: one wins)."""
+        if self.sessions.pop(session.id, None) is None:
+            return False
         await session.destroy()
-        self.sessions.pop(session.id, None)
         await self.store.delete_session(session.id)
         self.ctx.alerter.forget(f"session:{session.id}")
         log.bind(session=session.id).info("Bot session '{}' deleted", session.record.name)
+        return True
 
     async def delete_user_sessions(self, user_id: str) -> int:
         mine = [s for s in self.sessions.values() if s.record.user_id == user_id]
@@ -234,9 +256,6 @@ class BotManager:
             if index:
                 await asyncio.sleep(self.config.start_stagger.total_seconds())
             try:
-                if session.state in RUNNING_STATES and session.state is not S.DISCONNECTED:
-                    # The process died under it (SIGKILL, OOM): say so in its history.
-                    await session.stop("the process ended while it was running", by_owner=False)
                 await session.start("restored at boot")
             except (IllegalTransitionError, ConcurrentChangeError) as exc:
                 log.bind(session=session.id).warning("Not restored: {}", exc)
@@ -247,17 +266,35 @@ class BotManager:
             self._restore_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._restore_task
-        pending = [s.shutdown() for s in self.sessions.values()]
+        sessions = list(self.sessions.values())
         try:
             async with asyncio.timeout(within):
-                results = await asyncio.gather(*pending, return_exceptions=True)
-            for result in results:
-                if isinstance(result, Exception):
-                    log.warning("A session did not stop cleanly: {}", result)
+                left = await asyncio.gather(
+                    *(s.close_for_shutdown() for s in sessions), return_exceptions=True
+                )
+                moves = [
+                    (session.id, state)
+                    for session, state in zip(sessions, left, strict=True)
+                    if isinstance(state, SessionState)
+                ]
+                for session, state in zip(sessions, left, strict=True):
+                    if isinstance(state, Exception):
+                        log.bind(session=session.id).warning("Did not close cleanly: {}", state)
+                # One transaction for all: thousands of bots must not outlast the bound.
+                now = self.clock.now()
+                moved = await self.store.stop_many(moves, S.STOPPED, "shutdown", now)
+                for session in sessions:
+                    if session.id in moved:
+                        session.mark_stopped("shutdown", now)
         except TimeoutError:
             log.error("Bot sessions did not all stop within {:.1f}s", within)
-        for task in list(self.ctx.tasks):
+        # Cancel what is left (timers, heartbeats, launches) and wait for it to unwind, so no
+        # task is still holding a database connection when the engine is disposed.
+        leftovers = [task for task in self.ctx.tasks if task is not asyncio.current_task()]
+        for task in leftovers:
             task.cancel()
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=max(within / 4, 0.5))
         if self.engine is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(max(within / 2, 1.0)):

@@ -36,7 +36,7 @@ from bot.states import (
     SessionState,
     check_transition,
 )
-from bot.store import BotStore, SessionRecord
+from bot.store import PHONE_LOGOUT_PREFIX, BotStore, SessionRecord
 from services.alerts import Alerter
 from services.clock import Clock
 from services.metrics import Metrics
@@ -193,6 +193,9 @@ class BotSession:
         if self._trial:
             # A breaker trial is not a recovery yet: no "resolved" then a second alert.
             level = HealthLevel.CRITICAL
+        elif self.record.state is S.LOGGED_OUT and not self.record.state_reason_is_phone():
+            # The owner unlinked it on purpose: nothing for anyone to be alerted about.
+            level = HealthLevel.INACTIVE
         previous = self.record.health
         if level.value == previous:
             return False
@@ -271,15 +274,23 @@ class BotSession:
         await self._forget_profile()
         await self._transition(S.LOGGED_OUT, reason, want_running=False, linked_as=None)
 
-    async def shutdown(self) -> None:
-        """Process shutdown: close what runs, remember it should run again."""
+    async def close_for_shutdown(self) -> SessionState | None:
+        """Process shutdown: close the browser, keep `want_running` so the next boot brings
+        it back. Returns the state to record as left (the manager writes all at once)."""
         self._generation += 1
         self._cancel_timers()
-        if self.record.state in RUNNING_STATES:
-            await self._close_engine()
-            await self._transition(S.STOPPED, "shutdown", next_retry_at=None)
-        else:
-            await self._close_engine()
+        await self._close_engine()
+        return self.record.state if self.record.state in RUNNING_STATES else None
+
+    def mark_stopped(self, reason: str, at: datetime) -> None:
+        """The manager stored the move already (in bulk); mirror it in memory."""
+        previous = self.record.state
+        self.record.state = S.STOPPED
+        self.record.state_reason = reason
+        self.record.state_changed_at = at
+        self.record.next_retry_at = None
+        self._ctx.metrics.bot_transitions.labels(to=S.STOPPED.value).inc()
+        self._log().info("State: {} → STOPPED ({})", previous.value, reason)
 
     async def destroy(self) -> None:
         """Before deletion: close everything and delete the profile."""
@@ -430,7 +441,7 @@ class BotSession:
         await self._forget_profile()
         await self._transition(
             S.LOGGED_OUT,
-            f"logged out from the phone ({reason})",
+            f"{PHONE_LOGOUT_PREFIX} ({reason})",
             want_running=False,
             linked_as=None,
         )

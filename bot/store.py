@@ -30,9 +30,10 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from bot.states import SessionState
-from services.database import Database, UTCDateTime, metadata
+from services.database import Database, UTCDateTime, metadata, shielded
 
 ADMIN_OWNER = "admin"
+PHONE_LOGOUT_PREFIX = "logged out from the phone"
 
 users = Table(
     "users",
@@ -132,6 +133,9 @@ class SessionRecord:
     health: str = "inactive"
     linked_as: str | None = None
 
+    def state_reason_is_phone(self) -> bool:
+        return (self.state_reason or "").startswith(PHONE_LOGOUT_PREFIX)
+
     @property
     def owner_key(self) -> str:
         return self.user_id or ADMIN_OWNER
@@ -181,6 +185,7 @@ class BotStore:
 
     # Users -----------------------------------------------------------------------------
 
+    @shielded
     async def create_user(self, user: UserRecord, token_hash: str) -> None:
         async with self.db.engine.begin() as conn:
             await conn.execute(
@@ -189,6 +194,7 @@ class BotStore:
                 )
             )
 
+    @shielded
     async def user_by_token_hash(self, token_hash: str) -> UserRecord | None:
         query = select(users.c.id, users.c.name, users.c.created_at).where(
             users.c.token_hash == token_hash
@@ -197,17 +203,20 @@ class BotStore:
             row = (await conn.execute(query)).first()
         return UserRecord(*row) if row else None
 
+    @shielded
     async def get_user(self, user_id: str) -> UserRecord | None:
         query = select(users.c.id, users.c.name, users.c.created_at).where(users.c.id == user_id)
         async with self.db.engine.connect() as conn:
             row = (await conn.execute(query)).first()
         return UserRecord(*row) if row else None
 
+    @shielded
     async def list_users(self) -> list[UserRecord]:
         query = select(users.c.id, users.c.name, users.c.created_at).order_by(users.c.created_at)
         async with self.db.engine.connect() as conn:
             return [UserRecord(*row) for row in (await conn.execute(query)).all()]
 
+    @shielded
     async def delete_user(self, user_id: str) -> bool:
         async with self.db.engine.begin() as conn:
             await conn.execute(delete(bot_sessions).where(bot_sessions.c.user_id == user_id))
@@ -216,6 +225,7 @@ class BotStore:
 
     # Sessions --------------------------------------------------------------------------
 
+    @shielded
     async def insert_session(self, record: SessionRecord, reason: str) -> None:
         try:
             async with self.db.engine.begin() as conn:
@@ -232,12 +242,14 @@ class BotStore:
         except IntegrityError as exc:
             raise DuplicateNameError(record.name) from exc
 
+    @shielded
     async def all_sessions(self) -> list[SessionRecord]:
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(select(bot_sessions))).all()
         return [SessionRecord.from_row(row) for row in rows]
 
-    async def save_fields(self, session_id: str, **values: Any) -> None:
+    @shielded
+    async def save_fields(self, /, session_id: str, **values: Any) -> None:
         """Write fields that are not the state (activity, heartbeat, counters)."""
         if "metadata" in values:
             values["metadata"] = json.dumps(values["metadata"], separators=(",", ":"))
@@ -246,8 +258,10 @@ class BotStore:
                 update(bot_sessions).where(bot_sessions.c.id == session_id).values(**values)
             )
 
+    @shielded
     async def transition(
         self,
+        /,
         session_id: str,
         expected: SessionState,
         target: SessionState,
@@ -280,6 +294,50 @@ class BotStore:
             )
         return True
 
+    @shielded
+    async def stop_many(
+        self, moves: list[tuple[str, SessionState]], target: SessionState, reason: str, at: datetime
+    ) -> set[str]:
+        """Move many sessions at once (shutdown): one transaction, guarded per row like
+        `transition`. Returns the ids that moved."""
+        moved: set[str] = set()
+        if not moves:
+            return moved
+        by_state: dict[SessionState, list[str]] = {}
+        for session_id, state in moves:
+            by_state.setdefault(state, []).append(session_id)
+        async with self.db.engine.begin() as conn:
+            for state, ids in by_state.items():
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    result = await conn.execute(
+                        update(bot_sessions)
+                        .where(bot_sessions.c.id.in_(chunk), bot_sessions.c.state == state.value)
+                        .values(
+                            state=target.value,
+                            state_reason=reason,
+                            state_changed_at=at,
+                            next_retry_at=None,
+                        )
+                        .returning(bot_sessions.c.id)
+                    )
+                    moved.update(row[0] for row in result)
+            rows = [
+                {
+                    "session_id": session_id,
+                    "at": at,
+                    "from_state": state.value,
+                    "to_state": target.value,
+                    "reason": reason,
+                }
+                for session_id, state in moves
+                if session_id in moved
+            ]
+            if rows:
+                await conn.execute(insert(session_transitions), rows)
+        return moved
+
+    @shielded
     async def history(self, session_id: str, limit: int = 20) -> list[Transition]:
         """The newest `limit` state changes, newest first."""
         query = (
@@ -296,6 +354,7 @@ class BotStore:
         async with self.db.engine.connect() as conn:
             return [Transition(*row) for row in (await conn.execute(query)).all()]
 
+    @shielded
     async def delete_session(self, session_id: str) -> None:
         async with self.db.engine.begin() as conn:
             await conn.execute(
@@ -305,6 +364,7 @@ class BotStore:
 
     # Audit log and stored secrets ------------------------------------------------------
 
+    @shielded
     async def audit(
         self, at: datetime, actor: str, action: str, target: str | None, detail: str | None
     ) -> None:
@@ -315,6 +375,7 @@ class BotStore:
                 )
             )
 
+    @shielded
     async def audit_entries(self, limit: int = 100) -> list[dict[str, Any]]:
         query = select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
         async with self.db.engine.connect() as conn:
@@ -330,12 +391,14 @@ class BotStore:
             for row in rows
         ]
 
+    @shielded
     async def get_secret(self, key: str) -> str | None:
         query = select(app_secrets.c.value).where(app_secrets.c.key == key)
         async with self.db.engine.connect() as conn:
             value: str | None = (await conn.execute(query)).scalar_one_or_none()
         return value
 
+    @shielded
     async def put_secret_if_absent(self, key: str, value: str, at: datetime) -> bool:
         """Store once; False when another process stored one first (theirs wins)."""
         try:
@@ -345,6 +408,7 @@ class BotStore:
             return False
         return True
 
+    @shielded
     async def count_sessions(self) -> int:
         async with self.db.engine.connect() as conn:
             count = (

@@ -8,9 +8,11 @@ state.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -55,6 +57,38 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class _UsesDatabase(Protocol):
+    db: Database
+
+
+Owner = TypeVar("Owner", bound=_UsesDatabase)
+
+
+def shielded(
+    method: Callable[Concatenate[Owner, P], Awaitable[T]],
+) -> Callable[Concatenate[Owner, P], Awaitable[T]]:
+    """Run a store call to its end even if the caller is cancelled.
+
+    A query cancelled half-way leaves its connection to the garbage collector (and, on
+    aiosqlite, a close that can hang the loop); a state change must be stored whole or not
+    at all. The call runs in its own task, which `Database.dispose()` waits for.
+    """
+
+    async def run_whole(self: Owner, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        task = asyncio.ensure_future(method(self, *args, **kwargs))
+        self.db.track(task)
+        return await asyncio.shield(task)
+
+    run_whole.__name__ = method.__name__
+    run_whole.__qualname__ = method.__qualname__
+    run_whole.__doc__ = method.__doc__
+    return run_whole
+
+
 class DatabaseError(Exception):
     """The database cannot be reached or prepared; the message is one line for a person."""
 
@@ -85,6 +119,11 @@ class Database:
         )
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self._inflight: set[asyncio.Future[Any]] = set()
+
+    def track(self, task: asyncio.Future[Any]) -> None:
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     @property
     def display_name(self) -> str:
@@ -113,6 +152,8 @@ class Database:
         return True
 
     async def dispose(self) -> None:
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=5)
         await self.engine.dispose()
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import Boolean, Column, Float, Integer, String, Table, delete, func, insert, select
 
-from services.database import Database, UTCDateTime, metadata
+from services.database import Database, UTCDateTime, metadata, shielded
 
 pings = Table(
     "keepalive_pings",
@@ -43,6 +43,7 @@ class PingStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    @shielded
     async def add(self, record: PingRecord) -> None:
         async with self.db.engine.begin() as conn:
             await conn.execute(
@@ -55,6 +56,7 @@ class PingStore:
                 )
             )
 
+    @shielded
     async def since(self, start: datetime, limit: int) -> list[PingRecord]:
         """The newest `limit` pings at or after `start`, oldest first."""
         query = (
@@ -67,10 +69,12 @@ class PingStore:
             rows = (await conn.execute(query)).all()
         return [PingRecord(*row) for row in reversed(rows)]
 
+    @shielded
     async def count(self) -> int:
         async with self.db.engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(pings))).scalar_one())
 
+    @shielded
     async def prune(self, keep: int, older_than: datetime) -> int:
         """Drop pings older than `older_than` and all but the newest `keep`; return how many."""
         async with self.db.engine.begin() as conn:

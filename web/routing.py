@@ -76,7 +76,9 @@ def starlette_routes(api: list[ApiRoute]) -> list[Route]:
 
 def _dispatch(handlers: dict[str, Handler]) -> Handler:
     async def by_method(request: Request) -> Response:
-        return await handlers[request.method](request)
+        # Starlette lets HEAD through wherever GET is allowed: answer it as GET.
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
 
     return by_method
 

@@ -119,9 +119,27 @@ async def list_sessions(request: Request) -> Response:
     who = principal(request)
     user_filter = request.query_params.get("user") if who.is_admin else None
     with_history = request.query_params.get("include") == "history"
+    limit = _int_param(request, "limit", default=100, low=1, high=1000)
+    offset = _int_param(request, "offset", default=0, low=0, high=10**9)
     sessions = manager(request).list_visible(who.owner_scope, user_filter)
-    items = [await session_json(request, s, with_history=with_history) for s in sessions]
-    return JSONResponse({"sessions": items, "total": len(items)})
+    page = sessions[offset : offset + limit]
+    items = [await session_json(request, s, with_history=with_history) for s in page]
+    return JSONResponse(
+        {"sessions": items, "total": len(sessions), "limit": limit, "offset": offset}
+    )
+
+
+def _int_param(request: Request, name: str, *, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise Problem(
+            422,
+            f"Query parameter {name} must be a whole number from {low} to {high}.",
+            errors=[{"field": name, "message": f"expected a whole number from {low} to {high}"}],
+        )
+    return int(raw)
 
 
 async def get_session(request: Request) -> Response:
@@ -159,9 +177,8 @@ async def create_session(request: Request) -> Response:
             user_id=owner, name=name, webhook_url=webhook_url, metadata=metadata, start=start
         )
     except DuplicateNameError:
-        raise Problem(
-            409, f"You already have a bot named '{name}'; names are unique per user."
-        ) from None
+        whose = "You already have" if owner == who.user_id else "That owner already has"
+        raise Problem(409, f"{whose} a bot named '{name}'; names are unique per user.") from None
     except SessionLimitError as exc:
         raise Problem(
             409,
@@ -224,7 +241,8 @@ logout_session = _action("logout", "logged out", lambda s: s.logout("logged out 
 
 async def delete_session(request: Request) -> Response:
     session = find(request)
-    await manager(request).delete(session)
+    if not await manager(request).delete(session):
+        raise Problem(404, f"There is no bot session '{session.id}' for this token.")
     await audit(request, "session.delete", session.id, session.record.name)
     return Response(status_code=204)
 
@@ -245,7 +263,12 @@ SESSION_ROUTES = [
         "/api/sessions",
         list_sessions,
         "List the bots this token may see",
-        query={"user": {"type": "string"}, "include": {"type": "string", "enum": ["history"]}},
+        query={
+            "user": {"type": "string"},
+            "include": {"type": "string", "enum": ["history"]},
+            "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+            "offset": {"type": "integer", "minimum": 0, "default": 0},
+        },
         responses={200: ("The sessions", {"type": "object"})},
     ),
     ApiRoute(

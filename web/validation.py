@@ -41,7 +41,11 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
     if not raw.strip():
         raise Problem(400, "The body is empty; send a JSON object.")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise Problem(400, "The body is nested too deeply.") from None
+    except _NonFiniteNumberError as exc:
+        raise Problem(400, f"The body holds {exc.args[0]}, which JSON does not allow.") from None
     except (ValueError, UnicodeDecodeError) as exc:
         where = ""
         if isinstance(exc, json.JSONDecodeError):
@@ -50,6 +54,15 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise Problem(422, "The body must be a JSON object.", errors=[])
     return body
+
+
+class _NonFiniteNumberError(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; our answers (and other clients) cannot.
+    raise _NonFiniteNumberError(name)
 
 
 class Fields:
@@ -106,8 +119,13 @@ class Fields:
         value = self.text(name, max_length=2000)
         if value is None:
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname
+        except ValueError:
+            self.error(name, "expected an http:// or https:// URL with a host")
+            return None
+        if parts.scheme not in ("http", "https") or not host:
             self.error(name, "expected an http:// or https:// URL with a host")
             return None
         return value

@@ -30,10 +30,6 @@ def engine_factory(settings: Settings) -> EngineFactory | None:
         try:
             module = importlib.import_module("bot.engines.whatsapp.driver")
         except ModuleNotFoundError:
-            log.warning(
-                "BOT_ENGINE=whatsapp: the WhatsApp engine is not part of this build yet; "
-                "bots can be created but not started"
-            )
             return None
         factory: Any = module.create_engine
     else:
@@ -58,6 +54,11 @@ def engine_factory(settings: Settings) -> EngineFactory | None:
 def load_engine(settings: Settings) -> Engine | None:
     factory = engine_factory(settings)
     if factory is None:
+        if settings.bot_engine.strip() == "whatsapp":
+            log.warning(
+                "BOT_ENGINE=whatsapp: the WhatsApp engine is not part of this build yet; "
+                "bots can be created but not started"
+            )
         return None
     engine = factory(settings)
     log.info("Bot engine: {}", engine.name)

@@ -78,6 +78,11 @@ def test_running_bots_come_back_after_sigterm_and_sigkill(tmp_path: Path):
 
     with ServerProcess(data, ENV) as server:
         server.wait_ready()
+        # Killed while connected: from the first answer on, it is not reported as the
+        # CONNECTED it was, but as stopped by the crash (and then restored).
+        first = call(server, "GET", f"/api/sessions/{ids[1]}", token).json()
+        first_reasons = [t["reason"] for t in first["history"]]
+        assert "the process ended while it was running" in first_reasons[:3]
         for bot_id in ids[:2]:
             wait_state(server, token, bot_id, "CONNECTED")
         history = call(server, "GET", f"/api/sessions/{ids[1]}", token).json()["history"]

@@ -41,9 +41,10 @@ typecheck: install-test
 pytest: install-test
 	$(PY) -m pytest
 
-## Run every benchmark in bench/ and print its figures.
+## Run the benchmarks in bench/ and print their figures (JSON next to this Makefile).
 bench: install-test
-	$(PY) bench/health_throughput.py --json bench/results.json
+	$(PY) bench/health_throughput.py --json bench/health_throughput.json
+	$(PY) bench/manager_scale.py --json bench/manager_scale.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.support import FakeClock
+from tests.support import SETTINGS_ENV, FakeClock
 
 POSTGRES_URL = os.environ.get("TEST_DATABASE_URL")
 
@@ -25,6 +25,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "database_url" in metafunc.fixturenames:
         backends = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
         metafunc.parametrize("backend", backends, indirect=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in SETTINGS_ENV:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

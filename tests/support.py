@@ -18,25 +18,13 @@ from typing import Any
 
 import httpx
 
+from config import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 
-# Variables from the developer's shell that would change what a spawned server does.
-_SCRUBBED = (
-    "KEEPALIVE_URL",
-    "PUBLIC_URL",
-    "RENDER_EXTERNAL_URL",
-    "RAILWAY_PUBLIC_DOMAIN",
-    "RAILWAY_ENVIRONMENT_NAME",
-    "KOYEB_PUBLIC_DOMAIN",
-    "FLY_APP_NAME",
-    "DATABASE_URL",
-    "HEARTBEAT_URL",
-    "ALERT_URLS",
-    "ADMIN_TOKEN",
-    "PORT",
-    "HOST",
-    "DATA_DIR",
-)
+# Every variable wakeful reads: a developer's shell (or CI's) must not change what a test
+# sees, so tests start from none of them and set what they need.
+SETTINGS_ENV = frozenset(name.upper() for name in Settings.model_fields)
 
 
 class FakeClock:
@@ -124,7 +112,7 @@ class ServerProcess:
         self.port = free_port()
         self.data_dir = data_dir
         self.base_url = f"http://127.0.0.1:{self.port}"
-        base = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+        base = {k: v for k, v in os.environ.items() if k not in SETTINGS_ENV}
         self.env = {
             **base,
             "HOST": "127.0.0.1",

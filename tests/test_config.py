@@ -13,24 +13,6 @@ def settings(**values: object):
     return load_settings(_env_file=None, **values)
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (
-        "KEEPALIVE_URL",
-        "PUBLIC_URL",
-        "RENDER_EXTERNAL_URL",
-        "RAILWAY_PUBLIC_DOMAIN",
-        "RAILWAY_ENVIRONMENT_NAME",
-        "KOYEB_PUBLIC_DOMAIN",
-        "FLY_APP_NAME",
-        "DATABASE_URL",
-        "KEEP_ALIVE_INTERVAL",
-        "KEEP_ALIVE_TIMEOUT",
-        "PORT",
-    ):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

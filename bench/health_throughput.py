@@ -23,42 +23,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import http.client
-import json
-import math
 import os
-import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar, cast
+from typing import cast
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-LOOPBACK = "127.0.0.1"
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import _common as common  # noqa: E402
+
 GOAL_RATIO = 0.8
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 CONNECT_TIMEOUT_S = 5.0
 DRAIN_TIMEOUT_S = 5.0
-
-T = TypeVar("T")
-
-# Variables that could make the wakeful under test talk to the outside world or to a real
-# database; the benchmark drops them from the inherited environment.
-SCRUBBED_ENV = (
-    "DATABASE_URL",
-    "KEEPALIVE_URL",
-    "PUBLIC_URL",
-    "HEARTBEAT_URL",
-    "ALERT_URLS",
-)
 
 BARE_APP_SOURCE = '''\
 """Bare Starlette app for bench/health_throughput.py: one route, constant JSON."""
@@ -99,96 +84,6 @@ if __name__ == "__main__":
 # --------------------------------------------------------------------------------------------
 # Servers
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    name: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    stderr_path: Path
-    stderr_file: IO[bytes]
-
-    def stderr_text(self, limit: int = 4000) -> str:
-        self.stderr_file.flush()
-        try:
-            text = self.stderr_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return text[-limit:]
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (all held open at once, then released)."""
-    with contextlib.ExitStack() as stack:
-        ports: list[int] = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((LOOPBACK, 0))
-            ports.append(sock.getsockname()[1])
-        return ports
-
-
-def start_server(
-    name: str, argv: list[str], cwd: Path, env: dict[str, str], port: int, logdir: Path
-) -> Server:
-    stderr_path = logdir / f"{name}.stderr.log"
-    stderr_file = stderr_path.open("wb")
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=stderr_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return Server(name, proc, port, stderr_path, stderr_file)
-
-
-def stop_server(server: Server) -> None:
-    proc = server.proc
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-    server.stderr_file.close()
-
-
-def wait_ready(server: Server, path: str, timeout: float = START_TIMEOUT_S) -> None:
-    """Poll until `GET path` answers 200, the process dies, or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    last_error = "no answer yet"
-    while time.monotonic() < deadline:
-        code = server.proc.poll()
-        if code is not None:
-            raise RuntimeError(
-                f"{server.name} exited with status {code} before answering {path}.\n"
-                f"--- {server.name} output ---\n{server.stderr_text()}"
-            )
-        conn = http.client.HTTPConnection(LOOPBACK, server.port, timeout=1.0)
-        try:
-            conn.request("GET", path)
-            response = conn.getresponse()
-            response.read()
-            if response.status == 200:
-                return
-            last_error = f"HTTP {response.status}"
-        except (OSError, http.client.HTTPException) as exc:
-            last_error = f"{type(exc).__name__}: {exc}"
-        finally:
-            conn.close()
-        time.sleep(0.1)
-    raise RuntimeError(
-        f"{server.name} did not answer GET {path} with 200 within {timeout:.0f}s "
-        f"(last: {last_error}).\n--- {server.name} output ---\n{server.stderr_text()}"
-    )
 
 
 def process_cpu_seconds(pid: int) -> float | None:
@@ -359,7 +254,7 @@ async def run_load(
     Returns the stats of requests completed inside the timed window, and its length.
     """
     loop = asyncio.get_running_loop()
-    request = f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\n\r\n".encode("ascii")
+    request = f"GET {path} HTTP/1.1\r\nHost: {common.LOOPBACK}\r\n\r\n".encode("ascii")
     start = time.perf_counter()
     recorder = Recorder(start + warmup, start + warmup + duration)
     protocols: list[HttpClientProtocol] = []
@@ -372,7 +267,7 @@ async def run_load(
     async def connect() -> HttpClientProtocol:
         _, proto = await asyncio.wait_for(
             loop.create_connection(
-                lambda: HttpClientProtocol(request, recorder, on_idle), LOOPBACK, port
+                lambda: HttpClientProtocol(request, recorder, on_idle), common.LOOPBACK, port
             ),
             timeout=CONNECT_TIMEOUT_S,
         )
@@ -414,16 +309,6 @@ async def run_load(
     return recorder.stats, duration
 
 
-def run_async(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine on uvloop when available (a cheaper client), else on asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro_factory())
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro_factory())
-
-
 # --------------------------------------------------------------------------------------------
 # Measurement
 # --------------------------------------------------------------------------------------------
@@ -432,7 +317,7 @@ def run_async(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
 @dataclass
 class Target:
     name: str
-    server: Server
+    server: common.Server
     path: str
 
 
@@ -472,7 +357,7 @@ def measure(target: Target, connections: int, warmup: float, duration: float) ->
     cpu_before = process_cpu_seconds(pid)
     client_before = time.process_time()
     wall_before = time.perf_counter()
-    stats, window = run_async(
+    stats, window = common.run_async(
         lambda: run_load(target.server.port, target.path, connections, warmup, duration)
     )
     wall = time.perf_counter() - wall_before
@@ -533,20 +418,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def wakeful_env(port: int, data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-    env.update(
-        HOST=LOOPBACK,
-        PORT=str(port),
-        DATA_DIR=str(data_dir),
-        KEEP_ALIVE_ENABLED="false",
-        LOG_LEVEL="WARNING",
-        ACCESS_LOG="false",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
 def print_table(summaries: dict[str, TargetSummary]) -> None:
     header = f"{'target':<24} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
     header += f" {'srv cpu':>8} {'cli cpu':>8}"
@@ -560,64 +431,33 @@ def print_table(summaries: dict[str, TargetSummary]) -> None:
         )
 
 
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-    }
-    for module in ("uvicorn", "starlette", "uvloop", "httptools"):
-        try:
-            info[module] = __import__(module).__version__
-        except (ImportError, AttributeError):
-            info[module] = None
-    return info
-
-
-def finite(value: Any) -> Any:
-    """A copy of a JSON-able value with NaN/inf floats (no samples) replaced by None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite(v) for v in value]
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    servers: list[Server] = []
+    servers: list[common.Server] = []
     with tempfile.TemporaryDirectory(prefix="wakeful-bench-") as tmp:
         tmpdir = Path(tmp)
         data_dir = tmpdir / "data"
         data_dir.mkdir()
         (tmpdir / "_bare_app.py").write_text(BARE_APP_SOURCE)
         try:
-            wakeful_port, bare_port = free_ports(2)
-            wakeful = start_server(
-                "wakeful",
-                [sys.executable, "server.py"],
-                REPO_ROOT,
-                wakeful_env(wakeful_port, data_dir),
-                wakeful_port,
-                tmpdir,
+            wakeful_port, bare_port = common.free_ports(2)
+            wakeful = common.start_wakeful(
+                "wakeful", wakeful_port, data_dir, tmpdir / "wakeful.stderr.log"
             )
             servers.append(wakeful)
             bare_env = dict(os.environ, PYTHONUNBUFFERED="1")
-            bare = start_server(
+            bare = common.start_server(
                 "bare",
-                [sys.executable, str(tmpdir / "_bare_app.py"), LOOPBACK, str(bare_port)],
+                [sys.executable, str(tmpdir / "_bare_app.py"), common.LOOPBACK, str(bare_port)],
                 tmpdir,
                 bare_env,
                 bare_port,
-                tmpdir,
+                tmpdir / "bare.stderr.log",
             )
             servers.append(bare)
             try:
-                wait_ready(wakeful, "/health")
-                wait_ready(bare, "/")
+                common.wait_ready(wakeful, "/health", START_TIMEOUT_S)
+                common.wait_ready(bare, "/", START_TIMEOUT_S)
             except RuntimeError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
@@ -638,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                     if target.server.proc.poll() is not None:
                         print(
                             f"error: {target.server.name} died during the benchmark.\n"
-                            f"{target.server.stderr_text()}",
+                            f"{target.server.log_text()}",
                             file=sys.stderr,
                         )
                         return 2
@@ -651,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
         finally:
             for server in reversed(servers):
-                stop_server(server)
+                common.stop_server(server, STOP_TIMEOUT_S)
 
     summaries = {t.name: summarize(t, results[t.name]) for t in targets}
     print()
@@ -687,11 +527,9 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_keepalive": ratio_keepalive,
             "goal": GOAL_RATIO,
             "goal_met": met,
-            "machine": machine_info(),
+            "machine": common.machine_info(("uvicorn", "starlette", "uvloop", "httptools")),
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(finite(document), indent=2, allow_nan=False) + "\n")
-        print(f"figures written to {args.json}")
+        common.write_json(args.json, document)
     return 0
 
 

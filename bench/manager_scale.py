@@ -2,21 +2,30 @@
 
 Prints figures; it is not a pass/fail test. For each N (default 1,000 and 10,000):
 
-1. Memory. N idle sessions (half IDLE, half STOPPED, with realistic fields) are bulk-inserted
-   into a real SQLite database in a temporary directory, as rows made by
+1. Memory and load. N idle sessions (half IDLE, half STOPPED, with realistic fields) are
+   bulk-inserted into a real SQLite database in a temporary directory, as rows made by
    `SessionRecord.row()`. `tracemalloc` then measures the Python memory `BotManager.load()`
    keeps for the N in-memory `BotSession` objects (snapshot before and after, the manager
-   still referenced), divided by N. The same is reported for the mixed database below.
+   still referenced), divided by N. The same is reported for the mixed database below, as
+   `load()` leaves it: `load()` marks every session stored in a running state STOPPED ("the
+   process ended while it was running", one batched write), so the 80% of the mix stored
+   running are STOPPED in memory and on disk afterwards. `load()` itself is timed on fresh
+   copies of both databases, with the statements it writes counted (none for the idle set).
 2. Sweeps. A realistic mix: 60% CONNECTED (fresh heartbeat, recent activity), 10%
    DISCONNECTED (next retry in the future), 10% STOPPED, 10% IDLE, 10% CONNECTED but idle for
-   more than 24 h. The manager runs on a ScriptedEngine with a clock frozen at the moment the
-   data describes, so repeated runs see the same world. Timed with `time.perf_counter`:
-   `health_sweep_once()` (nothing changes state), `cleanup_once()` on a fresh load (it
-   expires the idle 10%, and the time includes their database writes), and `cleanup_once()`
-   again once nothing is left to expire. Database writes made during each run are counted.
+   more than 24 h. After `load()`, the sessions it marked STOPPED are put back as a process
+   that has been running them holds them: the stored rows are written back in one bulk UPDATE
+   (the transitions `load()` added deleted), so guarded writes (`WHERE state = old`) succeed,
+   and the in-memory records get the same fields. The manager runs on a ScriptedEngine with a
+   clock frozen at the moment the data describes, so repeated runs see the same world. Timed
+   with `time.perf_counter`: `health_sweep_once()` (nothing changes state), `cleanup_once()`
+   on a fresh load (it expires the idle 10%, and the time includes their database writes),
+   and `cleanup_once()` again once nothing is left to expire. Database writes made during
+   each run are counted.
 3. Listing. The real app (`python server.py`, BOT_ENGINE=none, 127.0.0.1 only) is started
    on the prepared database; `GET /api/sessions` with the admin token is timed (one warm-up,
-   then the median of 5) and its size reported.
+   then the median of 5) and its size reported. Its own `load()` marks the sessions stored
+   running STOPPED too, so it lists the mix as a restarted process sees it.
 
 Log lines the manager writes are formatted at LOG_LEVEL (INFO, the production default) and
 then discarded, so their cost is counted but the terminal is not flooded.
@@ -35,37 +44,33 @@ import hashlib
 import http.client
 import io
 import json
-import math
 import os
-import platform
 import pstats
 import random
-import signal
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+import _common as common  # noqa: E402
 from loguru import logger  # noqa: E402
-from sqlalchemy import event, insert, text  # noqa: E402
+from sqlalchemy import bindparam, delete, event, func, insert, select, text, update  # noqa: E402
 
 from bot.manager import BotManager, ManagerConfig  # noqa: E402
 from bot.policy import Policy  # noqa: E402
-from bot.states import SessionState  # noqa: E402
+from bot.states import RUNNING_STATES, SessionState  # noqa: E402
 from bot.store import (  # noqa: E402
     BotStore,
     SessionRecord,
@@ -78,10 +83,8 @@ from services.database import Database  # noqa: E402
 from services.metrics import Metrics  # noqa: E402
 from tests.engines import ScriptedEngine  # noqa: E402
 
-T = TypeVar("T")
 S = SessionState
 
-LOOPBACK = "127.0.0.1"
 ADMIN_TOKEN = "bench-admin-token-" + "x" * 16  # only ever sent to a loopback server we started
 DB_NAME = "wakeful.db"
 SEED = 20_260_101
@@ -105,25 +108,6 @@ KIND_STATE = {
     "stopped": S.STOPPED,
     "idle": S.IDLE,
 }
-
-# Variables from the caller's shell that would change what the spawned server does.
-SCRUBBED_ENV = (
-    "KEEPALIVE_URL",
-    "PUBLIC_URL",
-    "RENDER_EXTERNAL_URL",
-    "RAILWAY_PUBLIC_DOMAIN",
-    "RAILWAY_ENVIRONMENT_NAME",
-    "KOYEB_PUBLIC_DOMAIN",
-    "FLY_APP_NAME",
-    "DATABASE_URL",
-    "HEARTBEAT_URL",
-    "ALERT_URLS",
-    "ADMIN_TOKEN",
-    "BOT_ENGINE",
-    "PORT",
-    "HOST",
-    "DATA_DIR",
-)
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,7 +392,10 @@ class MemoryResult:
     top: list[dict[str, Any]]
 
 
-async def measure_memory(path: Path, n: int, clock: FrozenClock) -> MemoryResult:
+async def measure_memory(src: Path, workdir: Path, n: int, clock: FrozenClock) -> MemoryResult:
+    """On a copy of `src`: `load()` writes (it marks the sessions stored running STOPPED)."""
+    path = workdir / "memory.db"
+    copy_database(src, path)
     db = Database(sqlite_url(path))
     try:
         manager = build_manager(db, clock)
@@ -445,6 +432,12 @@ async def measure_memory(path: Path, n: int, clock: FrozenClock) -> MemoryResult
         return result
     finally:
         await db.dispose()
+        remove_database(path)
+
+
+def remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def _short(location: str) -> str:
@@ -457,8 +450,110 @@ def _short(location: str) -> str:
 
 
 @dataclass
+class Loaded:
+    """A manager that has just run `load()` on a fresh copy of a database."""
+
+    db: Database
+    counter: WriteCounter
+    manager: BotManager
+    stored: list[SessionRecord]  # the rows as they were before load()
+    transitions_before: int  # the highest transition id before load()
+    run: tuple[float, int, dict[str, Any]]  # load(): seconds, writes, {"marked_stopped": k}
+
+
+@contextlib.asynccontextmanager
+async def loaded_copy(src: Path, path: Path, clock: FrozenClock) -> AsyncIterator[Loaded]:
+    copy_database(src, path)
+    db = Database(sqlite_url(path))
+    try:
+        counter = WriteCounter(db)
+        manager = build_manager(db, clock)
+        async with asyncio.timeout(OP_TIMEOUT_S):
+            # Also warms the pooled connection and the compiled SELECT up, out of the timing.
+            stored = await manager.store.all_sessions()
+            async with db.engine.connect() as conn:
+                last = await conn.scalar(select(func.max(session_transitions.c.id)))
+
+        async def load() -> dict[str, Any]:
+            await manager.load()
+            return {}
+
+        seconds, writes, _ = await timed_run(load, counter)
+        running = {r.id for r in stored if r.state in RUNNING_STATES}
+        marked = sum(1 for sid in running if manager.sessions[sid].state is S.STOPPED)
+        yield Loaded(
+            db, counter, manager, stored, int(last or 0), (seconds, writes, {"marked": marked})
+        )
+    finally:
+        await db.dispose()
+        remove_database(path)
+
+
+async def restore_running(loaded: Loaded) -> int:
+    """Undo what `load()` did to the sessions stored running, so the mix is what a process
+    that has been running it holds: the stored rows written back in one bulk UPDATE, the
+    transitions `load()` added deleted, and the in-memory records given the same fields.
+    Returns how many sessions were put back."""
+    sessions = loaded.manager.sessions
+    changed = [r for r in loaded.stored if sessions[r.id].record != r]
+    if changed:
+        rows = [{f"v_{k}": v for k, v in record.row().items()} for record in changed]
+        columns = [k for k in changed[0].row() if k != "id"]
+        statement = (
+            update(bot_sessions)
+            .where(bot_sessions.c.id == bindparam("v_id"))
+            .values({k: bindparam(f"v_{k}") for k in columns})
+        )
+        async with asyncio.timeout(OP_TIMEOUT_S), loaded.db.engine.begin() as conn:
+            await conn.execute(statement, rows)
+            await conn.execute(
+                delete(session_transitions).where(
+                    session_transitions.c.id > loaded.transitions_before
+                )
+            )
+        for stored in changed:
+            record = sessions[stored.id].record
+            for f in fields(SessionRecord):
+                setattr(record, f.name, getattr(stored, f.name))
+    # Memory, disk and the data as generated must now agree.
+    wanted = Counter(r.state.value for r in loaded.stored)
+    in_memory = Counter(s.state.value for s in sessions.values())
+    async with loaded.db.engine.connect() as conn:
+        by_state = select(bot_sessions.c.state, func.count()).group_by(bot_sessions.c.state)
+        on_disk = Counter({str(state): int(count) for state, count in await conn.execute(by_state)})
+    if not wanted == in_memory == on_disk:
+        raise RuntimeError(
+            f"the mix was not restored: stored {dict(wanted)}, in memory {dict(in_memory)}, "
+            f"on disk {dict(on_disk)}"
+        )
+    return len(changed)
+
+
+@dataclass
+class LoadResult:
+    """`BotManager.load()` on fresh copies of one database (the writes are its marking of
+    the sessions stored running as STOPPED, in one transaction)."""
+
+    timing: Timing
+    marked_stopped: int
+
+
+def load_result(runs: list[tuple[float, int, dict[str, Any]]]) -> LoadResult:
+    return LoadResult(timing(runs), int(runs[0][2]["marked"]))
+
+
+async def measure_load(src: Path, workdir: Path, clock: FrozenClock, repeats: int) -> LoadResult:
+    runs = []
+    for attempt in range(repeats):
+        async with loaded_copy(src, workdir / f"load-{attempt}.db", clock) as loaded:
+            runs.append(loaded.run)
+    return load_result(runs)
+
+
+@dataclass
 class SweepResult:
-    load_ms: float
+    load: LoadResult
+    restored: int  # sessions put back into their running state after load()
     sweep: Timing
     cleanup_steady: Timing
     cleanup_expiring: Timing
@@ -471,20 +566,17 @@ async def measure_sweeps(
     expiring: list[tuple[float, int, dict[str, Any]]] = []
     sweeps: list[tuple[float, int, dict[str, Any]]] = []
     steady: list[tuple[float, int, dict[str, Any]]] = []
-    load_times: list[float] = []
+    loads: list[tuple[float, int, dict[str, Any]]] = []
+    restored = 0
     for attempt in range(repeats):
-        path = workdir / f"sweep-{attempt}.db"
-        copy_database(mix_db, path)
-        db = Database(sqlite_url(path))
-        try:
-            counter = WriteCounter(db)
-            manager = build_manager(db, clock)
-            start = time.perf_counter()
-            async with asyncio.timeout(OP_TIMEOUT_S):
-                await manager.load()
-            load_times.append(time.perf_counter() - start)
+        async with loaded_copy(mix_db, workdir / f"sweep-{attempt}.db", clock) as loaded:
+            loads.append(loaded.run)
+            restored = await restore_running(loaded)
+            manager, counter = loaded.manager, loaded.counter
+            if len(manager.sessions) != n:
+                raise RuntimeError(f"loaded {len(manager.sessions)} sessions, expected {n}")
             if attempt == 0:
-                # The full mix, as loaded: nothing is due, no level changes.
+                # The full mix, running: nothing is due, no level changes.
                 for _ in range(repeats):
                     sweeps.append(await timed_run(manager.health_sweep_once, counter))
             # A fresh load: the 10% idle for > 24 h are expired, with their writes.
@@ -493,12 +585,9 @@ async def measure_sweeps(
                 # What cleanup costs once nothing is left to expire.
                 for _ in range(repeats):
                     steady.append(await timed_run(manager.cleanup_once, counter))
-        finally:
-            await db.dispose()
-            for suffix in ("", "-wal", "-shm"):
-                path.with_name(path.name + suffix).unlink(missing_ok=True)
     return SweepResult(
-        load_ms=statistics.median(load_times) * 1000,
+        load=load_result(loads),
+        restored=restored,
         sweep=timing(sweeps),
         cleanup_steady=timing(steady),
         cleanup_expiring=timing(expiring),
@@ -509,14 +598,11 @@ async def measure_sweeps(
 async def profile_steps(mix_db: Path, workdir: Path, clock: FrozenClock, top: int) -> str:
     """cProfile of one sweep and one expiring cleanup (this thread only: the SQLite work
     runs in aiosqlite's thread and shows up here as waiting)."""
-    path = workdir / "profile.db"
-    copy_database(mix_db, path)
-    db = Database(sqlite_url(path))
     out = io.StringIO()
-    try:
-        manager = build_manager(db, clock)
+    async with loaded_copy(mix_db, workdir / "profile.db", clock) as loaded:
+        await restore_running(loaded)
+        manager = loaded.manager
         async with asyncio.timeout(OP_TIMEOUT_S):
-            await manager.load()
             for name, step in (
                 ("health_sweep_once", manager.health_sweep_once),
                 ("cleanup_once (expiring)", manager.cleanup_once),
@@ -528,37 +614,12 @@ async def profile_steps(mix_db: Path, workdir: Path, clock: FrozenClock, top: in
                 out.write(f"\n--- cProfile: {name} ---\n")
                 stats = pstats.Stats(profiler, stream=out)
                 stats.sort_stats("cumulative").print_stats(top)
-    finally:
-        await db.dispose()
     return out.getvalue()
 
 
 # --------------------------------------------------------------------------------------------
 # The real server
 # --------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def server_env(port: int, data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-    env.update(
-        HOST=LOOPBACK,
-        PORT=str(port),
-        DATA_DIR=str(data_dir),
-        ADMIN_TOKEN=ADMIN_TOKEN,
-        BOT_ENGINE="none",
-        KEEP_ALIVE_ENABLED="false",
-        LOG_LEVEL="WARNING",
-        ACCESS_LOG="false",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 def rss_mb(pid: int) -> float | None:
@@ -571,59 +632,9 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    log_file: IO[bytes]
-
-    def log_text(self, limit: int = 4000) -> str:
-        self.log_file.flush()
-        try:
-            return self.log_path.read_text(errors="replace")[-limit:]
-        except OSError:
-            return ""
-
-
-def start_server(data_dir: Path, log_path: Path) -> Server:
-    port = free_port()
-    log_file = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "server.py"],
-        cwd=REPO_ROOT,
-        env=server_env(port, data_dir),
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return Server(proc, port, log_path, log_file)
-
-
-def stop_server(server: Server) -> tuple[float, int | None]:
-    """SIGTERM, bounded wait, then SIGKILL. Returns (seconds to exit, exit status)."""
-    proc = server.proc
-    start = time.perf_counter()
-    try:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5)
-    finally:
-        server.log_file.close()
-    return time.perf_counter() - start, proc.returncode
-
-
 def http_get(port: int, path: str, token: str | None) -> tuple[int, bytes, float]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=REQUEST_TIMEOUT_S)
+    conn = http.client.HTTPConnection(common.LOOPBACK, port, timeout=REQUEST_TIMEOUT_S)
     try:
         start = time.perf_counter()
         conn.request("GET", path, headers=headers)
@@ -632,32 +643,6 @@ def http_get(port: int, path: str, token: str | None) -> tuple[int, bytes, float
         return response.status, body, time.perf_counter() - start
     finally:
         conn.close()
-
-
-def wait_ready(server: Server) -> float:
-    """Seconds until GET /health answers 200 (the manager has loaded by then)."""
-    start = time.perf_counter()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        code = server.proc.poll()
-        if code is not None:
-            raise RuntimeError(
-                f"server.py exited with status {code} before answering /health.\n"
-                f"--- server output ---\n{server.log_text()}"
-            )
-        try:
-            status, _, _ = http_get(server.port, "/health", None)
-            if status == 200:
-                return time.perf_counter() - start
-            last = f"HTTP {status}"
-        except (OSError, http.client.HTTPException) as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        time.sleep(0.1)
-    raise RuntimeError(
-        f"server.py did not answer /health within {START_TIMEOUT_S:.0f}s (last: {last}).\n"
-        f"--- server output ---\n{server.log_text()}"
-    )
 
 
 @dataclass
@@ -691,10 +676,19 @@ def measure_api(
 ) -> ApiResult:
     data_dir = workdir / "server-data"
     copy_database(db_path, data_dir / DB_NAME)
-    server = start_server(data_dir, workdir / "server.log")
+    server = common.start_wakeful(
+        "server.py",
+        common.free_ports(1)[0],
+        data_dir,
+        workdir / "server.log",
+        ADMIN_TOKEN=ADMIN_TOKEN,
+        BOT_ENGINE="none",
+    )
     stopped: tuple[float, int | None] | None = None
     try:
-        ready_s = wait_ready(server)
+        ready_s = common.wait_ready(
+            server, "/health", START_TIMEOUT_S, probe_timeout=REQUEST_TIMEOUT_S
+        )
         rss_loaded = rss_mb(server.proc.pid)
         status, body, first = http_get(server.port, "/api/sessions", ADMIN_TOKEN)
         if status != 200:
@@ -720,7 +714,7 @@ def measure_api(
                 raise RuntimeError(f"GET /api/sessions?include=history: HTTP {status}")
             history_ms, history_bytes = seconds * 1000, len(body)
     finally:
-        stopped = stop_server(server)
+        stopped = common.stop_server(server, STOP_TIMEOUT_S)
     log = server.log_path.read_text(errors="replace")
     problems = [
         line.strip()[:300]
@@ -752,16 +746,6 @@ def measure_api(
 # --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
-
-
-def run_async(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """On uvloop when available, as uvicorn (loop="auto") runs the app; else asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro_factory())
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro_factory())
 
 
 def configure_logging(level: str) -> None:
@@ -816,46 +800,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "sqlite": sqlite3.sqlite_version,
-        "tmpdir": tempfile.gettempdir(),
-    }
-    for module in ("sqlalchemy", "aiosqlite", "uvloop", "starlette", "uvicorn"):
-        try:
-            info[module] = __import__(module).__version__
-        except (ImportError, AttributeError):
-            info[module] = None
-    return info
-
-
-def finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite(v) for v in value]
-    return value
-
-
 def _fmt(value: float | None, spec: str = ".1f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
     header = (
-        f"{'N':>7} {'B/idle sess':>11} {'B/mix sess':>10} {'sweep ms':>14} "
+        f"{'N':>7} {'B/idle sess':>11} {'B/mix sess':>10} {'load ms':>15} {'sweep ms':>14} "
         f"{'cleanup ms':>14} {'cleanup+expire ms':>22} {'list ms':>14} {'list MB':>8}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         sweep, steady, expiring = r["sweep"], r["cleanup_steady"], r["cleanup_expiring"]
+        load_idle, load_mix = r["load_idle"]["timing"], r["load_mix"]["timing"]
         api = r.get("api")
         list_ms = (
             f"{api['list_timing']['median_ms']:.1f}/{api['list_timing']['min_ms']:.1f}"
@@ -867,12 +825,15 @@ def print_table(results: list[dict[str, Any]]) -> None:
         print(
             f"{r['n']:>7} {r['memory_idle']['bytes_per_session']:>11.0f} "
             f"{r['memory_mix']['bytes_per_session']:>10.0f} "
+            f"{load_idle['median_ms']:>7.1f}/{load_mix['median_ms']:<7.1f} "
             f"{sweep['median_ms']:>6.1f}/{sweep['min_ms']:<7.1f}"
             f"{steady['median_ms']:>6.1f}/{steady['min_ms']:<7.1f}"
             f"{expiring['median_ms']:>8.0f}/{expiring['min_ms']:<6.0f}({expired:>5} exp)"
             f" {list_ms:>14} {list_mb:>8}"
         )
-    print("(times are median/min of the runs; cleanup ms: nothing to expire; cleanup+expire ms:")
+    print("(times are median/min of the runs; load ms: median for the idle set / the mix, whose")
+    print(" load() marks the sessions stored running STOPPED; sweep and cleanup run over the mix")
+    print(" put back to running after load(); cleanup ms: nothing to expire; cleanup+expire ms:")
     print(" a fresh load of the mix, expiring the 10% idle > 24 h, writes included)")
 
 
@@ -948,23 +909,39 @@ def main(argv: list[str] | None = None) -> int:
             idle_db = workdir / "idle" / DB_NAME
 
             started = time.perf_counter()
-            kinds = run_async(lambda: prepare(n, now, mix_db, idle_db))  # noqa: B023
+            kinds = common.run_async(lambda: prepare(n, now, mix_db, idle_db))  # noqa: B023
             prep_s = time.perf_counter() - started
             print(f"\nN = {n}: databases prepared in {prep_s:.1f}s (mix {kinds})", flush=True)
 
-            memory_idle = run_async(lambda: measure_memory(idle_db, n, clock))  # noqa: B023
-            memory_mix = run_async(lambda: measure_memory(mix_db, n, clock))  # noqa: B023
+            memory_idle = common.run_async(
+                lambda: measure_memory(idle_db, workdir, n, clock)  # noqa: B023
+            )
+            memory_mix = common.run_async(
+                lambda: measure_memory(mix_db, workdir, n, clock)  # noqa: B023
+            )
             print(
                 f"  memory: {memory_idle.bytes_per_session:.0f} B per idle session, "
-                f"{memory_mix.bytes_per_session:.0f} B per session of the mix "
-                f"(peak during load {memory_idle.peak_bytes_per_session:.0f} B/session)",
+                f"{memory_mix.bytes_per_session:.0f} B per session of the mix as load() leaves "
+                f"it (peak during load {memory_idle.peak_bytes_per_session:.0f} B/session)",
                 flush=True,
             )
-            sweeps = run_async(
+            load_idle = common.run_async(
+                lambda: measure_load(idle_db, workdir, clock, args.repeats)  # noqa: B023
+            )
+            sweeps = common.run_async(
                 lambda: measure_sweeps(mix_db, workdir, n, clock, args.repeats)  # noqa: B023
             )
+            load_mix = sweeps.load
             print(
-                f"  health_sweep_once {sweeps.sweep.median_ms:.1f} ms, cleanup_once "
+                f"  load(): {load_idle.timing.median_ms:.1f} ms for the idle set "
+                f"(writes {load_idle.timing.writes[0]}), {load_mix.timing.median_ms:.1f} ms for "
+                f"the mix, marking the {load_mix.marked_stopped} stored running STOPPED "
+                f"(writes {load_mix.timing.writes[0]})",
+                flush=True,
+            )
+            print(
+                f"  over the mix put back to running ({sweeps.restored} sessions): "
+                f"health_sweep_once {sweeps.sweep.median_ms:.1f} ms, cleanup_once "
                 f"{sweeps.cleanup_steady.median_ms:.1f} ms (nothing to expire), "
                 f"{sweeps.cleanup_expiring.median_ms:.0f} ms expiring "
                 f"{sweeps.expired_per_run[0]} (writes {sweeps.cleanup_expiring.writes[0]})",
@@ -977,7 +954,10 @@ def main(argv: list[str] | None = None) -> int:
                 "n": n,
                 "mix": kinds,
                 "prepare_s": round(prep_s, 2),
-                "load_ms": round(sweeps.load_ms, 1),
+                "load_ms": round(load_mix.timing.median_ms, 1),
+                "load_idle": asdict(load_idle),
+                "load_mix": asdict(load_mix),
+                "restored_running": sweeps.restored,
                 "memory_idle": asdict(memory_idle),
                 "memory_mix": asdict(memory_mix),
                 "sweep": asdict(sweeps.sweep),
@@ -1010,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  stored states after the server's shutdown: {api.states_after_shutdown}")
             results.append(entry)
             if args.profile and n == max(sizes):
-                profile_text = run_async(
+                profile_text = common.run_async(
                     lambda: profile_steps(mix_db, workdir, clock, 25)  # noqa: B023
                 )
 
@@ -1043,11 +1023,13 @@ def main(argv: list[str] | None = None) -> int:
             },
             "results": results,
             "goals": goals,
-            "machine": machine_info(),
+            "machine": common.machine_info(
+                ("sqlalchemy", "aiosqlite", "uvloop", "starlette", "uvicorn"),
+                sqlite=sqlite3.sqlite_version,
+                tmpdir=tempfile.gettempdir(),
+            ),
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(finite(document), indent=2, allow_nan=False) + "\n")
-        print(f"figures written to {args.json}")
+        common.write_json(args.json, document)
     return 0
 
 

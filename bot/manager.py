@@ -165,10 +165,7 @@ class BotManager:
         return sum(1 for s in self.sessions.values() if s.record.user_id == user_id)
 
     def counts_by_state(self) -> dict[str, int]:
-        counts = dict.fromkeys((state.value for state in SessionState), 0)
-        for session in self.sessions.values():
-            counts[session.record.state.value] += 1
-        return counts
+        return dict(self.ctx.state_counts)
 
     def counts_by_health(self) -> dict[str, int]:
         counts = dict.fromkeys((level.value for level in HealthLevel), 0)
@@ -224,6 +221,7 @@ class BotManager:
         """False when it was already deleted (two deletes racing: one wins)."""
         if self.sessions.pop(session.id, None) is None:
             return False
+        self.ctx.count_move(session.state, None)
         await session.destroy()
         await self.store.delete_session(session.id)
         self.ctx.alerter.forget(f"session:{session.id}")

@@ -42,6 +42,7 @@ from services.clock import Clock
 from services.metrics import Metrics
 
 S = SessionState
+STATE_NAMES = tuple(state.value for state in SessionState)
 # Listeners get (session, event name, data): webhooks, chat commands, the QR printer.
 Listener = Callable[["BotSession", str, dict[str, Any]], Awaitable[None]]
 HEARTBEAT_TIMEOUT = 10.0
@@ -72,6 +73,14 @@ class SessionContext:
     random: Callable[[], float]
     listeners: list[Listener] = field(default_factory=list)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Sessions per state, kept up to date on every move: /health reads it on every request.
+    state_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATE_NAMES, 0))
+
+    def count_move(self, old: SessionState | None, new: SessionState | None) -> None:
+        if old is not None:
+            self.state_counts[old.value] -= 1
+        if new is not None:
+            self.state_counts[new.value] += 1
 
     def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         """Run in the background, holding a strong reference until it ends."""
@@ -106,6 +115,7 @@ class BotSession:
     def __init__(self, record: SessionRecord, ctx: SessionContext) -> None:
         self.record = record
         self._ctx = ctx
+        ctx.count_move(None, record.state)
         self._engine_session: EngineSession | None = None
         # Bumped by every start and stop: events and launches of an older generation are
         # ignored, so a late event from a closed browser cannot move the new one.
@@ -157,6 +167,7 @@ class BotSession:
             if not moved:
                 raise ConcurrentChangeError(f"session {self.id} changed while moving to {target}")
             self.record.state = target
+            self._ctx.count_move(current, target)
             self.record.state_reason = reason
             self.record.state_changed_at = now
             for name, value in values.items():
@@ -286,6 +297,7 @@ class BotSession:
         """The manager stored the move already (in bulk); mirror it in memory."""
         previous = self.record.state
         self.record.state = S.STOPPED
+        self._ctx.count_move(previous, S.STOPPED)
         self.record.state_reason = reason
         self.record.state_changed_at = at
         self.record.next_retry_at = None

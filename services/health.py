@@ -6,6 +6,7 @@ slow database or browser can never make the platform think the service is dead.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -50,3 +51,44 @@ class HealthState:
         if checks:
             body["checks"] = checks
         return (503 if status == "fail" else 200), body
+
+    def render(self) -> tuple[int, bytes]:
+        """`document()` as JSON bytes, written by hand: this runs on every platform health
+        check and keep-alive ping, and json.dumps of the nested document was most of its
+        cost. Keys are our own identifiers; free text goes through json.dumps."""
+        status = "fail" if self.draining else "pass"
+        checks = []
+        for name, check in self.checks.items():
+            check_status, details = check()
+            checks.append(f'"{name}":[{{"status":"{check_status}",{_members(details)}}}]')
+            if _RANK[check_status] > _RANK[status]:
+                status = check_status
+        uptime = self._clock.monotonic() - self._started_monotonic
+        parts = [
+            f'{{"status":"{status}","version":"{VERSION}","serviceId":"wakeful",'
+            f'"uptime":{uptime:.3f},"startedAt":"{self.started_at}"'
+        ]
+        if self.draining:
+            parts.append(',"output":"shutting down"')
+        for name, read in self.details.items():
+            parts.append(f',"{name}":{{{_members(read())}}}')
+        if checks:
+            parts.append(',"checks":{' + ",".join(checks) + "}")
+        parts.append("}")
+        return (503 if status == "fail" else 200), "".join(parts).encode()
+
+
+def _members(values: dict[str, Any]) -> str:
+    return ",".join(f'"{key}":{_scalar(value)}' for key, value in values.items())
+
+
+def _scalar(value: Any) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value)

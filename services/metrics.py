@@ -22,7 +22,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 # `*_created` series double the output and no dashboard uses them.
@@ -57,12 +57,6 @@ class Metrics:
             "Unix time of the last successful keep-alive ping",
             registry=self.registry,
         )
-        self.http_requests = Counter(
-            "http_requests",
-            "HTTP requests answered, by status class",
-            ["status_class"],
-            registry=self.registry,
-        )
         self.bot_transitions = Counter(
             "bot_session_transitions",
             "Bot session state changes, by the state entered",
@@ -79,17 +73,32 @@ class Metrics:
         # never import the bot manager; it hands a callable over instead).
         self.session_counts: Callable[[], dict[str, int]] = dict
         self.registry.register(_SessionStateCollector(self))
-        # Resolve the labelled children once: this runs on every request, /health included.
-        self._request_children = [self.http_requests.labels(status_class=c) for c in STATUS_CLASSES]
+        # Plain integers on the request path (/health included); Prometheus reads them at
+        # scrape time. One event loop thread increments them, so no lock is needed.
         self.http_counts = dict.fromkeys(STATUS_CLASSES, 0)
+        self.registry.register(_RequestCollector(self))
 
     def count_request(self, status: int) -> None:
-        index = min(max(status // 100, 1), 5) - 1
-        self._request_children[index].inc()
-        self.http_counts[STATUS_CLASSES[index]] += 1
+        self.http_counts[_STATUS_CLASS[min(max(status // 100, 1), 5)]] += 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+_STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
+
+
+class _RequestCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "http_requests", "HTTP requests answered, by status class", labels=["status_class"]
+        )
+        for status_class, count in self._metrics.http_counts.items():
+            family.add_metric([status_class], count)
+        yield family
 
 
 class _SessionStateCollector(Collector):

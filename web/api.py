@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -44,8 +43,7 @@ class HealthEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: HealthState = scope["app"].state.health
-        status, body = state.document()
-        payload = json.dumps(body, separators=(",", ":")).encode()
+        status, payload = state.render()
         headers = [*self._HEADERS, (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         head = scope["method"] == "HEAD"

@@ -192,3 +192,17 @@ async def test_sigterm_turns_health_to_fail_at_once(tmp_path: Path):
         assert response.status_code == 503
         assert response.json()["output"] == "shutting down"
     assert server.should_exit
+
+
+async def test_rendered_health_is_the_same_document(tmp_path: Path, clock: FakeClock):
+    import json
+
+    app = create_app(make_settings(tmp_path), clock=clock)
+    async with running(app):
+        state = app.state.health
+        for draining in (False, True):
+            state.draining = draining
+            status, body = state.render()
+            expected_status, expected = state.document()
+            assert status == expected_status
+            assert json.loads(body) == expected

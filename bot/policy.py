@@ -112,9 +112,19 @@ def health_level(
     last_heartbeat_at: datetime | None,
     offline_since: datetime | None,
     now: datetime,
+    *,
+    in_breaker_trial: bool = False,
+    unlinked_by_owner: bool = False,
 ) -> HealthLevel:
     """healthy: connected with a fresh heartbeat; warning: offline under 6 h or
-    reconnecting; critical: offline 6 h or more, suspended, or unlinked from the phone."""
+    reconnecting; critical: offline 6 h or more, suspended, or unlinked from the phone.
+
+    A circuit-breaker trial is no recovery yet (critical until it connects), and a bot its
+    owner unlinked on purpose is nobody's incident (inactive)."""
+    if in_breaker_trial:
+        return HealthLevel.CRITICAL
+    if state is SessionState.LOGGED_OUT and unlinked_by_owner:
+        return HealthLevel.INACTIVE
     if state in (SessionState.SUSPENDED, SessionState.LOGGED_OUT):
         return HealthLevel.CRITICAL
     if state in (SessionState.IDLE, SessionState.STOPPED, SessionState.EXPIRED):

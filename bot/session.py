@@ -200,13 +200,9 @@ class BotSession:
             self.record.last_heartbeat_at,
             self.offline_since(),
             now,
+            in_breaker_trial=self._trial,
+            unlinked_by_owner=not self.record.state_reason_is_phone(),
         )
-        if self._trial:
-            # A breaker trial is not a recovery yet: no "resolved" then a second alert.
-            level = HealthLevel.CRITICAL
-        elif self.record.state is S.LOGGED_OUT and not self.record.state_reason_is_phone():
-            # The owner unlinked it on purpose: nothing for anyone to be alerted about.
-            level = HealthLevel.INACTIVE
         previous = self.record.health
         if level.value == previous:
             return False
@@ -310,14 +306,6 @@ class BotSession:
         self._cancel_timers()
         await self._close_engine()
         await self._forget_profile()
-
-    async def request_pair_code(self, phone: str) -> str:
-        if self._engine_session is None or self.record.state not in (S.SCAN_QR, S.CONNECTING):
-            raise IllegalTransitionError(self.record.state, S.SCAN_QR)
-        code = await self._engine_session.request_pair_code(phone)
-        self.pair_code = code
-        await self.touch()
-        return code
 
     async def touch(self) -> None:
         """Record activity (a message in or out, an action on the session)."""

@@ -65,15 +65,8 @@ class Alerter:
         self.notifications_sent = 0
         self.notifications_failed = 0
 
-    @property
-    def channel_count(self) -> int:
-        return len(self._apprise)
-
     def is_open(self, key: str) -> bool:
         return key in self._open
-
-    def incident(self, key: str) -> Incident | None:
-        return self._open.get(key)
 
     def adopt(self, key: str, opened_at: datetime, message: str) -> None:
         """Re-open an incident known from storage (after a restart) without notifying."""

@@ -143,14 +143,6 @@ class Database:
         except Exception as exc:
             raise DatabaseError(describe_database_error(exc, self.display_name)) from exc
 
-    async def is_reachable(self) -> bool:
-        try:
-            async with self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except Exception:
-            return False
-        return True
-
     async def dispose(self) -> None:
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=5)

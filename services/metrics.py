@@ -72,11 +72,27 @@ class Metrics:
         # Session counts are read at scrape time from whoever owns the sessions (services
         # never import the bot manager; it hands a callable over instead).
         self.session_counts: Callable[[], dict[str, int]] = dict
-        self.registry.register(_SessionStateCollector(self))
+        self.registry.register(
+            _CountsCollector(
+                GaugeMetricFamily,
+                "bot_sessions",
+                "Bot sessions by lifecycle state",
+                "state",
+                lambda: self.session_counts(),
+            )
+        )
         # Plain integers on the request path (/health included); Prometheus reads them at
         # scrape time. One event loop thread increments them, so no lock is needed.
         self.http_counts = dict.fromkeys(STATUS_CLASSES, 0)
-        self.registry.register(_RequestCollector(self))
+        self.registry.register(
+            _CountsCollector(
+                CounterMetricFamily,
+                "http_requests",
+                "HTTP requests answered, by status class",
+                "status_class",
+                lambda: self.http_counts,
+            )
+        )
 
     def count_request(self, status: int) -> None:
         self.http_counts[_STATUS_CLASS[min(max(status // 100, 1), 5)]] += 1
@@ -88,29 +104,27 @@ class Metrics:
 _STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
 
 
-class _RequestCollector(Collector):
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
+class _CountsCollector(Collector):
+    """A labelled family read from a dict of counts at scrape time (nothing on hot paths)."""
+
+    def __init__(
+        self,
+        family: type[CounterMetricFamily] | type[GaugeMetricFamily],
+        name: str,
+        documentation: str,
+        label: str,
+        read: Callable[[], dict[str, int]],
+    ) -> None:
+        self._family = family
+        self._name = name
+        self._documentation = documentation
+        self._label = label
+        self._read = read
 
     def collect(self) -> Iterable[Metric]:
-        family = CounterMetricFamily(
-            "http_requests", "HTTP requests answered, by status class", labels=["status_class"]
-        )
-        for status_class, count in self._metrics.http_counts.items():
-            family.add_metric([status_class], count)
-        yield family
-
-
-class _SessionStateCollector(Collector):
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily(
-            "bot_sessions", "Bot sessions by lifecycle state", labels=["state"]
-        )
-        for state, count in sorted(self._metrics.session_counts().items()):
-            family.add_metric([state], count)
+        family = self._family(self._name, self._documentation, labels=[self._label])
+        for value, count in sorted(self._read().items()):
+            family.add_metric([value], count)
         yield family
 
 

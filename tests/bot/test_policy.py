@@ -347,3 +347,15 @@ def test_cleanup_never_started_is_left_alone(state):
 def test_cleanup_ignores_non_running_states(state, last_ago, started_ago):
     last = None if last_ago is None else T0 - last_ago
     assert cleanup_verdict(P, state, last, T0 - started_ago, T0) is None
+
+
+def test_health_facts_beyond_the_state() -> None:
+    # A breaker trial (CONNECTING) is no recovery yet; an owner's unlink is no incident.
+    assert (
+        health_level(P, S.CONNECTING, None, T0, T0, in_breaker_trial=True) is HealthLevel.CRITICAL
+    )
+    assert (
+        health_level(P, S.LOGGED_OUT, None, None, T0, unlinked_by_owner=True)
+        is HealthLevel.INACTIVE
+    )
+    assert health_level(P, S.LOGGED_OUT, None, None, T0) is HealthLevel.CRITICAL

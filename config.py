@@ -7,6 +7,7 @@ exits with status 2.
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import timedelta
 from enum import StrEnum
@@ -80,6 +81,12 @@ SLEEP_THRESHOLDS: dict[Platform, timedelta] = {
     Platform.RENDER: timedelta(minutes=15),
 }
 
+# WhatsApp Web refuses browsers that call themselves "HeadlessChrome": present a desktop Chrome.
+DEFAULT_USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/138.0.0.0 Safari/537.36"
+)
+
 # Settings whose values are never echoed, not even in a configuration error.
 SECRET_FIELDS = frozenset(
     {"admin_token", "alert_urls", "heartbeat_url", "database_url", "session_encryption_key"}
@@ -146,6 +153,18 @@ class Settings(BaseSettings):
     session_cleanup_interval: Duration = timedelta(hours=1)
     health_check_interval: Duration = timedelta(minutes=15)
 
+    # WhatsApp engine
+    chromium_path: Path | None = None
+    bot_user_agent: str = Field(default=DEFAULT_USER_AGENT, min_length=20)
+    bot_max_memory_mb: int = Field(default=600, ge=0)
+    memory_check_interval: Duration = timedelta(seconds=30)
+    bot_commands: bool = True
+    session_encryption_key: SecretStr | None = None
+    profile_backup_delay: Duration = timedelta(seconds=60)
+    profile_backup_interval: Duration = timedelta(minutes=10)
+    whatsapp_simulator: bool = False
+    simulator_qr_every: Duration = timedelta(seconds=20)
+
     # Platform variables, read only to find the public URL and the sleep threshold.
     render_external_url: str | None = None
     railway_public_domain: str | None = None
@@ -158,6 +177,20 @@ class Settings(BaseSettings):
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters (use a long random string)")
+        return value
+
+    @field_validator("session_encryption_key")
+    @classmethod
+    def _key_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (use a long random string)")
+        return value
+
+    @field_validator("chromium_path")
+    @classmethod
+    def _executable(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value.is_file() and os.access(value, os.X_OK)):
+            raise ValueError("no executable file there; expected the path of a Chromium binary")
         return value
 
     @field_validator("log_level", mode="before")
@@ -186,6 +219,10 @@ class Settings(BaseSettings):
         "session_max_age",
         "session_cleanup_interval",
         "health_check_interval",
+        "memory_check_interval",
+        "profile_backup_delay",
+        "profile_backup_interval",
+        "simulator_qr_every",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:

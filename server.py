@@ -78,7 +78,7 @@ def create_app(
         app.state.auth = Authenticator(await ensure_admin_token(settings, store, clock), store)
         manager = BotManager(
             store=store,
-            engine=load_engine(settings),
+            engine=load_engine(settings, db),
             policy=policy_from(settings),
             clock=clock,
             alerter=alerter,

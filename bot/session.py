@@ -425,7 +425,9 @@ class BotSession:
 
     async def _on_socket_state(self, state: str) -> None:
         state = state.upper()
-        if state in ("UNPAIRED", "UNPAIRED_IDLE", "UNLAUNCHED_LOGOUT"):
+        # A page that opens unpaired is asking for a QR; only a connected one was unlinked.
+        unlinked = state in ("UNPAIRED", "UNPAIRED_IDLE") and self.record.state is S.CONNECTED
+        if unlinked or state == "UNLAUNCHED_LOGOUT":
             await self._on_phone_logout(f"socket state {state}")
         elif state == "CONFLICT" and self.record.state is S.CONNECTED:
             await self._fail("conflict: WhatsApp Web was opened in another browser")

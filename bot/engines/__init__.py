@@ -14,11 +14,12 @@ from loguru import logger
 
 from bot.engines.base import Engine
 from config import ConfigError, Settings
+from services.database import Database
 
 log = logger.bind(component="bot")
 
 
-EngineFactory = Callable[[Settings], Engine]
+EngineFactory = Callable[..., Engine]
 
 
 def engine_factory(settings: Settings) -> EngineFactory | None:
@@ -27,10 +28,7 @@ def engine_factory(settings: Settings) -> EngineFactory | None:
     if name == "none":
         return None
     if name == "whatsapp":
-        try:
-            module = importlib.import_module("bot.engines.whatsapp.driver")
-        except ModuleNotFoundError:
-            return None
+        module = importlib.import_module("bot.engines.whatsapp.driver")
         factory: Any = module.create_engine
     else:
         module_name, _, attribute = name.partition(":")
@@ -51,15 +49,15 @@ def engine_factory(settings: Settings) -> EngineFactory | None:
     return resolved
 
 
-def load_engine(settings: Settings) -> Engine | None:
+def load_engine(settings: Settings, db: Database | None = None) -> Engine | None:
     factory = engine_factory(settings)
     if factory is None:
-        if settings.bot_engine.strip() == "whatsapp":
-            log.warning(
-                "BOT_ENGINE=whatsapp: the WhatsApp engine is not part of this build yet; "
-                "bots can be created but not started"
-            )
         return None
-    engine = factory(settings)
-    log.info("Bot engine: {}", engine.name)
+    if settings.bot_engine.strip() == "whatsapp":
+        # The WhatsApp engine keeps profile backups in the database.
+        engine: Engine = factory(settings, db)
+    else:
+        engine = factory(settings)
+    describe = getattr(engine, "describe", None)
+    log.info("Bot engine: {}{}", engine.name, f" ({describe()})" if describe else "")
     return engine

@@ -1,0 +1,118 @@
+"""Chromium for one bot: which binary, which flags, the profile's stale locks, and how much
+memory its process tree holds."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
+# Debian's `chromium-headless-shell` package: the same engine without the desktop browser
+# around it, less than half the memory per bot (see the README's Performance section).
+DEBIAN_HEADLESS_SHELL = Path("/usr/lib/chromium/chromium-headless-shell")
+
+# Flags for a small container. Each one either removes a process or a background job a bot
+# never needs; `bench/browser_sessions.py` measures what they save against the defaults.
+LEAN_FLAGS = (
+    "--no-sandbox",  # containers run as a user namespaces cannot sandbox
+    "--disable-gpu",
+    "--disable-dev-shm-usage",  # /dev/shm is 64 MB in most containers
+    "--in-process-gpu",  # no separate GPU process for a browser nobody looks at
+    "--no-zygote",
+    "--renderer-process-limit=1",
+    "--disable-site-isolation-trials",
+    "--disable-features=site-per-process,Translate,MediaRouter,OptimizationHints,"
+    "AudioServiceOutOfProcess,BackForwardCache,HardwareMediaKeyHandling",
+    "--enable-features=NetworkServiceInProcess2",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--mute-audio",
+    "--disable-quic",
+    "--disable-blink-features=AutomationControlled",
+)
+
+# What Chromium leaves behind when it is killed; a new launch refuses the profile while they
+# point at a process that no longer exists.
+LOCK_FILES = ("SingletonLock", "SingletonSocket", "SingletonCookie")
+
+
+@dataclass(frozen=True, slots=True)
+class ChromiumChoice:
+    path: Path | None  # None: Playwright's own browser
+    source: str
+
+
+def find_chromium(configured: Path | None) -> ChromiumChoice:
+    """CHROMIUM_PATH; else Debian's headless shell, then Debian's chromium, then `chromium`
+    on PATH; else Playwright's own download."""
+    if configured is not None:
+        return ChromiumChoice(configured, "CHROMIUM_PATH")
+    if DEBIAN_HEADLESS_SHELL.exists():
+        return ChromiumChoice(DEBIAN_HEADLESS_SHELL, "Debian's chromium-headless-shell")
+    if DEBIAN_CHROMIUM.exists():
+        return ChromiumChoice(DEBIAN_CHROMIUM, "Debian's chromium")
+    on_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if on_path:
+        return ChromiumChoice(Path(on_path), "PATH")
+    return ChromiumChoice(None, "Playwright's own browser")
+
+
+def remove_stale_locks(profile: Path) -> list[str]:
+    removed = []
+    for name in LOCK_FILES:
+        lock = profile / name
+        # They are symlinks to a dead host-pid; `exists()` follows them and says False.
+        if lock.is_symlink() or lock.exists():
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+                removed.append(name)
+    return removed
+
+
+def find_browser_process(profile: Path) -> psutil.Process | None:
+    """The browser process using this profile (its children are the renderers)."""
+    marker = f"--user-data-dir={profile}"
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if marker in cmdline and not any(arg.startswith("--type=") for arg in cmdline):
+            return proc
+    return None
+
+
+def tree_memory_bytes(root: psutil.Process) -> int:
+    """Proportional set size of the whole tree: shared pages count once across the tree, so
+    the figure is what this bot costs the machine (RSS would count shared libraries per
+    process). Falls back to RSS where PSS cannot be read."""
+    total = 0
+    try:
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for proc in processes:
+        try:
+            total += proc.memory_full_info().pss
+        except (psutil.AccessDenied, AttributeError):
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def kill_tree(root: psutil.Process) -> None:
+    """Last resort when a browser will not close: no orphan renderer may keep the profile."""
+    with contextlib.suppress(psutil.Error):
+        processes = [*root.children(recursive=True), root]
+        for proc in processes:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(processes, timeout=3)

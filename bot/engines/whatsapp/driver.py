@@ -1,0 +1,379 @@
+"""The WhatsApp engine: one persistent Chromium profile per bot, driven by Playwright.
+
+The driver knows browsers, not WhatsApp: what WhatsApp Web does is read by `bridge.js`
+inside the page and arrives here as normalised events through one binding. Crashes of the
+page, a closed context and a killed browser become `crash` events, which send the session
+down its backoff path. The profile is backed up to the database after `ready` and then
+whenever it changed (see `profile.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+from loguru import logger
+from playwright.async_api import BrowserContext, Error, Page, Playwright, async_playwright
+
+from bot.engines.base import EngineError, EngineEvent, EventKind, EventSink, Heartbeat
+from bot.engines.simulator import WHATSAPP_URL, Simulator
+from bot.engines.whatsapp.browser import (
+    LEAN_FLAGS,
+    ChromiumChoice,
+    find_browser_process,
+    find_chromium,
+    kill_tree,
+    remove_stale_locks,
+    tree_memory_bytes,
+)
+from bot.engines.whatsapp.profile import BackupUnreadableError, ProfileVault, has_profile
+from config import Settings
+from services.clock import Clock, SystemClock
+from services.database import Database
+
+BRIDGE = Path(__file__).resolve().parent / "bridge.js"
+BINDING = "__wakefulEmit"
+PAGE_EVENTS = frozenset({"qr", "pair_code", "authenticated", "ready", "message", "state", "logout"})
+CLOSE_TIMEOUT = 10.0
+CALL_TIMEOUT = 30.0
+
+log = logger.bind(component="bot")
+
+
+@dataclass(frozen=True, slots=True)
+class DriverOptions:
+    profiles_dir: Path
+    chromium: ChromiumChoice
+    user_agent: str
+    max_memory_mb: int = 0  # 0: no watchdog
+    memory_check_every: timedelta = timedelta(seconds=30)
+    backup_delay: timedelta = timedelta(seconds=60)
+    backup_every: timedelta = timedelta(minutes=10)
+    flags: tuple[str, ...] = LEAN_FLAGS
+    viewport: tuple[int, int] = (1024, 720)
+
+
+def driver_options(settings: Settings) -> DriverOptions:
+    return DriverOptions(
+        profiles_dir=settings.data_dir.resolve() / "profiles",
+        chromium=find_chromium(settings.chromium_path),
+        user_agent=settings.bot_user_agent,
+        max_memory_mb=settings.bot_max_memory_mb,
+        memory_check_every=settings.memory_check_interval,
+        backup_delay=settings.profile_backup_delay,
+        backup_every=settings.profile_backup_interval,
+    )
+
+
+def create_engine(settings: Settings, db: Database | None = None) -> WhatsAppEngine:
+    """The factory BOT_ENGINE=whatsapp resolves to. Nothing is launched until a bot starts."""
+    simulator = None
+    if settings.whatsapp_simulator:
+        simulator = Simulator(qr_every=settings.simulator_qr_every, record_dir=settings.data_dir)
+    key = settings.session_encryption_key
+    vault = ProfileVault(db, key.get_secret_value() if key else None) if db else None
+    return WhatsAppEngine(driver_options(settings), vault=vault, simulator=simulator)
+
+
+class WhatsAppEngine:
+    def __init__(
+        self,
+        options: DriverOptions,
+        *,
+        vault: ProfileVault | None = None,
+        simulator: Simulator | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.options = options
+        self.vault = vault
+        self.simulator = simulator
+        self.clock = clock or SystemClock()
+        self.name = "whatsapp (SIMULATOR: demo mode)" if simulator else "whatsapp"
+        self.sessions: dict[str, WhatsAppSession] = {}
+        self._playwright: Playwright | None = None
+        self._playwright_lock = asyncio.Lock()
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def describe(self) -> str:
+        chromium = self.options.chromium
+        where = str(chromium.path) if chromium.path else "bundled"
+        return f"Chromium {where} ({chromium.source})"
+
+    def profile_dir(self, session_id: str) -> Path:
+        return self.options.profiles_dir / session_id
+
+    async def _get_playwright(self) -> Playwright:
+        async with self._playwright_lock:
+            if self._playwright is None:
+                self._playwright = await async_playwright().start()
+            return self._playwright
+
+    async def start(self, session_id: str, on_event: EventSink) -> WhatsAppSession:
+        profile = self.profile_dir(session_id)
+        await self._restore_if_missing(session_id, profile)
+        profile.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale_locks(profile)
+        if removed:
+            log.bind(session=session_id).info("Removed stale profile locks: {}", ", ".join(removed))
+        playwright = await self._get_playwright()
+        width, height = self.options.viewport
+        try:
+            context = await playwright.chromium.launch_persistent_context(
+                str(profile),
+                executable_path=self.options.chromium.path,
+                headless=True,
+                args=list(self.options.flags),
+                user_agent=self.options.user_agent,
+                viewport={"width": width, "height": height},
+            )
+        except Error as exc:
+            raise EngineError(f"Chromium did not start: {_first_line(exc)}") from None
+        session = WhatsAppSession(self, session_id, profile, context, on_event)
+        try:
+            await session.open()
+        except BaseException as exc:
+            await session.stop(backup=False)
+            if isinstance(exc, Error):
+                raise EngineError(f"WhatsApp Web did not load: {_first_line(exc)}") from None
+            raise
+        self.sessions[session_id] = session
+        self._ensure_watchdog()
+        return session
+
+    async def _restore_if_missing(self, session_id: str, profile: Path) -> None:
+        if self.vault is None or has_profile(profile):
+            return
+        bound = log.bind(session=session_id)
+        try:
+            files = await self.vault.restore(session_id, profile)
+        except BackupUnreadableError as exc:
+            bound.warning("Profile backup not restored: {}; a new QR scan is needed", exc)
+            return
+        if files:
+            bound.info("Profile restored from the database backup ({} files)", files)
+
+    async def forget(self, session_id: str) -> None:
+        """Unlinked or deleted: the profile and its backup go; a new link needs a new QR."""
+        session = self.sessions.get(session_id)
+        if session is not None:
+            await session.stop(backup=False)
+        await asyncio.to_thread(shutil.rmtree, self.profile_dir(session_id), True)
+        if self.vault is not None:
+            await self.vault.delete(session_id)
+        log.bind(session=session_id).info("Profile deleted (and its backup)")
+
+    def _ensure_watchdog(self) -> None:
+        if self.options.max_memory_mb <= 0 or self._watchdog is not None:
+            return
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch_memory())
+
+    async def _watch_memory(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.memory_check_every.total_seconds())
+            await self.memory_check_once()
+
+    async def memory_check_once(self) -> list[str]:
+        """Measure every browser; recycle those over BOT_MAX_MEMORY_MB. Returns their ids."""
+        limit = self.options.max_memory_mb
+        recycled = []
+        for session in list(self.sessions.values()):
+            used = await asyncio.to_thread(session.measure_memory)
+            if limit > 0 and used > limit * 1024 * 1024:
+                megabytes = used / 1024 / 1024
+                reason = (
+                    f"memory watchdog: the browser used {megabytes:.0f} MB, "
+                    f"over BOT_MAX_MEMORY_MB={limit}"
+                )
+                log.bind(session=session.session_id).warning("Recycling the browser: {}", reason)
+                session.report_crash(reason)
+                recycled.append(session.session_id)
+        return recycled
+
+    async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        for session in list(self.sessions.values()):
+            await session.stop(backup=False)
+        if self._playwright is not None:
+            with contextlib.suppress(Exception):
+                await self._playwright.stop()
+            self._playwright = None
+
+
+class WhatsAppSession:
+    """One bot's browser: the page, the events from its bridge, its backups."""
+
+    def __init__(
+        self,
+        engine: WhatsAppEngine,
+        session_id: str,
+        profile: Path,
+        context: BrowserContext,
+        on_event: EventSink,
+    ) -> None:
+        self.engine = engine
+        self.session_id = session_id
+        self.profile = profile
+        self.context = context
+        self.page: Page | None = None
+        self.browser: psutil.Process | None = None
+        self.memory_bytes = 0
+        self._on_event = on_event
+        self._events: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
+        self._pump = asyncio.get_running_loop().create_task(self._deliver_events())
+        self._backups: asyncio.Task[None] | None = None
+        self._backup_lock = asyncio.Lock()
+        self._ready = False
+        self._closing = False
+        self._crashed = False
+        self._log = log.bind(session=session_id)
+
+    async def open(self) -> None:
+        context = self.context
+        await context.expose_binding(BINDING, self._from_page)
+        await context.add_init_script(path=BRIDGE)
+        if self.engine.simulator is not None:
+            await self.engine.simulator.attach(self.session_id, context)
+        context.on("close", lambda _: self.report_crash("the browser closed"))
+        page = context.pages[0] if context.pages else await context.new_page()
+        page.on("crash", lambda _: self.report_crash("the page crashed"))
+        self.page = page
+        self.browser = await asyncio.to_thread(find_browser_process, self.profile)
+        await page.goto(WHATSAPP_URL, wait_until="domcontentloaded", timeout=60_000)
+
+    # Events from the page ------------------------------------------------------------
+
+    def _from_page(self, _source: Any, kind: Any, data: Any = None) -> None:
+        if self._closing or kind not in PAGE_EVENTS:
+            return
+        payload = dict(data) if isinstance(data, dict) else {}
+        if kind == "state" and payload.get("state") == "BRIDGE_ERROR":
+            self._log.warning(
+                "The bridge cannot read WhatsApp Web's modules ({}); falling back to the QR "
+                "element. WhatsApp Web may have changed: update wakeful.",
+                payload.get("detail"),
+            )
+            return
+        if kind == "ready":
+            self._ready = True
+            self._schedule_backups()
+        self._events.put_nowait(EngineEvent(EventKind(kind), payload))
+
+    def report_crash(self, reason: str) -> None:
+        if self._closing or self._crashed:
+            return
+        self._crashed = True
+        self._events.put_nowait(EngineEvent(EventKind.CRASH, {"reason": reason}))
+
+    async def _deliver_events(self) -> None:
+        # One at a time and in order: a QR must not overtake the state change before it.
+        while True:
+            event = await self._events.get()
+            if event is None:
+                return
+            try:
+                await self._on_event(event)
+            except Exception as exc:
+                self._log.opt(exception=exc).error("Handling {} failed", event.kind.value)
+
+    # Calls into the page -------------------------------------------------------------
+
+    async def _call(self, script: str, arg: Any = None) -> Any:
+        page = self.page
+        if page is None or page.is_closed():
+            raise EngineError("the page is closed")
+        try:
+            return await asyncio.wait_for(page.evaluate(script, arg), CALL_TIMEOUT)
+        except Error as exc:
+            raise EngineError(_first_line(exc)) from None
+        except TimeoutError:
+            raise EngineError("the page did not answer") from None
+
+    async def heartbeat(self) -> Heartbeat:
+        script = "window.__wakefulBridge ? window.__wakefulBridge.state() : 'NO_BRIDGE'"
+        state = str(await self._call(script))
+        return Heartbeat(ok=state == "CONNECTED", state=state)
+
+    async def send_text(self, to: str, text: str) -> str:
+        message_id = await self._call(
+            "([to, text]) => window.__wakefulBridge.sendText(to, text)", [to, text]
+        )
+        return str(message_id)
+
+    async def request_pair_code(self, phone: str) -> str:
+        code = await self._call("phone => window.__wakefulBridge.requestPairCode(phone)", phone)
+        return str(code)
+
+    async def logout(self) -> None:
+        await self._call("window.__wakefulBridge.logout()")
+
+    # Backups -------------------------------------------------------------------------
+
+    def _schedule_backups(self) -> None:
+        if self.engine.vault is None or self._backups is not None:
+            return
+        self._backups = asyncio.get_running_loop().create_task(self._backup_loop())
+
+    async def _backup_loop(self) -> None:
+        options = self.engine.options
+        await asyncio.sleep(options.backup_delay.total_seconds())
+        while not self._closing:
+            await self.backup_once()
+            await asyncio.sleep(options.backup_every.total_seconds())
+
+    async def backup_once(self) -> int | None:
+        vault = self.engine.vault
+        if vault is None:
+            return None
+        async with self._backup_lock:
+            try:
+                size = await vault.backup(self.session_id, self.profile, self.engine.clock.now())
+            except Exception as exc:
+                self._log.warning("Profile backup failed: {}", _first_line(exc))
+                return None
+        if size is not None:
+            how = "encrypted" if vault.encrypts else "NOT encrypted: set SESSION_ENCRYPTION_KEY"
+            self._log.info("Profile backed up to the database ({:.0f} KB, {})", size / 1024, how)
+        return size
+
+    # Memory and closing --------------------------------------------------------------
+
+    def measure_memory(self) -> int:
+        if self.browser is None:
+            return 0
+        self.memory_bytes = tree_memory_bytes(self.browser)
+        return self.memory_bytes
+
+    async def stop(self, *, backup: bool = True) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self.engine.sessions.get(self.session_id) is self:
+            del self.engine.sessions[self.session_id]
+        if self.engine.simulator is not None:
+            self.engine.simulator.detach(self.session_id)
+        async with self._backup_lock:  # a backup under way finishes first
+            if self._backups is not None:
+                self._backups.cancel()
+        try:
+            await asyncio.wait_for(self.context.close(), CLOSE_TIMEOUT)
+        except (Error, TimeoutError) as exc:
+            self._log.warning("The browser did not close ({}); killing it", _first_line(exc))
+        if self.browser is not None:
+            await asyncio.to_thread(kill_tree, self.browser)  # no orphan may hold the profile
+        self._events.put_nowait(None)
+        # Closed browsers write their last state to disk: the best moment for a backup.
+        if backup and self._ready and not self._crashed:
+            await self.backup_once()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

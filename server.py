@@ -24,8 +24,10 @@ from loguru import logger
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from bot.commands import ChatCommands
 from bot.engines import engine_factory, load_engine
 from bot.manager import BotManager, manager_config_from, policy_from
+from bot.qrcodes import QrLogPrinter
 from bot.store import BotStore
 from config import ConfigError, Settings, format_duration, load_settings
 from services.alerts import AlertConfigError, Alerter
@@ -85,6 +87,9 @@ def create_app(
             metrics=metrics,
             config=manager_config_from(settings),
         )
+        manager.add_listener(QrLogPrinter())
+        if settings.bot_commands:
+            manager.add_listener(ChatCommands(clock, keepalive.summary))
         await manager.load()
         scheduler = Scheduler(clock)
         now = clock.now()

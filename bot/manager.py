@@ -17,7 +17,7 @@ from loguru import logger
 
 from bot.engines.base import Engine
 from bot.policy import HealthLevel, Policy, cleanup_verdict
-from bot.session import BotSession, ConcurrentChangeError, SessionContext
+from bot.session import BotSession, ConcurrentChangeError, Listener, SessionContext
 from bot.states import RUNNING_STATES, IllegalTransitionError, SessionState
 from bot.store import BotStore, DuplicateNameError, SessionRecord
 from config import Settings, format_duration
@@ -122,6 +122,10 @@ class BotManager:
         self.last_cleanup: dict[str, Any] | None = None
         self.last_sweep: dict[str, Any] | None = None
         metrics.session_counts = self.counts_by_state
+
+    def add_listener(self, listener: Listener) -> None:
+        """Be told of every session's events (status, QR, incoming messages)."""
+        self.ctx.listeners.append(listener)
 
     # Registry --------------------------------------------------------------------------
 

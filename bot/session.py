@@ -54,6 +54,14 @@ class ConcurrentChangeError(Exception):
     """Another writer (a replica, or an engine event) moved the session first."""
 
 
+class NotLinkingError(Exception):
+    """Pairing asked of a bot that is not waiting for a link."""
+
+    def __init__(self, state: SessionState) -> None:
+        super().__init__(f"the bot is {state.value}, not waiting for a link (SCAN_QR)")
+        self.state = state
+
+
 class EngineUnavailableError(Exception):
     """No engine is configured in this process."""
 
@@ -306,6 +314,22 @@ class BotSession:
         self._cancel_timers()
         await self._close_engine()
         await self._forget_profile()
+
+    async def request_pair_code(self, phone: str) -> str:
+        """An 8-character code to type on the phone instead of scanning the QR."""
+        if self.record.state is not S.SCAN_QR or self._engine_session is None:
+            raise NotLinkingError(self.record.state)
+        code = await self._engine_session.request_pair_code(phone)
+        self.pair_code = code
+        await self.touch()
+        return code
+
+    @property
+    def qr_deadline(self) -> datetime | None:
+        """When the bot stops waiting for a scan (and backs off)."""
+        if self._first_qr_at is None:
+            return None
+        return self._first_qr_at + self._ctx.policy.qr_timeout
 
     async def touch(self) -> None:
         """Record activity (a message in or out, an action on the session)."""

@@ -305,6 +305,15 @@ class KeepAlive:
             self.store_failures += 1
             log.warning("Could not store keep-alive ping #{}: {}", self.ping_count, exc)
 
+    def summary(self) -> str:
+        """One line for people: `100.0% of 12 pings ok` (or why it is not running)."""
+        if not self.running:
+            return f"off ({self.config.disabled_reason})"
+        if self.ping_count == 0:
+            return "no ping yet"
+        ok = self.ping_count - self.failed_pings
+        return f"{self.success_rate():.1f}% ({ok}/{self.ping_count} pings ok)"
+
     def success_rate(self) -> float:
         if self.ping_count == 0:
             return 100.0

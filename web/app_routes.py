@@ -7,15 +7,16 @@ from starlette.routing import BaseRoute, Route
 from web.admin_api import ADMIN_ROUTES
 from web.api import PUBLIC_ROUTES
 from web.api import routes as public_routes
+from web.linking_api import LINKING_ROUTES
 from web.routing import ApiRoute, openapi_endpoint, starlette_routes
 from web.sessions_api import SESSION_ROUTES
 
-API: list[ApiRoute] = [*PUBLIC_ROUTES, *SESSION_ROUTES, *ADMIN_ROUTES]
+API: list[ApiRoute] = [*PUBLIC_ROUTES, *SESSION_ROUTES, *LINKING_ROUTES, *ADMIN_ROUTES]
 
 
 def all_routes() -> list[BaseRoute]:
     return [
         *public_routes,
         Route("/openapi.json", openapi_endpoint(API), methods=["GET"]),
-        *starlette_routes(SESSION_ROUTES + ADMIN_ROUTES),
+        *starlette_routes(SESSION_ROUTES + LINKING_ROUTES + ADMIN_ROUTES),
     ]

@@ -32,6 +32,8 @@ class ApiRoute:
     responses: dict[int, tuple[str, dict[str, Any] | None]] = field(default_factory=dict)
     query: dict[str, dict[str, Any]] = field(default_factory=dict)
     content_type: str = "application/json"
+    # More media types the success response can take (content negotiation), with schemas.
+    alt_media: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def principal(request: Request) -> Principal:
@@ -135,6 +137,9 @@ def openapi_document(api: list[ApiRoute]) -> dict[str, Any]:
             if schema is not None:
                 media = route.content_type if status < 300 else "application/problem+json"
                 response["content"] = {media: {"schema": schema if status < 300 else PROBLEM}}
+                if status < 300:
+                    for other, other_schema in route.alt_media.items():
+                        response["content"][other] = {"schema": other_schema}
             operation["responses"][str(status)] = response
         errors = {400, 413, 415, 422} if route.body is not None else set()
         if route.access != "public":

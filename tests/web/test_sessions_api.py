@@ -281,7 +281,11 @@ async def test_auth_matrix_from_openapi(api: Api, alice: User, bob: User, style:
             failures.append(f"{op} as {who}: {response.status_code} {response.text[:300]}")
 
     def reached(response: httpx.Response) -> bool:
-        return response.status_code not in (401, 403, 404) and response.status_code < 500
+        # A 404 can be the handler's own answer (no QR pending, simulator off): only the
+        # ownership check's "There is no bot session ..." means the caller was turned away.
+        if response.status_code == 404:
+            return not response.json()["detail"].startswith("There is no ")
+        return response.status_code not in (401, 403) and response.status_code < 500
 
     async def target(op: Operation, owner: User) -> dict[str, str]:
         """Real ids; a DELETE gets a fresh target of its own, so the matrix can go on."""
@@ -875,9 +879,12 @@ async def test_head_on_protected_routes_is_401_without_a_token(api: Api, bob: Us
         url = op.url(real)
         anonymous = await api.client.head(url)
         as_admin = await api.client.head(url, headers=ADMIN)
-        answers[url] = (anonymous.status_code, as_admin.status_code)
+        get = await api.client.get(url, headers=ADMIN)
+        answers[url] = (anonymous.status_code, as_admin.status_code, get.status_code)
     assert answers
-    assert all(codes == (401, 200) for codes in answers.values()), answers
+    # HEAD answers what GET answers (a QR route may well say 404: none pending).
+    assert all(anon == 401 and head == get < 500 for anon, head, get in answers.values()), answers
+    assert sum(head == 200 for _, head, _ in answers.values()) >= 4, answers
 
 
 async def test_nan_in_metadata_is_refused_and_does_not_poison_the_listing(api: Api, alice: User):

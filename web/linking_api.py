@@ -1,0 +1,246 @@
+"""Linking a bot to a phone: the QR code in every format, the pairing code, and in demo mode
+the simulated phone (scan, messages, logout, ...)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from bot.engines.base import EngineError
+from bot.engines.simulator import ACTIONS, Simulator, SimulatorError
+from bot.qrcodes import qr_png, qr_svg
+from bot.session import BotSession, NotLinkingError
+from bot.states import SessionState as S
+from web.errors import Problem
+from web.routing import ApiRoute
+from web.sessions_api import audit, find, manager, session_json
+from web.validation import Fields, read_json
+
+QR_FORMATS = ("png", "svg", "raw")
+PHONE_RE = re.compile(r"\+?[0-9][0-9 ()\-.]{5,24}")
+NO_STORE = {"Cache-Control": "no-store"}
+
+QR_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["qr", "image", "mediaType", "generatedAt"],
+    "properties": {
+        "qr": {"type": "string", "description": "the string the QR code encodes"},
+        "image": {"type": "string", "description": "base64 PNG"},
+        "mediaType": {"type": "string"},
+        "generatedAt": {"type": "string", "format": "date-time"},
+        "expiresAt": {
+            "type": ["string", "null"],
+            "format": "date-time",
+            "description": "when the bot stops waiting for a scan (QR_TIMEOUT)",
+        },
+    },
+}
+PAIR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["phone"],
+    "additionalProperties": False,
+    "properties": {"phone": {"type": "string", "description": "international form: +15551234567"}},
+}
+CODE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["code", "phone"],
+    "properties": {
+        "code": {"type": "string", "minLength": 8, "maxLength": 8},
+        "display": {"type": "string"},
+        "phone": {"type": "string"},
+    },
+}
+SIMULATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["action"],
+    "additionalProperties": False,
+    "properties": {
+        "action": {"type": "string", "enum": list(ACTIONS)},
+        "phone": {"type": "string", "description": "scan / pair: the phone that links"},
+        "code": {"type": "string", "description": "pair: the pairing code"},
+        "from": {"type": "string", "description": "message: the sender"},
+        "body": {"type": "string", "description": "message: the text"},
+    },
+}
+
+
+def _no_qr(session: BotSession) -> Problem:
+    state = session.state
+    if state is S.CONNECTED:
+        who = f" as {session.record.linked_as}" if session.record.linked_as else ""
+        reason = f"The bot is already linked{who}; no QR code is needed."
+    elif state is S.CONNECTING:
+        reason = "The bot is starting; its QR code appears in a few seconds."
+    elif state is S.DISCONNECTED:
+        reason = "The bot is reconnecting; a QR code appears if WhatsApp asks for one."
+    else:
+        reason = f"The bot is {state.value}; start it to get a QR code."
+    return Problem(404, f"No QR code is pending. {reason}", state=state.value)
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "image/" not in accept
+
+
+async def get_qr(request: Request) -> Response:
+    session = find(request)
+    fmt = request.query_params.get("format", "png").lower()
+    if fmt not in QR_FORMATS:
+        raise Problem(
+            422,
+            f"Query parameter format must be one of: {', '.join(QR_FORMATS)}.",
+            errors=[{"field": "format", "message": f"expected one of {list(QR_FORMATS)}"}],
+        )
+    qr, generated = session.qr, session.qr_at
+    if qr is None or generated is None:
+        raise _no_qr(session)
+    if _wants_json(request):
+        deadline = session.qr_deadline
+        return JSONResponse(
+            {
+                "qr": qr,
+                "image": base64.b64encode(qr_png(qr)).decode(),
+                "mediaType": "image/png",
+                "generatedAt": generated.isoformat(),
+                "expiresAt": deadline.isoformat() if deadline else None,
+            },
+            headers=NO_STORE,
+        )
+    if fmt == "raw":
+        return Response(qr, media_type="text/plain", headers=NO_STORE)
+    if fmt == "svg":
+        return Response(qr_svg(qr), media_type="image/svg+xml", headers=NO_STORE)
+    return Response(qr_png(qr), media_type="image/png", headers=NO_STORE)
+
+
+def normalise_phone(fields: Fields, name: str) -> str | None:
+    raw = fields.text(name, required=True, max_length=32)
+    if raw is None:
+        return None
+    digits = re.sub(r"\D", "", raw)
+    if not PHONE_RE.fullmatch(raw) or not 7 <= len(digits) <= 15 or digits.startswith("0"):
+        fields.error(
+            name,
+            "expected a phone number in international form with its country code, "
+            "like +15551234567 (7 to 15 digits)",
+        )
+        return None
+    return digits
+
+
+async def pair(request: Request) -> Response:
+    session = find(request)
+    body = await read_json(request, request.app.state.settings.max_body_bytes)
+    fields = Fields(body, {"phone"})
+    phone = normalise_phone(fields, "phone")
+    fields.done()
+    assert phone is not None
+    try:
+        code = await session.request_pair_code(phone)
+    except NotLinkingError as exc:
+        raise Problem(
+            409,
+            f"The bot is {exc.state.value}; a pairing code needs a bot waiting for a link "
+            "(SCAN_QR): start it, or log it out first.",
+            state=exc.state.value,
+        ) from None
+    except EngineError as exc:
+        raise Problem(502, f"WhatsApp did not give a pairing code: {exc}") from None
+    await audit(request, "session.pair", session.id, None)
+    return JSONResponse(
+        {"code": code, "display": f"{code[:4]}-{code[4:]}", "phone": f"+{phone}"},
+        headers=NO_STORE,
+    )
+
+
+def _simulator(request: Request) -> Simulator:
+    simulator = getattr(manager(request).engine, "simulator", None)
+    if not isinstance(simulator, Simulator):
+        raise Problem(
+            404,
+            "The simulator is off: it exists only in demo mode (WHATSAPP_SIMULATOR=1).",
+        )
+    return simulator
+
+
+async def simulate(request: Request) -> Response:
+    session = find(request)
+    simulator = _simulator(request)
+    body = await read_json(request, request.app.state.settings.max_body_bytes)
+    fields = Fields(body, {"action", "phone", "code", "from", "body"})
+    action = fields.text("action", required=True, max_length=20)
+    if action is not None and action not in ACTIONS:
+        fields.error("action", f"expected one of {list(ACTIONS)}")
+    data: dict[str, Any] = {}
+    if "phone" in body:
+        data["phone"] = normalise_phone(fields, "phone")
+    data["code"] = fields.text("code", max_length=9, required=action == "pair")
+    data["from"] = normalise_phone(fields, "from") if "from" in body else None
+    data["body"] = fields.text("body", max_length=4096, required=action == "message")
+    fields.done()
+    assert action is not None
+    try:
+        result = await simulator.act(session.id, action, {k: v for k, v in data.items() if v})
+    except SimulatorError as exc:
+        raise Problem(409, f"The simulator cannot {action} now: {exc}.") from None
+    return JSONResponse(
+        {"action": action, **result, "session": await session_json(request, session)}
+    )
+
+
+async def simulator_sent(request: Request) -> Response:
+    session = find(request)
+    sent = _simulator(request).sent(session.id)
+    return JSONResponse(
+        {"messages": [{"id": m.id, "to": m.to, "body": m.body, "at": m.at} for m in sent]}
+    )
+
+
+LINKING_ROUTES = [
+    ApiRoute(
+        "GET",
+        "/api/sessions/{session_id}/qr",
+        get_qr,
+        "The pending QR code: PNG, ?format=svg or raw, or JSON with Accept: application/json",
+        query={"format": {"type": "string", "enum": list(QR_FORMATS), "default": "png"}},
+        responses={200: ("The QR code", {"type": "string", "format": "binary"})},
+        content_type="image/png",
+        alt_media={
+            "image/svg+xml": {"type": "string"},
+            "text/plain": {"type": "string"},
+            "application/json": QR_JSON_SCHEMA,
+        },
+    ),
+    ApiRoute(
+        "POST",
+        "/api/sessions/{session_id}/pair",
+        pair,
+        "An 8-character pairing code, to link by typing it on the phone instead of scanning",
+        body=PAIR_SCHEMA,
+        responses={
+            200: ("The pairing code", CODE_SCHEMA),
+            409: ("Not waiting for a link", {}),
+            502: ("WhatsApp refused", {}),
+        },
+    ),
+    ApiRoute(
+        "POST",
+        "/api/sessions/{session_id}/simulator",
+        simulate,
+        "Demo mode: act as the phone (scan, pair, message, logout, conflict, drop, crash)",
+        body=SIMULATE_SCHEMA,
+        responses={200: ("Done", {"type": "object"}), 409: ("Not possible now", {})},
+    ),
+    ApiRoute(
+        "GET",
+        "/api/sessions/{session_id}/simulator/sent",
+        simulator_sent,
+        "Demo mode: every message the bot sent, as the simulated WhatsApp received it",
+        responses={200: ("The messages", {"type": "object"})},
+    ),
+]

@@ -26,6 +26,43 @@ ROOT = Path(__file__).resolve().parent.parent
 # sees, so tests start from none of them and set what they need.
 SETTINGS_ENV = frozenset(name.upper() for name in Settings.model_fields)
 
+# The one machine setting tests keep: which Chromium this machine has (CI points it at
+# Debian's /usr/bin/chromium). Read before the settings are scrubbed from the environment.
+_MACHINE_CHROMIUM = os.environ.get("CHROMIUM_PATH")
+
+
+def chromium_for_tests() -> str:
+    """CHROMIUM_PATH, else what wakeful itself would find; no Chromium fails the test."""
+    from bot.engines.whatsapp.browser import find_chromium
+
+    if _MACHINE_CHROMIUM:
+        return _MACHINE_CHROMIUM
+    found = find_chromium(None).path
+    if found is None:
+        raise AssertionError(
+            "No Chromium on this machine: apt-get install -y chromium (or set CHROMIUM_PATH)"
+        )
+    return str(found)
+
+
+def kill_strays(data_dir: Path) -> int:
+    """Kill browsers a killed server left behind under `data_dir` (as a container stop
+    would); returns how many processes were killed."""
+    import psutil
+
+    marker = str(data_dir.resolve())
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(marker in arg for arg in proc.info.get("cmdline") or []):
+            found.append(proc)
+    for proc in found:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(found, timeout=5)
+    return len(found)
+
 
 class FakeClock:
     def __init__(self, start: datetime) -> None:
@@ -194,6 +231,7 @@ class ServerProcess:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+        kill_strays(self.data_dir)
 
 
 def run_server_once(data_dir: Path, env: dict[str, str], timeout: float = 30) -> tuple[int, str]:

@@ -117,11 +117,13 @@
     await dbRequest("readwrite", (s) => s.put({ me, noiseKey, identityKey, advSecret }, "keys"));
     localStorage.setItem(LINK_KEY, JSON.stringify(`${me}:7@c.us`));
   };
+  // The keys in IndexedDB are the link; Local Storage only remembers whose it is, and
+  // Chromium writes it to disk lazily, so a killed browser may lose it: rebuild it then.
   const loadLink = async () => {
-    const stored = localStorage.getItem(LINK_KEY);
-    if (!stored) return null;
     const keys = await dbRequest("readonly", (s) => s.get("keys"));
-    return keys && keys.me ? keys.me : null;
+    if (!keys || !keys.me) return null;
+    if (!localStorage.getItem(LINK_KEY)) localStorage.setItem(LINK_KEY, JSON.stringify(`${keys.me}:7@c.us`));
+    return keys.me;
   };
   const clearLink = async () => {
     localStorage.removeItem(LINK_KEY);

@@ -118,6 +118,12 @@ class WhatsAppEngine:
         profile = self.profile_dir(session_id)
         await self._restore_if_missing(session_id, profile)
         profile.mkdir(parents=True, exist_ok=True)
+        orphan = await asyncio.to_thread(find_browser_process, profile)
+        if orphan is not None:
+            # Left by a process that was killed (its browsers outlive it outside a container):
+            # two browsers on one profile corrupt it.
+            log.bind(session=session_id).warning("Killing an orphaned browser (pid {})", orphan.pid)
+            await asyncio.to_thread(kill_tree, orphan)
         removed = remove_stale_locks(profile)
         if removed:
             log.bind(session=session_id).info("Removed stale profile locks: {}", ", ".join(removed))

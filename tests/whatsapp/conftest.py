@@ -1,0 +1,79 @@
+"""Real Chromium, the real driver and bridge, and the simulator in place of web.whatsapp.com."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.engines.base import EngineEvent, EventKind
+from bot.engines.simulator import Simulator
+from bot.engines.whatsapp.browser import ChromiumChoice
+from bot.engines.whatsapp.driver import DriverOptions, WhatsAppEngine
+from bot.engines.whatsapp.profile import ProfileVault
+from config import DEFAULT_USER_AGENT
+from tests.support import chromium_for_tests
+
+WAIT = 15.0
+
+
+class Events:
+    """What one session reported, with waits that fail fast instead of hanging."""
+
+    def __init__(self) -> None:
+        self.seen: list[EngineEvent] = []
+        self._changed = asyncio.Event()
+
+    async def __call__(self, event: EngineEvent) -> None:
+        self.seen.append(event)
+        self._changed.set()
+
+    def of(self, kind: EventKind) -> list[EngineEvent]:
+        return [e for e in self.seen if e.kind is kind]
+
+    async def wait_for(self, kind: EventKind, count: int = 1, timeout: float = WAIT) -> EngineEvent:
+        async with asyncio.timeout(timeout):
+            while len(self.of(kind)) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.of(kind)[count - 1]
+
+
+def options(profiles: Path, **values: Any) -> DriverOptions:
+    chromium = chromium_for_tests()
+    return DriverOptions(
+        profiles_dir=profiles,
+        chromium=ChromiumChoice(Path(chromium), "tests"),
+        user_agent=DEFAULT_USER_AGENT,
+        **values,
+    )
+
+
+MakeEngine = Callable[..., WhatsAppEngine]
+
+
+@pytest.fixture
+async def make_engine(tmp_path: Path) -> AsyncIterator[MakeEngine]:
+    engines: list[WhatsAppEngine] = []
+
+    def make(
+        *,
+        qr_every: float = 20.0,
+        vault: ProfileVault | None = None,
+        simulator: Simulator | None = None,
+        **values: Any,
+    ) -> WhatsAppEngine:
+        sim = simulator or Simulator(qr_every=timedelta(seconds=qr_every), record_dir=tmp_path)
+        engine = WhatsAppEngine(
+            options(tmp_path / "profiles", **values), vault=vault, simulator=sim
+        )
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        await asyncio.wait_for(engine.close(), 30)

@@ -87,6 +87,11 @@ def create_app(
             metrics=metrics,
             config=manager_config_from(settings),
         )
+        if settings.whatsapp_simulator and settings.bot_engine.strip() == "whatsapp":
+            log.warning(
+                "🧪 DEMO MODE (WHATSAPP_SIMULATOR=1): bots talk to a local WhatsApp simulator, "
+                "not to WhatsApp; nothing reaches a real phone"
+            )
         manager.add_listener(QrLogPrinter())
         if settings.bot_commands:
             manager.add_listener(ChatCommands(clock, keepalive.summary))

@@ -3,6 +3,7 @@ a real `python server.py` process with its log captured."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -56,10 +57,8 @@ def kill_strays(data_dir: Path) -> int:
         if any(marker in arg for arg in proc.info.get("cmdline") or []):
             found.append(proc)
     for proc in found:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(found, timeout=5)
     return len(found)
 

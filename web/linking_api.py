@@ -3,7 +3,9 @@ the simulated phone (scan, messages, logout, ...)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import re
 from typing import Any
 
@@ -23,6 +25,7 @@ from web.validation import Fields, read_json
 QR_FORMATS = ("png", "svg", "raw")
 PHONE_RE = re.compile(r"\+?[0-9][0-9 ()\-.]{5,24}")
 NO_STORE = {"Cache-Control": "no-store"}
+SETTLES_IN = {"scan": {S.CONNECTED}, "pair": {S.CONNECTED}, "logout": {S.LOGGED_OUT}}
 
 QR_JSON_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -188,6 +191,13 @@ async def simulate(request: Request) -> Response:
         result = await simulator.act(session.id, action, {k: v for k, v in data.items() if v})
     except SimulatorError as exc:
         raise Problem(409, f"The simulator cannot {action} now: {exc}.") from None
+    # The phone's side is done; let the bot's side catch up so the answer shows the outcome.
+    settled = SETTLES_IN.get(action)
+    if settled is not None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                while session.state not in settled:
+                    await asyncio.sleep(0.05)
     return JSONResponse(
         {"action": action, **result, "session": await session_json(request, session)}
     )

@@ -9,8 +9,10 @@ import re
 from pathlib import Path
 
 import psutil
+import pytest
 
 from bot.engines.base import EngineError, EventKind
+from bot.engines.simulator import SimulatorError
 from bot.engines.whatsapp.browser import find_browser_process
 from tests.whatsapp.conftest import Events, MakeEngine
 
@@ -59,12 +61,8 @@ async def test_pairing_code_links_without_a_camera(make_engine: MakeEngine):
     assert (await events.wait_for(EventKind.PAIR_CODE)).data["code"] == code
     sim = engine.simulator
     assert sim is not None
-    try:
+    with pytest.raises(SimulatorError, match="wrong pairing code"):
         await sim.enter_code("bot_000000000003", "WRONG123")
-    except Exception as exc:
-        assert "wrong pairing code" in str(exc)
-    else:
-        raise AssertionError("a wrong pairing code linked the bot")
     await sim.enter_code("bot_000000000003", code.lower())
     await events.wait_for(EventKind.READY)
 
@@ -76,12 +74,8 @@ async def test_messages_in_and_out(make_engine: MakeEngine):
     events = Events()
     session = await engine.start("bot_000000000004", events)
     await events.wait_for(EventKind.QR)
-    try:
+    with pytest.raises(EngineError, match="not connected"):
         await session.send_text("+15550001111", "too early")
-    except EngineError as exc:
-        assert "not connected" in str(exc)
-    else:
-        raise AssertionError("a bot that is not linked sent a message")
     assert sim.sent() == []
 
     await sim.scan("bot_000000000004")

@@ -196,7 +196,7 @@ async def simulate(request: Request) -> Response:
     if settled is not None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10):
-                while session.state not in settled:
+                while session.state not in settled:  # noqa: ASYNC110 - no event to wait on
                     await asyncio.sleep(0.05)
     return JSONResponse(
         {"action": action, **result, "session": await session_json(request, session)}

@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint typecheck pytest install install-test bench clean
+.PHONY: run demo test lint typecheck pytest install install-test bench live-smoke clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ install-test: $(VENV)/.installed-test
 run: install
 	HOST=$(HOST) PORT=$(PORT) $(PY) server.py
 
+## Demo mode: bots talk to a local WhatsApp simulator (no phone, no internet needed).
+demo: install
+	HOST=$(HOST) PORT=$(PORT) WHATSAPP_SIMULATOR=1 $(PY) server.py
+
 ## Lint, type-check and run the whole test suite.
 test: install-test lint typecheck pytest
 
@@ -45,6 +49,11 @@ pytest: install-test
 bench: install-test
 	$(PY) bench/health_throughput.py --json bench/health_throughput.json
 	$(PY) bench/manager_scale.py --json bench/manager_scale.json
+	$(PY) bench/browser_sessions.py --json bench/browser_sessions.json
+
+## NOT part of CI: the real driver against the real web.whatsapp.com, with your phone.
+live-smoke: install
+	$(PY) scripts/live_smoke.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

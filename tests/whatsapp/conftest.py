@@ -44,13 +44,8 @@ class Events:
 
 
 def options(profiles: Path, **values: Any) -> DriverOptions:
-    chromium = chromium_for_tests()
-    return DriverOptions(
-        profiles_dir=profiles,
-        chromium=ChromiumChoice(Path(chromium), "tests"),
-        user_agent=DEFAULT_USER_AGENT,
-        **values,
-    )
+    values.setdefault("chromium", ChromiumChoice(Path(chromium_for_tests()), "tests"))
+    return DriverOptions(profiles_dir=profiles, user_agent=DEFAULT_USER_AGENT, **values)
 
 
 MakeEngine = Callable[..., WhatsAppEngine]

@@ -13,6 +13,7 @@ import pytest
 
 from bot.engines.base import EngineError, EventKind
 from bot.engines.simulator import SimulatorError
+from bot.engines.whatsapp import browser
 from bot.engines.whatsapp.browser import find_browser_process
 from tests.whatsapp.conftest import Events, MakeEngine
 
@@ -234,3 +235,34 @@ async def test_without_readable_modules_the_qr_comes_from_the_login_screen(
     await engine.start("bot_000000000012", events)
     qr = await events.wait_for(EventKind.QR)
     assert qr.data["qr"] == "2@renamed-modules"
+
+
+def test_chromium_is_found_in_the_documented_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    shell, full = tmp_path / "chromium-headless-shell", tmp_path / "chromium"
+    monkeypatch.setattr(browser, "DEBIAN_HEADLESS_SHELL", shell)
+    monkeypatch.setattr(browser, "DEBIAN_CHROMIUM", full)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert browser.find_chromium(None) == browser.ChromiumChoice(None, "Playwright's own browser")
+    full.touch()
+    assert browser.find_chromium(None).path == full
+    shell.touch()
+    assert browser.find_chromium(None).path == shell
+    chosen = tmp_path / "my-chrome"
+    assert browser.find_chromium(chosen) == browser.ChromiumChoice(chosen, "CHROMIUM_PATH")
+
+
+async def test_the_browser_wakeful_picks_by_itself_links_a_bot(make_engine: MakeEngine):
+    """CI installs the headless shell too: this is the browser a Docker deployment runs."""
+    choice = browser.find_chromium(None)
+    assert choice.path is not None, "no Chromium found without CHROMIUM_PATH"
+    engine = make_engine(chromium=choice)
+    events = Events()
+    session = await engine.start("bot_000000000013", events)
+    await events.wait_for(EventKind.QR)
+    await engine.simulator.scan("bot_000000000013")  # type: ignore[union-attr]
+    await events.wait_for(EventKind.READY)
+    assert session.browser is not None
+    assert Path(session.browser.exe()).resolve() == choice.path.resolve()
+    user_agent = await session.page.evaluate("navigator.userAgent")  # type: ignore[union-attr]
+    assert "Headless" not in user_agent and "Chrome/" in user_agent
+    assert await session.page.evaluate("navigator.webdriver") is False  # type: ignore[union-attr]

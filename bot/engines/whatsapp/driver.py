@@ -94,7 +94,7 @@ class WhatsAppEngine:
         self.vault = vault
         self.simulator = simulator
         self.clock = clock or SystemClock()
-        self.name = "whatsapp (SIMULATOR: demo mode)" if simulator else "whatsapp"
+        self.name = "whatsapp-simulator" if simulator else "whatsapp"
         self.sessions: dict[str, WhatsAppSession] = {}
         self._playwright: Playwright | None = None
         self._playwright_lock = asyncio.Lock()

@@ -94,6 +94,7 @@ async def session_json(
             _iso(record.next_retry_at) if record.state in (S.DISCONNECTED, S.SUSPENDED) else None
         ),
         "qrAvailable": session.qr is not None,
+        "browserMemoryMb": _browser_memory_mb(session),
         "webhookUrl": record.webhook_url,
         "metadata": record.metadata,
         "createdAt": record.created_at.isoformat(),
@@ -103,6 +104,12 @@ async def session_json(
         history = await manager(request).store.history(record.id, HISTORY_LIMIT)
         document["history"] = [t.as_json() for t in history]
     return document
+
+
+def _browser_memory_mb(session: BotSession) -> float | None:
+    """PSS of the bot's browser tree as the memory watchdog last measured it."""
+    measured = getattr(session.engine_session, "memory_bytes", None)
+    return round(measured / 1024 / 1024, 1) if measured else None
 
 
 def find(request: Request) -> BotSession:

@@ -136,6 +136,7 @@ async def test_link_by_qr_and_the_qr_route_says_so(demo: Api):
     body = await demo.get(bot)
     assert body["linkedAs"].startswith("+1555")
     assert body["qrAvailable"] is False
+    assert 20 < body["browserMemoryMb"] < 2000  # measured, PSS of the browser's processes
     moves = [(frm, to) for frm, to, _ in history(body)]
     assert moves[-3:] == [
         ("CONNECTING", "SCAN_QR"),

@@ -175,7 +175,8 @@ class WhatsAppEngine:
         log.bind(session=session_id).info("Profile deleted (and its backup)")
 
     def _ensure_watchdog(self) -> None:
-        if self.options.max_memory_mb <= 0 or self._watchdog is not None:
+        # It always measures (the API shows each bot's memory); it recycles only with a limit.
+        if self._watchdog is not None:
             return
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_memory())
 
@@ -252,6 +253,7 @@ class WhatsAppSession:
         page.on("crash", lambda _: self.report_crash("the page crashed"))
         self.page = page
         self.browser = await asyncio.to_thread(find_browser_process, self.profile)
+        await asyncio.to_thread(self.measure_memory)
         await page.goto(WHATSAPP_URL, wait_until="domcontentloaded", timeout=60_000)
 
     # Events from the page ------------------------------------------------------------

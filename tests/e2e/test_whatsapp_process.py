@@ -6,6 +6,7 @@ does not keep the bot down."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import sqlite3
@@ -222,7 +223,10 @@ def test_a_phone_logout_unlinks_the_bot_and_deletes_its_profile_and_backup(tmp_p
         server.wait_for_log(f"[{bot_id}] Profile backed up to the database (")
         assert profile_of(data, bot_id).is_dir()
 
-        simulate(server, bot_id, "logout")
+        logout = {"action": "logout"}
+        answer = call(server, "POST", f"/api/sessions/{bot_id}/simulator", json=logout)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["session"]["state"] == "LOGGED_OUT"
         out = wait_state(server, bot_id, "LOGGED_OUT")
         assert "phone" in out["stateReason"].lower(), out["stateReason"]
         assert out["linkedAs"] is None
@@ -331,13 +335,14 @@ def test_a_hung_browser_orphaned_by_a_killed_server_is_killed_at_the_next_start(
     profile would corrupt it, so the next start kills it first."""
     data = tmp_path / "data"
     first = ServerProcess(data, demo_env()).start()
+    drivers: list[psutil.Process] = []
     try:
         first.wait_ready()
         bot_id, phone = link(first, "sales")
         orphan = find_browser_process(profile_of(data, bot_id))
         assert orphan is not None
         assert first.process is not None
-        drivers = [
+        drivers += [
             child
             for child in psutil.Process(first.process.pid).children()
             if child.pid != orphan.pid and "playwright" in " ".join(child.cmdline())
@@ -366,4 +371,7 @@ def test_a_hung_browser_orphaned_by_a_killed_server_is_killed_at_the_next_start(
             assert live is not None and live.pid != orphan.pid
             stop_cleanly(second)
     finally:
+        for driver in drivers:  # a failure before the kill must not leave it stopped
+            with contextlib.suppress(psutil.Error):
+                driver.kill()
         first.__exit__(None, None, None)

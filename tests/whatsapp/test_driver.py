@@ -187,7 +187,8 @@ async def test_a_browser_killed_from_outside_is_a_crash_and_the_next_start_works
 async def test_an_orphaned_browser_on_the_profile_is_killed_before_launch(
     make_engine: MakeEngine,
 ):
-    """A server killed with SIGKILL leaves its browsers running outside a container."""
+    """A browser that outlived its server (hung when the server was killed) must not share
+    the profile with the next one."""
     first = make_engine()
     events = Events()
     session = await first.start("bot_000000000010", events)

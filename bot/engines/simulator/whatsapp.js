@@ -294,8 +294,11 @@
       });
       return id._serialized;
     },
-    phoneLogout: async () => {
-      await Socket.logout();
+    // The phone's logout reaches the page from the server, after this call has returned
+    // (the bot closes its browser as soon as it hears of it).
+    phoneLogout: () => {
+      setTimeout(() => Socket.logout(), 0);
+      return true;
     },
     conflict: () => Socket.set("state", "CONFLICT"),
     drop: () => {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,4 +116,14 @@ def kill_tree(root: psutil.Process) -> None:
         for proc in processes:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
-        psutil.wait_procs(processes, timeout=3)
+        # A killed orphan is re-parented to pid 1, which may reap it late: a zombie is dead.
+        deadline = time.monotonic() + 3
+        while any(_alive(proc) for proc in processes) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False

@@ -89,7 +89,14 @@ DEFAULT_USER_AGENT = (
 
 # Settings whose values are never echoed, not even in a configuration error.
 SECRET_FIELDS = frozenset(
-    {"admin_token", "alert_urls", "heartbeat_url", "database_url", "session_encryption_key"}
+    {
+        "admin_token",
+        "alert_urls",
+        "heartbeat_url",
+        "database_url",
+        "session_encryption_key",
+        "webhook_secret",
+    }
 )
 
 
@@ -153,6 +160,17 @@ class Settings(BaseSettings):
     session_cleanup_interval: Duration = timedelta(hours=1)
     health_check_interval: Duration = timedelta(minutes=15)
 
+    # Outbox and webhooks
+    send_rate: int = Field(default=20, ge=0)
+    max_retry_attempts: int = Field(default=5, ge=1)
+    retry_base_delay: Duration = timedelta(seconds=5)
+    retry_max_delay: Duration = timedelta(minutes=10)
+    outbox_lease: Duration = timedelta(seconds=60)
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_allow_private: bool = False
+    webhook_timeout: Duration = timedelta(seconds=10)
+
     # WhatsApp engine
     chromium_path: Path | None = None
     bot_user_agent: str = Field(default=DEFAULT_USER_AGENT, min_length=20)
@@ -182,6 +200,13 @@ class Settings(BaseSettings):
     @field_validator("session_encryption_key")
     @classmethod
     def _key_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (use a long random string)")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters (use a long random string)")
         return value
@@ -223,6 +248,10 @@ class Settings(BaseSettings):
         "profile_backup_delay",
         "profile_backup_interval",
         "simulator_qr_every",
+        "retry_base_delay",
+        "retry_max_delay",
+        "outbox_lease",
+        "webhook_timeout",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
@@ -230,7 +259,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be greater than zero; expected {DURATION_EXPECTED}")
         return value
 
-    @field_validator("keepalive_url", "public_url", "render_external_url")
+    @field_validator("keepalive_url", "public_url", "render_external_url", "webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -322,13 +351,22 @@ def load_settings(**overrides: Any) -> Settings:
         if "keep_alive_timeout" not in settings.model_fields_set:
             # Only the default is in the way (a short interval for a trial): fit it in.
             settings.keep_alive_timeout = settings.keep_alive_interval / 2
-            return _check_database_scheme(settings)
+            return _check_webhook(_check_database_scheme(settings))
         raise ConfigError(
             "Invalid configuration: KEEP_ALIVE_TIMEOUT="
             f"{format_duration(settings.keep_alive_timeout)} must be shorter than "
             f"KEEP_ALIVE_INTERVAL={format_duration(settings.keep_alive_interval)}"
         )
-    return _check_database_scheme(settings)
+    return _check_webhook(_check_database_scheme(settings))
+
+
+def _check_webhook(settings: Settings) -> Settings:
+    if settings.webhook_url and settings.webhook_secret is None:
+        raise ConfigError(
+            "Invalid configuration: WEBHOOK_SECRET is required with WEBHOOK_URL (a long random "
+            "string; every delivery to WEBHOOK_URL is signed with it)"
+        )
+    return settings
 
 
 def _check_database_scheme(settings: Settings) -> Settings:

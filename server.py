@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import sys
 import threading
@@ -27,8 +28,11 @@ from starlette.middleware import Middleware
 from bot.commands import ChatCommands
 from bot.engines import engine_factory, load_engine
 from bot.manager import BotManager, manager_config_from, policy_from
+from bot.outbox import OutboxStore, RetryPolicy
 from bot.qrcodes import QrLogPrinter
+from bot.sender import OutboxSender
 from bot.store import BotStore
+from bot.webhooks import DeliveryStore, WebhookConfig, Webhooks
 from config import ConfigError, Settings, format_duration, load_settings
 from services.alerts import AlertConfigError, Alerter
 from services.clock import Clock, SystemClock
@@ -39,12 +43,14 @@ from services.logging import setup_logging
 from services.metrics import Metrics, SystemSampler
 from services.pingstore import PingStore
 from services.scheduler import Scheduler
+from services.secretbox import load_secret_box
 from web.app_routes import all_routes
 from web.auth import Authenticator, ensure_admin_token
 from web.errors import EXCEPTION_HANDLERS
 from web.middleware import RequestCounter
 
 log = logger.bind(component="server")
+OUTBOX_COUNT_EVERY = 2.0
 
 
 def create_app(
@@ -95,6 +101,47 @@ def create_app(
         manager.add_listener(QrLogPrinter())
         if settings.bot_commands:
             manager.add_listener(ChatCommands(clock, keepalive.summary))
+        secret_box = load_secret_box(
+            settings.session_encryption_key.get_secret_value()
+            if settings.session_encryption_key
+            else None,
+            settings.data_dir,
+        )
+        outbox = OutboxStore(db)
+        retry = RetryPolicy(
+            max_attempts=settings.max_retry_attempts,
+            base=settings.retry_base_delay,
+            cap=settings.retry_max_delay,
+            lease=settings.outbox_lease,
+        )
+        sender = OutboxSender(
+            outbox,
+            policy=retry,
+            per_minute=settings.send_rate,
+            clock=clock,
+            metrics=metrics,
+            rand=random.random,
+        )
+        manager.add_listener(sender)
+        deliveries = DeliveryStore(db)
+        webhooks = Webhooks(
+            deliveries,
+            config=WebhookConfig(
+                allow_private=settings.webhook_allow_private,
+                timeout=settings.webhook_timeout.total_seconds(),
+                global_url=settings.webhook_url,
+                global_secret=(
+                    settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+                ),
+            ),
+            policy=retry,
+            client=client,
+            secrets_box=secret_box,
+            clock=clock,
+            metrics=metrics,
+            rand=random.random,
+        )
+        manager.add_listener(webhooks)
         await manager.load()
         scheduler = Scheduler(clock)
         now = clock.now()
@@ -126,11 +173,26 @@ def create_app(
             },
         )
         health.details["sessions"] = manager.counts_by_state
+        health.details["outbox"] = lambda: metrics.outbox_counts
         app.state.db = db
         app.state.manager = manager
         app.state.keepalive = keepalive
         app.state.scheduler = scheduler
         app.state.alerter = alerter
+        app.state.outbox = outbox
+        app.state.sender = sender
+        app.state.deliveries = deliveries
+        app.state.webhooks = webhooks
+        app.state.secret_box = secret_box
+
+        def sealed_secret(session_id: str) -> str | None:
+            session = manager.sessions.get(session_id)
+            return session.record.webhook_secret if session else None
+
+        background = [
+            asyncio.get_running_loop().create_task(webhooks.run(sealed_secret)),
+            asyncio.get_running_loop().create_task(_count_outbox(outbox, metrics)),
+        ]
 
         keepalive.log_started()
         warn_about_sleep_threshold(settings)
@@ -145,6 +207,10 @@ def create_app(
         finally:
             health.draining = True
             jobs.cancel()
+            await sender.shutdown(within=settings.shutdown_timeout.total_seconds() / 4)
+            for task in background:
+                task.cancel()
+            await asyncio.wait(background, timeout=1)
             await _shutdown(settings, scheduler, manager, alerter, client, db)
 
     app = Starlette(
@@ -159,6 +225,16 @@ def create_app(
     app.state.health = health
     app.state.sampler = SystemSampler()
     return app
+
+
+async def _count_outbox(outbox: OutboxStore, metrics: Metrics) -> None:
+    """Keep the outbox counts /health and /metrics show fresh (they never query themselves)."""
+    while True:
+        try:
+            metrics.outbox_counts = await outbox.counts()
+        except Exception as exc:
+            log.debug("Counting the outbox failed: {}", exc)
+        await asyncio.sleep(OUTBOX_COUNT_EVERY)
 
 
 async def _start_jobs_once_listening(app: Starlette, scheduler: Scheduler) -> None:

@@ -187,16 +187,23 @@ class BotManager:
         webhook_url: str | None,
         metadata: dict[str, Any],
         start: bool,
+        **webhook: Any,
     ) -> BotSession:
+        """Create (and start) a bot. `webhook` may hold webhook_events, webhook_secret."""
         lock = self._create_locks.setdefault(user_id, asyncio.Lock())
         async with lock:
-            session = await self._create(user_id, name, webhook_url, metadata)
+            session = await self._create(user_id, name, webhook_url, metadata, webhook)
         if start and self.engine is not None:
             await session.start("started at creation")
         return session
 
     async def _create(
-        self, user_id: str | None, name: str, webhook_url: str | None, metadata: dict[str, Any]
+        self,
+        user_id: str | None,
+        name: str,
+        webhook_url: str | None,
+        metadata: dict[str, Any],
+        webhook: dict[str, Any],
     ) -> BotSession:
         if user_id is not None and self.count_for(user_id) >= self.config.max_sessions_per_user:
             raise SessionLimitError(self.config.max_sessions_per_user)
@@ -214,6 +221,7 @@ class BotManager:
             created_at=now,
             webhook_url=webhook_url,
             metadata=metadata,
+            **webhook,
         )
         await self.store.insert_session(record, "created")
         session = BotSession(record, self.ctx)

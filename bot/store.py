@@ -52,6 +52,10 @@ bot_sessions = Table(
     Column("owner_key", String(32), nullable=False),
     Column("name", String(100), nullable=False),
     Column("webhook_url", String(2000), nullable=True),
+    # NULL: every event; else a JSON list of the events the bot's webhook wants.
+    Column("webhook_events", Text, nullable=True),
+    # Sealed with services.secretbox; shown in clear once, at creation or rotation.
+    Column("webhook_secret", Text, nullable=True),
     Column("metadata", Text, nullable=False, default="{}"),
     Column("state", String(20), nullable=False),
     Column("state_reason", String(500), nullable=True),
@@ -119,6 +123,8 @@ class SessionRecord:
     state_changed_at: datetime
     created_at: datetime
     webhook_url: str | None = None
+    webhook_events: list[str] | None = None
+    webhook_secret: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     state_reason: str | None = None
     want_running: bool = False
@@ -143,6 +149,9 @@ class SessionRecord:
     def row(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["metadata"] = json.dumps(self.metadata, separators=(",", ":"))
+        values["webhook_events"] = (
+            None if self.webhook_events is None else json.dumps(self.webhook_events)
+        )
         values["state"] = self.state.value
         values["owner_key"] = self.owner_key
         return values
@@ -152,6 +161,8 @@ class SessionRecord:
         data = dict(row._mapping)
         data.pop("owner_key", None)
         data["metadata"] = json.loads(data["metadata"] or "{}")
+        events = data.get("webhook_events")
+        data["webhook_events"] = None if events is None else json.loads(events)
         data["state"] = SessionState(data["state"])
         return cls(**data)
 
@@ -253,6 +264,8 @@ class BotStore:
         """Write fields that are not the state (activity, heartbeat, counters)."""
         if "metadata" in values:
             values["metadata"] = json.dumps(values["metadata"], separators=(",", ":"))
+        if values.get("webhook_events") is not None:
+            values["webhook_events"] = json.dumps(values["webhook_events"])
         async with self.db.engine.begin() as conn:
             await conn.execute(
                 update(bot_sessions).where(bot_sessions.c.id == session_id).values(**values)

@@ -69,6 +69,31 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.outbox_send_duration = Histogram(
+            "outbox_send_duration_seconds",
+            "Time to hand one outbox message to WhatsApp",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=self.registry,
+        )
+        self.webhook_deliveries = Counter(
+            "webhook_deliveries",
+            "Webhook delivery attempts by result",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("delivered", "retried", "dead"):
+            self.webhook_deliveries.labels(result=result)
+        # The outbox's rows by status, as last counted (the owner refreshes it).
+        self.outbox_counts: dict[str, int] = {}
+        self.registry.register(
+            _CountsCollector(
+                GaugeMetricFamily,
+                "outbox_messages",
+                "Outbox messages by status",
+                "status",
+                lambda: self.outbox_counts,
+            )
+        )
         # Session counts are read at scrape time from whoever owns the sessions (services
         # never import the bot manager; it hands a callable over instead).
         self.session_counts: Callable[[], dict[str, int]] = dict

@@ -84,20 +84,41 @@ def sessions_summary(request: Request) -> dict[str, Any]:
     }
 
 
+async def _refresh_outbox_counts(request: Request) -> dict[str, int]:
+    metrics = _metrics(request)
+    outbox = getattr(request.app.state, "outbox", None)
+    if outbox is not None:
+        metrics.outbox_counts = await outbox.counts()
+    return metrics.outbox_counts
+
+
 async def metrics_json(request: Request) -> Response:
     sampler: SystemSampler = request.app.state.sampler
+    outbox = await _refresh_outbox_counts(request)
+    webhooks = {
+        sample.labels["result"]: int(sample.value)
+        for family in _metrics(request).webhook_deliveries.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
     document = metrics_snapshot(
         sampler,
         _metrics(request),
         {
             "keepalive": lambda: keepalive_summary(request),
             "sessions": lambda: sessions_summary(request),
+            "outbox": lambda: {
+                "byStatus": outbox,
+                "sendingWorkers": request.app.state.sender.active,
+            },
+            "webhookDeliveries": lambda: webhooks,
         },
     )
     return JSONResponse(document, headers=NO_STORE)
 
 
 async def metrics_prometheus(request: Request) -> Response:
+    await _refresh_outbox_counts(request)
     return Response(_metrics(request).render(), media_type=CONTENT_TYPE_LATEST, headers=NO_STORE)
 
 

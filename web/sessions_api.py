@@ -16,9 +16,12 @@ from bot.session import BotSession, ConcurrentChangeError, EngineUnavailableErro
 from bot.states import RUNNING_STATES, STARTABLE_STATES, TRANSITIONS, IllegalTransitionError
 from bot.states import SessionState as S
 from bot.store import ADMIN_OWNER, DuplicateNameError
+from bot.webhooks import EVENTS, new_secret
 from web.errors import Problem
 from web.routing import ApiRoute, principal
 from web.validation import Fields, read_json
+from web.webhook_fields import webhook_events
+from web.webhook_fields import webhook_url as webhook_url_field
 
 NAME_RE = re.compile(r"[\w .@:+\-]{1,64}")
 SESSION_ID_RE = re.compile(r"bot_[0-9a-f]{12}")
@@ -48,6 +51,10 @@ CREATE_SCHEMA: dict[str, Any] = {
     "properties": {
         "name": {"type": "string", "minLength": 1, "maxLength": 64},
         "webhookUrl": {"type": ["string", "null"], "format": "uri"},
+        "webhookEvents": {
+            "type": ["array", "null"],
+            "items": {"type": "string", "enum": list(EVENTS)},
+        },
         "metadata": {"type": ["object", "null"]},
         "start": {"type": "boolean", "default": True},
         "userId": {"type": "string", "description": "admin only: create it for this user"},
@@ -96,6 +103,7 @@ async def session_json(
         "qrAvailable": session.qr is not None,
         "browserMemoryMb": _browser_memory_mb(session),
         "webhookUrl": record.webhook_url,
+        "webhookEvents": record.webhook_events or list(EVENTS),
         "metadata": record.metadata,
         "createdAt": record.created_at.isoformat(),
         "startedAt": _iso(record.started_at),
@@ -157,7 +165,7 @@ async def create_session(request: Request) -> Response:
     who = principal(request)
     settings = request.app.state.settings
     body = await read_json(request, settings.max_body_bytes)
-    fields = Fields(body, {"name", "webhookUrl", "metadata", "start", "userId"})
+    fields = Fields(body, {"name", "webhookUrl", "webhookEvents", "metadata", "start", "userId"})
     name = fields.text(
         "name",
         required=True,
@@ -165,7 +173,8 @@ async def create_session(request: Request) -> Response:
         pattern=NAME_RE,
         pattern_text="letters, digits, spaces and . @ : + - _ only (1 to 64)",
     )
-    webhook_url = fields.url("webhookUrl")
+    webhook_url = await webhook_url_field(fields, request)
+    events = webhook_events(fields)
     metadata = fields.mapping("metadata")
     start = fields.boolean("start", True)
     owner = who.user_id
@@ -180,8 +189,15 @@ async def create_session(request: Request) -> Response:
     fields.done()
     assert name is not None
     try:
+        secret = new_secret()
         session = await manager(request).create(
-            user_id=owner, name=name, webhook_url=webhook_url, metadata=metadata, start=start
+            user_id=owner,
+            name=name,
+            webhook_url=webhook_url,
+            metadata=metadata,
+            start=start,
+            webhook_events=events,
+            webhook_secret=request.app.state.secret_box.seal(secret),
         )
     except DuplicateNameError:
         whose = "You already have" if owner == who.user_id else "That owner already has"
@@ -193,7 +209,10 @@ async def create_session(request: Request) -> Response:
             "delete one first.",
         ) from None
     await audit(request, "session.create", session.id, name)
-    return JSONResponse(await session_json(request, session), status_code=201)
+    document = await session_json(request, session)
+    # The one time the signing secret is shown; only its sealed form is stored.
+    document["webhookSecret"] = secret
+    return JSONResponse(document, status_code=201, headers={"Cache-Control": "no-store"})
 
 
 def _conflict(exc: IllegalTransitionError | ConcurrentChangeError, action: str) -> Problem:

@@ -32,7 +32,12 @@ ADMIN_TOKEN = "admin-token-for-tests-0001"
 PROBLEM_JSON = "application/problem+json"
 WAIT = 5.0
 # Well-formed ids and a job name that exist nowhere.
-MISSING = {"session_id": "bot_000000000000", "user_id": "usr_000000000000", "name": "no-job"}
+MISSING = {
+    "session_id": "bot_000000000000",
+    "user_id": "usr_000000000000",
+    "name": "no-job",
+    "message_id": "msg_0000000000000000",
+}
 
 _names = itertools.count(1)
 
@@ -48,6 +53,8 @@ def make_settings(tmp_path: Path, **values: Any) -> Settings:
         "keep_alive_start_delay": "1h",
         "max_sessions_per_user": 2,
         "max_body_bytes": 2048,
+        # The tests' receivers are on loopback (and test hosts do not resolve).
+        "webhook_allow_private": True,
         **values,
     }
     return load_settings(_env_file=None, data_dir=tmp_path, database_url=None, **values)
@@ -272,7 +279,18 @@ async def test_auth_matrix_from_openapi(api: Api, alice: User, bob: User, style:
     client = api.client
     bobs_bot = (await api.new_session(bob.headers, "bobs-bot"))["id"]
     await api.wait_for(bobs_bot, "CONNECTED")
-    real = {"session_id": bobs_bot, "user_id": bob.id, "name": "cleanup"}
+    sent = await client.post(
+        f"/api/sessions/{bobs_bot}/messages",
+        json={"to": "+15550001111", "text": "hello"},
+        headers=bob.headers,
+    )
+    assert sent.status_code == 202, sent.text
+    real = {
+        "session_id": bobs_bot,
+        "user_id": bob.id,
+        "name": "cleanup",
+        "message_id": sent.json()["id"],
+    }
     document = (await client.get("/openapi.json")).json()
     failures: list[str] = []
 
@@ -337,11 +355,11 @@ async def test_auth_matrix_from_openapi(api: Api, alice: User, bob: User, style:
                 )
         elif op.params:
             # Alice on Bob's bot gets exactly what she gets for a bot that does not exist.
+            param = op.params[0]
             on_bobs = await call(op, real, as_(alice.token))
-            on_missing = await call(op, MISSING, as_(alice.token))
+            on_missing = await call(op, {**real, param: MISSING[param]}, as_(alice.token))
             expect(on_bobs.status_code == 404, op, "alice on bob's", on_bobs)
             expect(on_missing.status_code == 404, op, "alice on a missing one", on_missing)
-            param = op.params[0]
             ident, missing_ident = real[param], MISSING[param]
             if not same_shape(on_bobs, ident, on_missing, missing_ident):
                 failures.append(f"{op}: bob's bot is told apart from a missing one")
@@ -870,7 +888,7 @@ async def test_head_on_protected_routes_is_401_without_a_token(api: Api, bob: Us
     (`/api/sessions`, `/api/users`) the dispatcher has no HEAD handler (KeyError → 500),
     so even an anonymous HEAD gets a 500 instead of a 401."""
     bot = (await api.new_session(bob.headers))["id"]
-    real = {"session_id": bot, "user_id": bob.id, "name": "cleanup"}
+    real = {**MISSING, "session_id": bot, "user_id": bob.id, "name": "cleanup"}
     document = (await api.client.get("/openapi.json")).json()
     answers = {}
     for op in operations(document):

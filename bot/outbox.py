@@ -1,0 +1,313 @@
+"""The durable outbox: a message is accepted only once its row is committed, and leaves only
+through a claim with a lease, so a crash anywhere re-sends it rather than losing it.
+
+States: `queued` (waiting, or due again after a failure) → `sending` (claimed; the lease
+says until when) → `sent`, or back to `queued` with a later `due_at` after a failure, or
+`dead` after MAX_RETRY_ATTEMPTS. A `sending` row whose lease ran out (the process died
+between the claim and the mark) is claimable again: at-least-once, never lost.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from services.database import Database, UTCDateTime, metadata, shielded
+
+STATUSES = ("queued", "sending", "sent", "dead")
+MAX_TEXT = 4096
+
+outbox_messages = Table(
+    "outbox_messages",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(32), nullable=False, unique=True),
+    Column(
+        "session_id",
+        String(32),
+        ForeignKey("bot_sessions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("idempotency_key", String(200), nullable=True),
+    Column("to", String(100), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", String(500), nullable=True),
+    Column("engine_message_id", String(200), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("sent_at", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("session_id", "idempotency_key", name="uq_outbox_messages_idempotency"),
+    Index("ix_outbox_messages_claim", "session_id", "status", "due_at"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    base: timedelta = timedelta(seconds=5)
+    cap: timedelta = timedelta(minutes=10)
+    lease: timedelta = timedelta(seconds=60)
+
+
+def retry_delay(policy: RetryPolicy, attempts: int, jitter: float) -> timedelta:
+    """After the n-th failed attempt: base × 2^(n-1), capped, ± 20 % (`jitter` in [0, 1))."""
+    exponent = min(max(attempts - 1, 0), 30)
+    delay: timedelta = min(policy.base * (2**exponent), policy.cap)
+    return delay * (0.8 + 0.4 * jitter)
+
+
+@dataclass(slots=True)
+class OutboxMessage:
+    id: str
+    session_id: str
+    to: str
+    text: str
+    status: str
+    attempts: int
+    created_at: datetime
+    due_at: datetime
+    updated_at: datetime
+    idempotency_key: str | None = None
+    last_error: str | None = None
+    engine_message_id: str | None = None
+    lease_until: datetime | None = None
+    sent_at: datetime | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "id": self.id,
+            "sessionId": self.session_id,
+            "to": self.to,
+            "text": self.text,
+            "status": self.status,
+            "attempts": self.attempts,
+            "lastError": self.last_error,
+            "idempotencyKey": self.idempotency_key,
+            "whatsappId": self.engine_message_id,
+            "createdAt": iso(self.created_at),
+            "dueAt": iso(self.due_at) if self.status == "queued" else None,
+            "sentAt": iso(self.sent_at),
+            "updatedAt": iso(self.updated_at),
+        }
+
+
+_COLUMNS = [c for c in outbox_messages.c if c.name != "seq"]
+
+
+def _message(row: Any) -> OutboxMessage:
+    return OutboxMessage(**{c.name: getattr(row, c.name) for c in _COLUMNS})
+
+
+def new_message_id() -> str:
+    return "msg_" + secrets.token_hex(8)
+
+
+class OutboxStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @shielded
+    async def enqueue(
+        self, session_id: str, to: str, text: str, key: str | None, now: datetime
+    ) -> tuple[OutboxMessage, bool]:
+        """Store a message; with a known idempotency key, the stored one (and False)."""
+        values = {
+            "id": new_message_id(),
+            "session_id": session_id,
+            "idempotency_key": key,
+            "to": to,
+            "text": text,
+            "status": "queued",
+            "attempts": 0,
+            "created_at": now,
+            "due_at": now,
+            "updated_at": now,
+        }
+        try:
+            async with self.db.engine.begin() as conn:
+                await conn.execute(insert(outbox_messages).values(**values))
+        except IntegrityError:
+            if key is None:
+                raise
+            existing = await self._by_key(session_id, key)
+            if existing is None:
+                raise
+            return existing, False
+        return OutboxMessage(**values), True  # type: ignore[arg-type]
+
+    async def _by_key(self, session_id: str, key: str) -> OutboxMessage | None:
+        query = select(outbox_messages).where(
+            outbox_messages.c.session_id == session_id, outbox_messages.c.idempotency_key == key
+        )
+        async with self.db.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _message(row) if row else None
+
+    @shielded
+    async def get(self, session_id: str, message_id: str) -> OutboxMessage | None:
+        query = select(outbox_messages).where(
+            outbox_messages.c.session_id == session_id, outbox_messages.c.id == message_id
+        )
+        async with self.db.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _message(row) if row else None
+
+    @shielded
+    async def list_for(
+        self, session_id: str, status: str | None, limit: int, offset: int
+    ) -> tuple[list[OutboxMessage], int]:
+        where = [outbox_messages.c.session_id == session_id]
+        if status is not None:
+            where.append(outbox_messages.c.status == status)
+        query = (
+            select(outbox_messages)
+            .where(*where)
+            .order_by(outbox_messages.c.seq.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        count = select(func.count()).select_from(outbox_messages).where(*where)
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+            total = int((await conn.execute(count)).scalar_one())
+        return [_message(r) for r in rows], total
+
+    @shielded
+    async def counts(self, session_id: str | None = None) -> dict[str, int]:
+        query = select(outbox_messages.c.status, func.count()).group_by(outbox_messages.c.status)
+        if session_id is not None:
+            query = query.where(outbox_messages.c.session_id == session_id)
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        found = dict.fromkeys(STATUSES, 0)
+        found.update({status: int(n) for status, n in rows})
+        return found
+
+    def _claimable(self, now: datetime) -> Any:
+        c = outbox_messages.c
+        return or_(
+            and_(c.status == "queued", c.due_at <= now),
+            and_(c.status == "sending", c.lease_until < now),
+        )
+
+    @shielded
+    async def claim(self, session_id: str, now: datetime, lease: timedelta) -> OutboxMessage | None:
+        """The oldest due message of this bot, leased to the caller; None if none is due.
+
+        Guarded like every concurrent writer here: `UPDATE … WHERE <still claimable>` and the
+        row count says whether this caller won it."""
+        c = outbox_messages.c
+        for _ in range(5):
+            async with self.db.engine.begin() as conn:
+                row = (
+                    await conn.execute(
+                        select(c.seq)
+                        .where(c.session_id == session_id, self._claimable(now))
+                        .order_by(c.seq)
+                        .limit(1)
+                    )
+                ).first()
+                if row is None:
+                    return None
+                claimed = await conn.execute(
+                    update(outbox_messages)
+                    .where(c.seq == row.seq, self._claimable(now))
+                    .values(
+                        status="sending",
+                        lease_until=now + lease,
+                        attempts=c.attempts + 1,
+                        updated_at=now,
+                    )
+                )
+                if claimed.rowcount == 1:
+                    found = (
+                        await conn.execute(select(outbox_messages).where(c.seq == row.seq))
+                    ).one()
+                    return _message(found)
+        return None
+
+    @shielded
+    async def next_due(self, session_id: str) -> datetime | None:
+        c = outbox_messages.c
+        query = select(func.min(c.due_at)).where(c.session_id == session_id, c.status == "queued")
+        async with self.db.engine.connect() as conn:
+            due: datetime | None = (await conn.execute(query)).scalar_one_or_none()
+        return due
+
+    @shielded
+    async def mark_sent(self, message_id: str, engine_id: str, now: datetime) -> bool:
+        c = outbox_messages.c
+        async with self.db.engine.begin() as conn:
+            done = await conn.execute(
+                update(outbox_messages)
+                .where(c.id == message_id, c.status == "sending")
+                .values(
+                    status="sent",
+                    engine_message_id=engine_id[:200],
+                    sent_at=now,
+                    lease_until=None,
+                    last_error=None,
+                    updated_at=now,
+                )
+            )
+        return bool(done.rowcount == 1)
+
+    @shielded
+    async def mark_failed(
+        self, message_id: str, error: str, retry_at: datetime | None, now: datetime
+    ) -> None:
+        """Back to the queue at `retry_at`, or `dead` when there is none."""
+        c = outbox_messages.c
+        values: dict[str, Any] = {"last_error": error[:500], "lease_until": None, "updated_at": now}
+        if retry_at is None:
+            values["status"] = "dead"
+        else:
+            values.update(status="queued", due_at=retry_at)
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                update(outbox_messages)
+                .where(c.id == message_id, c.status == "sending")
+                .values(**values)
+            )
+
+    @shielded
+    async def requeue_dead(self, session_id: str, now: datetime) -> int:
+        c = outbox_messages.c
+        async with self.db.engine.begin() as conn:
+            done = await conn.execute(
+                update(outbox_messages)
+                .where(c.session_id == session_id, c.status == "dead")
+                .values(status="queued", attempts=0, due_at=now, updated_at=now)
+            )
+        return int(done.rowcount)
+
+
+Jitter = Callable[[], float]

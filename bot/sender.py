@@ -1,0 +1,187 @@
+"""Sends the outbox: one worker per connected bot, one message at a time, paced.
+
+A worker runs while its bot is CONNECTED and stops by itself when it is not (mid-send it
+finishes the send first; nothing is cancelled between a claim and its mark but at process
+exit, where the lease brings the message back). Messages for a bot that is not connected
+simply wait in the queue. WhatsApp bans accounts that send in bursts: consecutive sends are
+SEND_RATE apart on average, with a random gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from loguru import logger
+
+from bot.outbox import OutboxStore, RetryPolicy, retry_delay
+from bot.session import BotSession
+from bot.states import SessionState
+from services.clock import Clock
+from services.metrics import Metrics
+
+SEND_TIMEOUT = 60.0
+IDLE_POLL = 30.0
+
+log = logger.bind(component="bot")
+
+
+def send_gap(per_minute: int, jitter: float) -> float:
+    """Seconds to wait after a send: 60 / rate on average, anywhere from half to 1.5 times."""
+    if per_minute <= 0:
+        return 0.0
+    return 60.0 / per_minute * (0.5 + jitter)
+
+
+class OutboxSender:
+    def __init__(
+        self,
+        store: OutboxStore,
+        *,
+        policy: RetryPolicy,
+        per_minute: int,
+        clock: Clock,
+        metrics: Metrics,
+        rand: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.per_minute = per_minute
+        self.clock = clock
+        self.metrics = metrics
+        self.rand = rand
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._closing = False
+
+    async def __call__(self, session: BotSession, event: str, data: dict[str, Any]) -> None:
+        """A session listener: a bot that connects gets a worker."""
+        if event == "session.status" and data.get("to") == SessionState.CONNECTED.value:
+            self.start(session)
+        elif event == "session.status":
+            self.wake(session.id)  # a worker notices its bot left CONNECTED and ends
+
+    def start(self, session: BotSession) -> None:
+        if self._closing:
+            return
+        running = self._workers.get(session.id)
+        if running is not None and not running.done():
+            self.wake(session.id)
+            return
+        task = asyncio.get_running_loop().create_task(self._run(session))
+        task.set_name(f"outbox {session.id}")
+        self._workers[session.id] = task
+        task.add_done_callback(functools.partial(self._forget, session.id))
+
+    def _forget(self, session_id: str, task: asyncio.Task[None]) -> None:
+        if self._workers.get(session_id) is task:
+            del self._workers[session_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.bind(session=session_id).opt(exception=task.exception()).error(
+                "Outbox worker failed"
+            )
+
+    def wake(self, session_id: str) -> None:
+        event = self._wakeups.get(session_id)
+        if event is not None:
+            event.set()
+
+    @property
+    def active(self) -> int:
+        return len(self._workers)
+
+    async def _run(self, session: BotSession) -> None:
+        wakeup = self._wakeups.setdefault(session.id, asyncio.Event())
+        try:
+            while not self._closing and session.state is SessionState.CONNECTED:
+                if await self.send_once(session):
+                    gap = send_gap(self.per_minute, self.rand())
+                    if gap:
+                        await asyncio.sleep(gap)
+                    continue
+                due = await self.store.next_due(session.id)
+                wait = IDLE_POLL
+                if due is not None:
+                    wait = min(max((due - self.clock.now()).total_seconds(), 0.02), IDLE_POLL)
+                wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), wait)
+        finally:
+            self._wakeups.pop(session.id, None)
+
+    async def send_once(self, session: BotSession) -> bool:
+        """Claim this bot's oldest due message and send it. True if one was handled."""
+        handle = session.engine_session
+        if handle is None or session.state is not SessionState.CONNECTED:
+            return False
+        message = await self.store.claim(session.id, self.clock.now(), self.policy.lease)
+        if message is None:
+            return False
+        started = time.monotonic()
+        try:
+            engine_id = await asyncio.wait_for(
+                handle.send_text(message.to, message.text), SEND_TIMEOUT
+            )
+        except Exception as exc:
+            error = _describe(exc)
+            now = self.clock.now()
+            final = message.attempts >= self.policy.max_attempts
+            retry_at = (
+                None if final else now + retry_delay(self.policy, message.attempts, self.rand())
+            )
+            await self.store.mark_failed(message.id, error, retry_at, now)
+            bound = log.bind(session=session.id)
+            if final:
+                bound.warning(
+                    "Message {} is dead after {} attempts: {}", message.id, message.attempts, error
+                )
+                await session.emit(
+                    "message.failed",
+                    {
+                        "id": message.id,
+                        "to": message.to,
+                        "attempts": message.attempts,
+                        "error": error,
+                    },
+                )
+            else:
+                bound.info(
+                    "Message {} failed (attempt {}): {}; retry at {}",
+                    message.id,
+                    message.attempts,
+                    error,
+                    retry_at.isoformat() if retry_at else "-",
+                )
+            return True
+        self.metrics.outbox_send_duration.observe(time.monotonic() - started)
+        await self.store.mark_sent(message.id, str(engine_id), self.clock.now())
+        await session.touch()
+        await session.emit(
+            "message.sent", {"id": message.id, "to": message.to, "whatsappId": str(engine_id)}
+        )
+        return True
+
+    async def shutdown(self, within: float) -> None:
+        """Let sends under way finish (their marks are what prevents a re-send), then stop."""
+        self._closing = True
+        for session_id in list(self._wakeups):
+            self.wake(session_id)
+        workers = list(self._workers.values())
+        if not workers:
+            return
+        _, pending = await asyncio.wait(workers, timeout=within)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer from WhatsApp within {SEND_TIMEOUT:.0f}s"
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

@@ -1,0 +1,37 @@
+"""The webhook fields of a bot, validated for both create and update."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from bot.webhooks import EVENTS
+from services.netguard import BlockedAddressError, check_url
+from web.validation import Fields
+
+
+async def webhook_url(fields: Fields, request: Request) -> str | None:
+    """`webhookUrl`, refused when it points into our own network (unless allowed)."""
+    url = fields.url("webhookUrl")
+    if url is None:
+        return None
+    allow = request.app.state.settings.webhook_allow_private
+    try:
+        await check_url(url, allow_private=allow)
+    except BlockedAddressError as exc:
+        fields.error("webhookUrl", str(exc))
+        return None
+    return url
+
+
+def webhook_events(fields: Fields) -> list[str] | None:
+    value = fields.body.get("webhookEvents")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        fields.error("webhookEvents", f"expected a list of events from {list(EVENTS)}")
+        return None
+    unknown = sorted(set(value) - set(EVENTS))
+    if unknown:
+        fields.error("webhookEvents", f"unknown events {unknown}; expected some of {list(EVENTS)}")
+        return None
+    return sorted(set(value), key=EVENTS.index)

@@ -1,0 +1,109 @@
+"""A bot's webhook: where its events go, which ones, the signing secret, the deliveries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from bot.webhooks import EVENTS, DeliveryStore, new_secret
+from services.secretbox import SecretBox
+from web.errors import Problem
+from web.routing import ApiRoute
+from web.sessions_api import audit, find, manager, session_json
+from web.validation import Fields, read_json
+from web.webhook_fields import webhook_events, webhook_url
+
+DELIVERY_STATUSES = ("queued", "sending", "delivered", "dead")
+UPDATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "webhookUrl": {"type": ["string", "null"], "format": "uri"},
+        "webhookEvents": {
+            "type": ["array", "null"],
+            "items": {"type": "string", "enum": list(EVENTS)},
+        },
+        "metadata": {"type": "object"},
+    },
+}
+
+
+def secret_box(request: Request) -> SecretBox:
+    found: SecretBox = request.app.state.secret_box
+    return found
+
+
+async def update_session(request: Request) -> Response:
+    session = find(request)
+    body = await read_json(request, request.app.state.settings.max_body_bytes)
+    fields = Fields(body, {"webhookUrl", "webhookEvents", "metadata"})
+    changes: dict[str, Any] = {}
+    if "webhookUrl" in body:
+        changes["webhook_url"] = await webhook_url(fields, request)
+    if "webhookEvents" in body:
+        changes["webhook_events"] = webhook_events(fields)
+    if "metadata" in body:
+        changes["metadata"] = fields.mapping("metadata")
+    fields.done()
+    if changes:
+        await manager(request).store.save_fields(session.id, **changes)
+        for name, value in changes.items():
+            setattr(session.record, name, value)
+        await audit(request, "session.update", session.id, ", ".join(sorted(changes)))
+    return JSONResponse(await session_json(request, session))
+
+
+async def rotate_secret(request: Request) -> Response:
+    session = find(request)
+    secret = new_secret()
+    sealed = secret_box(request).seal(secret)
+    await manager(request).store.save_fields(session.id, webhook_secret=sealed)
+    session.record.webhook_secret = sealed
+    await audit(request, "session.webhook_secret.rotate", session.id, None)
+    return JSONResponse(
+        {"webhookSecret": secret, "note": "Shown this once; deliveries are signed with it now."},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def list_deliveries(request: Request) -> Response:
+    session = find(request)
+    status = request.query_params.get("status")
+    if status is not None and status not in DELIVERY_STATUSES:
+        raise Problem(
+            422,
+            f"Query parameter status must be one of: {', '.join(DELIVERY_STATUSES)}.",
+            errors=[{"field": "status", "message": f"expected one of {list(DELIVERY_STATUSES)}"}],
+        )
+    store: DeliveryStore = request.app.state.deliveries
+    deliveries, total = await store.list_for(session.id, status, 100)
+    return JSONResponse({"deliveries": [d.as_json() for d in deliveries], "total": total})
+
+
+WEBHOOK_ROUTES = [
+    ApiRoute(
+        "PATCH",
+        "/api/sessions/{session_id}",
+        update_session,
+        "Change a bot's webhook (URL, events) or metadata",
+        body=UPDATE_SCHEMA,
+        responses={200: ("The session", {"type": "object"})},
+    ),
+    ApiRoute(
+        "POST",
+        "/api/sessions/{session_id}/webhook-secret",
+        rotate_secret,
+        "Replace the webhook signing secret; the new one is shown once",
+        responses={200: ("The new secret", {"type": "object"})},
+    ),
+    ApiRoute(
+        "GET",
+        "/api/sessions/{session_id}/deliveries",
+        list_deliveries,
+        "The newest 100 webhook deliveries of this bot, with their last HTTP status",
+        query={"status": {"type": "string", "enum": list(DELIVERY_STATUSES)}},
+        responses={200: ("Deliveries", {"type": "object"})},
+    ),
+]

@@ -31,6 +31,7 @@ from bot.manager import BotManager, manager_config_from, policy_from
 from bot.outbox import OutboxStore, RetryPolicy
 from bot.qrcodes import QrLogPrinter
 from bot.sender import OutboxSender
+from bot.session import BotSession
 from bot.store import BotStore
 from bot.webhooks import DeliveryStore, WebhookConfig, Webhooks
 from config import ConfigError, Settings, format_duration, load_settings
@@ -99,8 +100,6 @@ def create_app(
                 "not to WhatsApp; nothing reaches a real phone"
             )
         manager.add_listener(QrLogPrinter())
-        if settings.bot_commands:
-            manager.add_listener(ChatCommands(clock, keepalive.summary))
         secret_box = load_secret_box(
             settings.session_encryption_key.get_secret_value()
             if settings.session_encryption_key
@@ -142,6 +141,13 @@ def create_app(
             rand=random.random,
         )
         manager.add_listener(webhooks)
+        if settings.bot_commands:
+
+            async def reply(session: BotSession, to: str, text: str, key: str) -> None:
+                await outbox.enqueue(session.id, to, text, key, clock.now())
+                sender.wake(session.id)
+
+            manager.add_listener(ChatCommands(clock, keepalive.summary, reply))
         await manager.load()
         scheduler = Scheduler(clock)
         now = clock.now()

@@ -6,8 +6,8 @@ keep-alive success rate of the server it runs on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from loguru import logger
@@ -27,12 +27,22 @@ def _uptime(delta: timedelta) -> str:
     return f"{minutes}m"
 
 
-class ChatCommands:
-    """A session listener that answers the commands in the chat they came from."""
+Reply = Callable[[Any, str, str, str], Awaitable[None]]
+# One answer per sender per bot this often: a stranger cannot make the bot send in bursts.
+COOLDOWN = timedelta(seconds=10)
 
-    def __init__(self, clock: Clock, keepalive_summary: Callable[[], str]) -> None:
+
+class ChatCommands:
+    """A session listener that answers the commands in the chat they came from.
+
+    Answers go through `reply` (the outbox: paced by SEND_RATE, retried, never lost), keyed
+    by the incoming message's id, so a message reported twice is answered once."""
+
+    def __init__(self, clock: Clock, keepalive_summary: Callable[[], str], reply: Reply) -> None:
         self._clock = clock
         self._keepalive_summary = keepalive_summary
+        self._reply = reply
+        self._last_answer: dict[tuple[str, str], datetime] = {}
 
     def reply_to(self, session: Any, body: str) -> str | None:
         command = body.strip().lower()
@@ -49,15 +59,35 @@ class ChatCommands:
             )
         return None
 
+    def _cooling_down(self, session_id: str, sender: str) -> bool:
+        now = self._clock.now()
+        key = (session_id, sender)
+        last = self._last_answer.get(key)
+        if last is not None and now - last < COOLDOWN:
+            return True
+        if len(self._last_answer) > 10_000:
+            self._last_answer = {
+                k: at for k, at in self._last_answer.items() if now - at < COOLDOWN
+            }
+        self._last_answer[key] = now
+        return False
+
     async def __call__(self, session: Any, event: str, data: dict[str, Any]) -> None:
         if event != "message.received":
             return
         reply = self.reply_to(session, str(data.get("body", "")))
-        handle = session.engine_session
-        if reply is None or handle is None or not data.get("from"):
+        sender = str(data.get("from") or "")
+        if reply is None or not sender:
             return
-        await handle.send_text(str(data["from"]), reply)
-        await session.touch()
-        logger.bind(component="bot", session=session.id).info(
-            "Answered {} from {}", str(data.get("body", "")).strip().lower(), data["from"]
-        )
+        bound = logger.bind(component="bot", session=session.id)
+        command = str(data.get("body", "")).strip().lower()
+        if self._cooling_down(session.id, sender):
+            bound.info(
+                "Not answering {} from {}: answered it less than {}s ago",
+                command,
+                sender,
+                int(COOLDOWN.total_seconds()),
+            )
+            return
+        await self._reply(session, sender, reply, f"cmd:{data.get('id') or command}")
+        bound.info("Answering {} from {}", command, sender)

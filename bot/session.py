@@ -280,7 +280,11 @@ class BotSession:
         check_transition(self.record.state, S.LOGGED_OUT)
         self._generation += 1
         self._cancel_timers()
-        if self._engine_session is not None:
+        if self._engine_session is None:
+            # No page to log out through: the link's keys are deleted here, but the phone
+            # keeps listing the device until someone removes it there.
+            reason += "; the phone may still list this device under Linked devices: remove it"
+        else:
             try:
                 await asyncio.wait_for(self._engine_session.logout(), timeout=15)
             except Exception as exc:

@@ -40,8 +40,12 @@ class ScriptedSession:
         self.engine.unlink(self.session_id)
 
     async def send_text(self, to: str, text: str) -> str:
+        if self.engine.fail_sends > 0:
+            self.engine.fail_sends -= 1
+            raise EngineError("WhatsApp refused the message (scripted)")
         self.sent.append((to, text))
-        return f"msg-{len(self.sent)}"
+        self.engine.sent.append((self.session_id, to, text))
+        return f"msg-{len(self.engine.sent)}"
 
     async def heartbeat(self) -> Heartbeat:
         if self.hang_heartbeat:
@@ -60,6 +64,8 @@ class ScriptedEngine:
         self.starts: list[str] = []
         self.live: dict[str, ScriptedSession] = {}
         self.fail_starts = 0  # the next N starts raise EngineError
+        self.fail_sends = 0  # the next N sends raise EngineError
+        self.sent: list[tuple[str, str, str]] = []  # (session, to, text), every session
         self.start_delay = 0.0
         self.concurrent = 0
         self.max_concurrent = 0

@@ -102,6 +102,8 @@ class Receiver:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.status = 200
+        # Answers for the next requests, in order (then `status`): [503, 503] fails twice.
+        self.statuses: list[int] = []
         received = self.requests
         outer = self
 
@@ -116,7 +118,7 @@ class Receiver:
                 received.append(
                     {"path": self.path, "headers": dict(self.headers), "json": parsed, "body": body}
                 )
-                self.send_response(outer.status)
+                self.send_response(outer.statuses.pop(0) if outer.statuses else outer.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -67,6 +67,7 @@ SIMULATE_SCHEMA: dict[str, Any] = {
         "code": {"type": "string", "description": "pair: the pairing code"},
         "from": {"type": "string", "description": "message: the sender"},
         "body": {"type": "string", "description": "message: the text"},
+        "encrypted": {"type": "boolean", "description": "message: arrives undecrypted first"},
     },
 }
 
@@ -175,7 +176,7 @@ async def simulate(request: Request) -> Response:
     session = find(request)
     simulator = _simulator(request)
     body = await read_json(request, request.app.state.settings.max_body_bytes)
-    fields = Fields(body, {"action", "phone", "code", "from", "body"})
+    fields = Fields(body, {"action", "phone", "code", "from", "body", "encrypted"})
     action = fields.text("action", required=True, max_length=20)
     if action is not None and action not in ACTIONS:
         fields.error("action", f"expected one of {list(ACTIONS)}")
@@ -185,6 +186,7 @@ async def simulate(request: Request) -> Response:
     data["code"] = fields.text("code", max_length=9, required=action == "pair")
     data["from"] = normalise_phone(fields, "from") if "from" in body else None
     data["body"] = fields.text("body", max_length=4096, required=action == "message")
+    data["encrypted"] = fields.boolean("encrypted", False)
     fields.done()
     assert action is not None
     try:

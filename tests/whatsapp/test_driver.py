@@ -94,6 +94,40 @@ async def test_messages_in_and_out(make_engine: MakeEngine):
     assert len(events.of(EventKind.MESSAGE)) == 1
 
 
+async def test_an_encrypted_message_is_reported_once_decrypted(make_engine: MakeEngine):
+    engine = make_engine()
+    sim = engine.simulator
+    assert sim is not None
+    events = Events()
+    await engine.start("bot_000000000014", events)
+    await events.wait_for(EventKind.QR)
+    await sim.scan("bot_000000000014")
+    await events.wait_for(EventKind.READY)
+    await sim.incoming("bot_000000000014", "+15550002222", "secret hello", encrypted=True)
+    message = await events.wait_for(EventKind.MESSAGE)
+    assert (message.data["body"], message.data["type"]) == ("secret hello", "chat")
+    await asyncio.sleep(0.3)
+    assert len(events.of(EventKind.MESSAGE)) == 1
+
+
+async def test_a_pairing_code_survives_the_qr_going_idle(make_engine: MakeEngine):
+    """WhatsApp stops rotating QRs after a few; a new QR would void a code being typed."""
+    engine = make_engine(qr_every=0.15)
+    sim = engine.simulator
+    assert sim is not None
+    events = Events()
+    session = await engine.start("bot_000000000015", events)
+    await events.wait_for(EventKind.QR)
+    code = await session.request_pair_code("15557654321")
+    async with asyncio.timeout(10):
+        while (await sim.status("bot_000000000015"))["state"] != "UNPAIRED_IDLE":
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # the bridge would have asked for a new QR by now
+    assert (await sim.status("bot_000000000015"))["pairingCode"] == code
+    await sim.enter_code("bot_000000000015", code)
+    await events.wait_for(EventKind.READY)
+
+
 async def test_a_restart_on_the_same_profile_needs_no_new_qr(make_engine: MakeEngine):
     engine = make_engine()
     events = Events()
@@ -233,9 +267,19 @@ async def test_without_readable_modules_the_qr_comes_from_the_login_screen(
     )
     sim._page_html = page  # the simulator's page, as a future WhatsApp might ship it
     events = Events()
-    await engine.start("bot_000000000012", events)
-    qr = await events.wait_for(EventKind.QR)
+    session = await engine.start("bot_000000000012", events)
+    qr = await events.wait_for(EventKind.QR, timeout=25)
     assert qr.data["qr"] == "2@renamed-modules"
+    assert (await session.heartbeat()).ok is False
+    # The phone scans; WhatsApp Web shows its intro screen: the bot is linked and alive.
+    await sim._page("bot_000000000012").evaluate(
+        "document.getElementById('app').innerHTML ="
+        " '<div data-testid=\"intro-md-beta-logo-light\"></div>'"
+    )
+    await events.wait_for(EventKind.READY)
+    assert (await session.heartbeat()).ok is True
+    with pytest.raises(EngineError, match="chat is not loaded"):
+        await session.send_text("+15550001111", "cannot without the modules")
 
 
 def test_chromium_is_found_in_the_documented_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

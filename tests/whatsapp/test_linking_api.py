@@ -39,6 +39,7 @@ def demo_settings(tmp_path: Path, **values: Any) -> Any:
             "reconnect_base_delay": "200ms",
             "reconnect_max_delay": "1s",
             "profile_backup_delay": "1h",
+            "send_rate": 6000,
             **values,
         },
     )

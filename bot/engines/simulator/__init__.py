@@ -129,11 +129,15 @@ class Simulator:
         )
         return phone
 
-    async def incoming(self, session_id: str, sender: str, body: str) -> str:
+    async def incoming(
+        self, session_id: str, sender: str, body: str, *, encrypted: bool = False
+    ) -> str:
         sender = sender.lstrip("+")
         wid = sender if "@" in sender else f"{sender}@c.us"
         message_id: str = await self._call(
-            session_id, "([f, b]) => window.__waSim.incoming(f, b)", [wid, body]
+            session_id,
+            "([f, b, e]) => window.__waSim.incoming(f, b, e)",
+            [wid, body, encrypted],
         )
         return message_id
 
@@ -162,7 +166,9 @@ class Simulator:
             return {"linkedAs": "+" + await self.enter_code(session_id, code, data.get("phone"))}
         if action == "message":
             sender = str(data.get("from") or "15550000001")
-            return {"id": await self.incoming(session_id, sender, str(data.get("body", "")))}
+            body = str(data.get("body", ""))
+            encrypted = bool(data.get("encrypted"))
+            return {"id": await self.incoming(session_id, sender, body, encrypted=encrypted)}
         if action == "logout":
             await self.phone_logout(session_id)
         elif action == "conflict":

@@ -52,6 +52,8 @@
       this.server = server || "c.us";
       this._serialized = `${this.user}@${this.server}`;
     }
+    isLid() { return this.server === "lid"; }
+    isGroup() { return this.server === "g.us"; }
     toString() { return this._serialized; }
   }
 
@@ -136,7 +138,7 @@
     const state = Socket.state;
     let body;
     if (state === "CONNECTED") {
-      body = `<div data-testid="intro-md-beta-logo-light" class="intro">Connected as +${Conn.wid?.user}</div>
+      body = `<div ${chatLoaded ? 'data-testid="intro-md-beta-logo-light"' : ""} class="intro">Connected as +${Conn.wid?.user}</div>
         <ul id="chat">${Msg.getModelsArray().map((m) =>
           `<li class="${m.id.fromMe ? "out" : "in"}">${m.id.fromMe ? "→ " + m.to : "← " + m.from}: ${
             String(m.body).replace(/[<&]/g, "")}</li>`).join("")}</ul>`;
@@ -173,16 +175,23 @@
     Socket.set("state", "UNPAIRED");
     nextRef();
   };
+  // A new QR voids a pairing code being typed, as on the real service.
   Cmd.refreshQR = () => {
-    if (Socket.state === "UNPAIRED_IDLE" || Socket.state === "UNPAIRED") startQr();
+    if (Socket.state === "UNPAIRED_IDLE" || Socket.state === "UNPAIRED") {
+      pairingCode = null;
+      startQr();
+    }
   };
 
+  // The chat bundle loads after the account synced: until then its modules do not exist.
+  let chatLoaded = false;
   const connect = async (me) => {
     Conn.set("wid", new Wid(`${me}@c.us`));
     Socket.set("state", "OPENING");
     await new Promise((r) => setTimeout(r, 150));
     Socket.set("state", "CONNECTED");
     Socket.set("hasSynced", true);
+    setTimeout(() => { chatLoaded = true; render(); }, 300);
   };
   const link = async (me) => {
     stopQr();
@@ -221,6 +230,10 @@
     return [Promise.resolve(msg), sent];
   }
 
+  const CHAT_MODULES = new Set([
+    "WAWebCollections", "WAWebSendMsgChatAction", "WAWebFindChatAction", "WAWebWidFactory",
+    "WAWebMsgKey", "WAWebUserPrefsMeUser",
+  ]);
   const modules = {
     WAWebSocketModel: { Socket },
     WAWebConnModel: { Conn },
@@ -260,7 +273,9 @@
     WAWebCompanionRegClientUtils: { DEVICE_PLATFORM: "Chrome" },
   };
   window.require = (name) => {
-    if (!(name in modules)) throw new Error(`Requiring unknown module "${name}"`);
+    if (!(name in modules) || (CHAT_MODULES.has(name) && !chatLoaded)) {
+      throw new Error(`Requiring unknown module "${name}"`);
+    }
     return modules[name];
   };
   window.Debug = { VERSION: cfg.version };
@@ -285,13 +300,18 @@
       if (String(code).toUpperCase() !== pairingCode) throw new Error("wrong pairing code");
       await link(me);
     },
-    incoming: (from, body) => {
+    // `encrypted`: the message arrives undecrypted first, as WhatsApp often delivers them.
+    incoming: (from, body, encrypted) => {
       requireConnected();
       const id = new MsgKey({ from, to: Conn.wid._serialized, id: "SIM" + randomHex(8), fromMe: false });
-      Msg.add({
-        id, from: new Wid(from), to: Conn.wid, body, t: Math.floor(Date.now() / 1000),
-        type: "chat", isNewMsg: true,
+      const msg = Object.assign(new Model(), {
+        id, from: new Wid(from), to: Conn.wid, body: encrypted ? "" : body,
+        t: Math.floor(Date.now() / 1000), type: encrypted ? "ciphertext" : "chat", isNewMsg: true,
       });
+      Msg.add(msg);
+      if (encrypted) {
+        setTimeout(() => { msg.body = body; msg.set("type", "chat"); render(); }, 200);
+      }
       return id._serialized;
     },
     // The phone's logout reaches the page from the server, after this call has returned

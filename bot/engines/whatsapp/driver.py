@@ -240,6 +240,7 @@ class WhatsAppSession:
         self._ready = False
         self._closing = False
         self._crashed = False
+        self._stopping: asyncio.Future[None] | None = None
         self._log = log.bind(session=session_id)
 
     async def open(self) -> None:
@@ -360,26 +361,40 @@ class WhatsAppSession:
         return self.memory_bytes
 
     async def stop(self, *, backup: bool = True) -> None:
-        if self._closing:
-            return
+        """Close the browser, once. The closing runs in its own task: a caller that gives up
+        waiting (a timeout, shutdown) cannot leave a half-closed browser nobody owns, and a
+        second caller (forget after logout) waits for the same closing to finish."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._close(backup))
+        await asyncio.shield(self._stopping)
+
+    async def _close(self, backup: bool) -> None:
         self._closing = True
-        if self.engine.sessions.get(self.session_id) is self:
-            del self.engine.sessions[self.session_id]
         if self.engine.simulator is not None:
             self.engine.simulator.detach(self.session_id)
-        async with self._backup_lock:  # a backup under way finishes first
-            if self._backups is not None:
-                self._backups.cancel()
+        forced = False
         try:
-            await asyncio.wait_for(self.context.close(), CLOSE_TIMEOUT)
-        except (Error, TimeoutError) as exc:
-            self._log.warning("The browser did not close ({}); killing it", _first_line(exc))
-        if self.browser is not None:
-            await asyncio.to_thread(kill_tree, self.browser)  # no orphan may hold the profile
-        self._events.put_nowait(None)
-        # Closed browsers write their last state to disk: the best moment for a backup.
-        if backup and self._ready and not self._crashed:
-            await self.backup_once()
+            async with self._backup_lock:  # a backup under way finishes first
+                if self._backups is not None:
+                    self._backups.cancel()
+            try:
+                await asyncio.wait_for(self.context.close(), CLOSE_TIMEOUT)
+            except (Error, TimeoutError) as exc:
+                forced = True
+                self._log.warning("The browser did not close ({}); killing it", _first_line(exc))
+        finally:
+            if self.browser is not None:
+                await asyncio.to_thread(kill_tree, self.browser)  # no orphan holds the profile
+            self._events.put_nowait(None)
+        try:
+            # Closed browsers write their last state to disk: the best moment for a backup
+            # (not after a forced kill: a half-written profile must not replace a good one).
+            if backup and self._ready and not self._crashed and not forced:
+                await self.backup_once()
+        finally:
+            # Listed until closed and backed up, so `forget` finds it and waits for it.
+            if self.engine.sessions.get(self.session_id) is self:
+                del self.engine.sessions[self.session_id]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -57,6 +57,7 @@ class OutboxSender:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._closing = False
+        self._stopped = asyncio.Event()
 
     async def __call__(self, session: BotSession, event: str, data: dict[str, Any]) -> None:
         """A session listener: a bot that connects gets a worker."""
@@ -101,7 +102,9 @@ class OutboxSender:
                 if await self.send_once(session):
                     gap = send_gap(self.per_minute, self.rand())
                     if gap:
-                        await asyncio.sleep(gap)
+                        # New messages do not shorten the gap; a shutdown does.
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._stopped.wait(), gap)
                     continue
                 due = await self.store.next_due(session.id)
                 wait = IDLE_POLL
@@ -168,6 +171,7 @@ class OutboxSender:
     async def shutdown(self, within: float) -> None:
         """Let sends under way finish (their marks are what prevents a re-send), then stop."""
         self._closing = True
+        self._stopped.set()
         for session_id in list(self._wakeups):
             self.wake(session_id)
         workers = list(self._workers.values())

@@ -256,11 +256,20 @@ class OutboxStore:
 
     @shielded
     async def next_due(self, session_id: str) -> datetime | None:
+        """When this bot next has something to claim: a queued message falling due, or a
+        lease running out (its holder died between the claim and the mark)."""
         c = outbox_messages.c
-        query = select(func.min(c.due_at)).where(c.session_id == session_id, c.status == "queued")
+        queued = select(func.min(c.due_at)).where(c.session_id == session_id, c.status == "queued")
+        leased = select(func.min(c.lease_until)).where(
+            c.session_id == session_id, c.status == "sending"
+        )
         async with self.db.engine.connect() as conn:
-            due: datetime | None = (await conn.execute(query)).scalar_one_or_none()
-        return due
+            times = [
+                (await conn.execute(queued)).scalar_one_or_none(),
+                (await conn.execute(leased)).scalar_one_or_none(),
+            ]
+        found = [t for t in times if t is not None]
+        return min(found) if found else None
 
     @shielded
     async def mark_sent(self, message_id: str, engine_id: str, now: datetime) -> bool:

@@ -134,3 +134,16 @@ async def test_deleting_a_bot_deletes_its_messages(outbox: OutboxStore):
     await outbox.enqueue(BOT, "15550001111", "hi", None, T0)
     await BotStore(outbox.db).delete_session(BOT)
     assert await outbox.counts() == {"queued": 0, "sending": 0, "sent": 0, "dead": 0}
+
+
+async def test_next_due_includes_a_lease_running_out(outbox: OutboxStore):
+    """A worker with nothing queued must wake when a dead claimer's lease ends."""
+    assert await outbox.next_due(BOT) is None
+    message, _ = await outbox.enqueue(BOT, "15550001111", "hi", None, T0)
+    assert await outbox.next_due(BOT) == T0
+    await outbox.claim(BOT, T0, LEASE)
+    assert await outbox.next_due(BOT) == T0 + LEASE
+    await outbox.enqueue(BOT, "15550001111", "later", None, T0 + timedelta(hours=1))
+    assert await outbox.next_due(BOT) == T0 + LEASE
+    await outbox.mark_sent(message.id, "wa", T0)
+    assert await outbox.next_due(BOT) == T0 + timedelta(hours=1)

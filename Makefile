@@ -50,6 +50,7 @@ bench: install-test
 	$(PY) bench/health_throughput.py --json bench/health_throughput.json
 	$(PY) bench/manager_scale.py --json bench/manager_scale.json
 	$(PY) bench/browser_sessions.py --json bench/browser_sessions.json
+	$(PY) bench/outbox.py --json bench/outbox.json
 
 ## NOT part of CI: the real driver against the real web.whatsapp.com, with your phone.
 live-smoke: install

@@ -96,6 +96,7 @@ SECRET_FIELDS = frozenset(
         "database_url",
         "session_encryption_key",
         "webhook_secret",
+        "webhook_url",
     }
 )
 

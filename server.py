@@ -143,7 +143,7 @@ def create_app(
         manager.add_listener(webhooks)
         if settings.bot_commands:
 
-            async def reply(session: BotSession, to: str, text: str, key: str) -> None:
+            async def reply(session: BotSession, to: str, text: str, key: str | None) -> None:
                 await outbox.enqueue(session.id, to, text, key, clock.now())
                 sender.wake(session.id)
 

@@ -27,7 +27,7 @@ def _uptime(delta: timedelta) -> str:
     return f"{minutes}m"
 
 
-Reply = Callable[[Any, str, str, str], Awaitable[None]]
+Reply = Callable[[Any, str, str, str | None], Awaitable[None]]
 # One answer per sender per bot this often: a stranger cannot make the bot send in bursts.
 COOLDOWN = timedelta(seconds=10)
 
@@ -89,5 +89,6 @@ class ChatCommands:
                 int(COOLDOWN.total_seconds()),
             )
             return
-        await self._reply(session, sender, reply, f"cmd:{data.get('id') or command}")
+        message_id = data.get("id")
+        await self._reply(session, sender, reply, f"cmd:{message_id}" if message_id else None)
         bound.info("Answering {} from {}", command, sender)

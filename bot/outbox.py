@@ -272,12 +272,14 @@ class OutboxStore:
         return min(found) if found else None
 
     @shielded
-    async def mark_sent(self, message_id: str, engine_id: str, now: datetime) -> bool:
+    async def mark_sent(self, message_id: str, claim: int, engine_id: str, now: datetime) -> bool:
+        """Only the current claim may mark (`claim` is the attempt number it got): a worker
+        whose lease ran out and was claimed again must not overwrite the new claim."""
         c = outbox_messages.c
         async with self.db.engine.begin() as conn:
             done = await conn.execute(
                 update(outbox_messages)
-                .where(c.id == message_id, c.status == "sending")
+                .where(c.id == message_id, c.status == "sending", c.attempts == claim)
                 .values(
                     status="sent",
                     engine_message_id=engine_id[:200],
@@ -291,9 +293,9 @@ class OutboxStore:
 
     @shielded
     async def mark_failed(
-        self, message_id: str, error: str, retry_at: datetime | None, now: datetime
-    ) -> None:
-        """Back to the queue at `retry_at`, or `dead` when there is none."""
+        self, message_id: str, claim: int, error: str, retry_at: datetime | None, now: datetime
+    ) -> bool:
+        """Back to the queue at `retry_at`, or `dead` when there is none (current claim only)."""
         c = outbox_messages.c
         values: dict[str, Any] = {"last_error": error[:500], "lease_until": None, "updated_at": now}
         if retry_at is None:
@@ -301,11 +303,12 @@ class OutboxStore:
         else:
             values.update(status="queued", due_at=retry_at)
         async with self.db.engine.begin() as conn:
-            await conn.execute(
+            done = await conn.execute(
                 update(outbox_messages)
-                .where(c.id == message_id, c.status == "sending")
+                .where(c.id == message_id, c.status == "sending", c.attempts == claim)
                 .values(**values)
             )
+        return bool(done.rowcount == 1)
 
     @shielded
     async def requeue_dead(self, session_id: str, now: datetime) -> int:

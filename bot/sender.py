@@ -26,6 +26,7 @@ from services.metrics import Metrics
 
 SEND_TIMEOUT = 60.0
 IDLE_POLL = 30.0
+ERROR_BACKOFF = (1.0, 30.0)
 
 log = logger.bind(component="bot")
 
@@ -58,6 +59,8 @@ class OutboxSender:
         self._wakeups: dict[str, asyncio.Event] = {}
         self._closing = False
         self._stopped = asyncio.Event()
+        # A send must end well inside its lease, or another claim could send it again.
+        self.send_timeout = min(SEND_TIMEOUT, policy.lease.total_seconds() / 2)
 
     async def __call__(self, session: BotSession, event: str, data: dict[str, Any]) -> None:
         """A session listener: a bot that connects gets a worker."""
@@ -97,20 +100,34 @@ class OutboxSender:
 
     async def _run(self, session: BotSession) -> None:
         wakeup = self._wakeups.setdefault(session.id, asyncio.Event())
+        errors = 0
         try:
             while not self._closing and session.state is SessionState.CONNECTED:
-                if await self.send_once(session):
+                # Cleared before looking, so a wake-up during the look is not lost.
+                wakeup.clear()
+                try:
+                    sent = await self.send_once(session)
+                    due = None if sent else await self.store.next_due(session.id)
+                except Exception as exc:  # the database away for a moment: back off, go on
+                    errors += 1
+                    pause = min(ERROR_BACKOFF[0] * 2 ** (errors - 1), ERROR_BACKOFF[1])
+                    log.bind(session=session.id).warning(
+                        "Outbox worker error ({}); retrying in {:.0f}s", _describe(exc), pause
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopped.wait(), pause)
+                    continue
+                errors = 0
+                if sent:
                     gap = send_gap(self.per_minute, self.rand())
                     if gap:
                         # New messages do not shorten the gap; a shutdown does.
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._stopped.wait(), gap)
                     continue
-                due = await self.store.next_due(session.id)
                 wait = IDLE_POLL
                 if due is not None:
                     wait = min(max((due - self.clock.now()).total_seconds(), 0.02), IDLE_POLL)
-                wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wakeup.wait(), wait)
         finally:
@@ -127,7 +144,7 @@ class OutboxSender:
         started = time.monotonic()
         try:
             engine_id = await asyncio.wait_for(
-                handle.send_text(message.to, message.text), SEND_TIMEOUT
+                handle.send_text(message.to, message.text), self.send_timeout
             )
         except Exception as exc:
             error = _describe(exc)
@@ -136,7 +153,7 @@ class OutboxSender:
             retry_at = (
                 None if final else now + retry_delay(self.policy, message.attempts, self.rand())
             )
-            await self.store.mark_failed(message.id, error, retry_at, now)
+            await self.store.mark_failed(message.id, message.attempts, error, retry_at, now)
             bound = log.bind(session=session.id)
             if final:
                 bound.warning(
@@ -161,7 +178,13 @@ class OutboxSender:
                 )
             return True
         self.metrics.outbox_send_duration.observe(time.monotonic() - started)
-        await self.store.mark_sent(message.id, str(engine_id), self.clock.now())
+        if not await self.store.mark_sent(
+            message.id, message.attempts, str(engine_id), self.clock.now()
+        ):
+            # Our lease ran out and someone else holds the message now: theirs is the mark.
+            log.bind(session=session.id).warning(
+                "Message {} was sent after its lease ran out", message.id
+            )
         await session.touch()
         await session.emit(
             "message.sent", {"id": message.id, "to": message.to, "whatsappId": str(engine_id)}
@@ -186,6 +209,6 @@ class OutboxSender:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
-        return f"no answer from WhatsApp within {SEND_TIMEOUT:.0f}s"
+        return "no answer from WhatsApp in time"
     text = " ".join(str(exc).split())
     return text or type(exc).__name__

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from loguru import logger
@@ -80,6 +81,15 @@ webhook_deliveries = Table(
 )
 
 
+def redact_userinfo(url: str) -> str:
+    """`https://user:pass@host/` → `https://user:***@host/`: a password is never echoed."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 def new_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
@@ -114,7 +124,7 @@ class Delivery:
             "id": self.id,
             "event": self.event,
             "target": self.target,
-            "url": self.url,
+            "url": redact_userinfo(self.url),
             "status": self.status,
             "attempts": self.attempts,
             "lastStatus": self.last_status,
@@ -282,14 +292,24 @@ class Webhooks:
 
     async def run(self, secret_of: Callable[[str], str | None]) -> None:
         """The delivery loop: one step at a time, sleeping until the next due one."""
+        errors = 0
         while True:
-            if await self.deliver_once(secret_of):
+            self._wake.clear()  # before looking: a wake-up during the look is kept
+            try:
+                if await self.deliver_once(secret_of):
+                    errors = 0
+                    continue
+                due = await self.store.next_due()
+            except Exception as exc:  # the database away for a moment: back off, go on
+                errors += 1
+                pause = min(2.0 ** (errors - 1), 30.0)
+                log.warning("Webhook delivery loop error ({}); retrying in {:.0f}s", exc, pause)
+                await asyncio.sleep(pause)
                 continue
-            due = await self.store.next_due()
+            errors = 0
             wait = 30.0
             if due is not None:
                 wait = min(max((due - self.clock.now()).total_seconds(), 0.02), 30.0)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 

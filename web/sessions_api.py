@@ -16,7 +16,7 @@ from bot.session import BotSession, ConcurrentChangeError, EngineUnavailableErro
 from bot.states import RUNNING_STATES, STARTABLE_STATES, TRANSITIONS, IllegalTransitionError
 from bot.states import SessionState as S
 from bot.store import ADMIN_OWNER, DuplicateNameError
-from bot.webhooks import EVENTS, new_secret
+from bot.webhooks import EVENTS, new_secret, redact_userinfo
 from web.errors import Problem
 from web.routing import ApiRoute, principal
 from web.validation import Fields, read_json
@@ -102,8 +102,8 @@ async def session_json(
         ),
         "qrAvailable": session.qr is not None,
         "browserMemoryMb": _browser_memory_mb(session),
-        "webhookUrl": record.webhook_url,
-        "webhookEvents": record.webhook_events or list(EVENTS),
+        "webhookUrl": redact_userinfo(record.webhook_url) if record.webhook_url else None,
+        "webhookEvents": (list(EVENTS) if record.webhook_events is None else record.webhook_events),
         "metadata": record.metadata,
         "createdAt": record.created_at.isoformat(),
         "startedAt": _iso(record.started_at),

@@ -47,12 +47,21 @@ async def update_session(request: Request) -> Response:
     if "metadata" in body:
         changes["metadata"] = fields.mapping("metadata")
     fields.done()
+    secret = None
+    if changes.get("webhook_url") and session.record.webhook_secret is None:
+        # A bot made before webhooks were signed has no secret yet: it gets one now.
+        secret = new_secret()
+        changes["webhook_secret"] = secret_box(request).seal(secret)
     if changes:
         await manager(request).store.save_fields(session.id, **changes)
         for name, value in changes.items():
             setattr(session.record, name, value)
-        await audit(request, "session.update", session.id, ", ".join(sorted(changes)))
-    return JSONResponse(await session_json(request, session))
+        named = sorted(k for k in changes if k != "webhook_secret")
+        await audit(request, "session.update", session.id, ", ".join(named))
+    document = await session_json(request, session)
+    if secret is not None:
+        document["webhookSecret"] = secret
+    return JSONResponse(document, headers={"Cache-Control": "no-store"})
 
 
 async def rotate_secret(request: Request) -> Response:

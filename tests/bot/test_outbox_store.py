@@ -78,7 +78,7 @@ async def test_claims_go_oldest_first_and_only_when_due(outbox: OutboxStore):
     assert claimed.status == "sending" and claimed.attempts == 1
     assert claimed.lease_until == T0 + LEASE
     assert await outbox.claim(OTHER, T0, LEASE) is None  # per bot
-    await outbox.mark_failed(first.id, "boom", T0 + timedelta(seconds=30), T0)
+    assert await outbox.mark_failed(first.id, 1, "boom", T0 + timedelta(seconds=30), T0)
     nxt = await outbox.claim(BOT, T0, LEASE)
     assert nxt is not None and nxt.id == second.id
     assert await outbox.claim(BOT, T0 + timedelta(seconds=29), LEASE) is None  # not due yet
@@ -94,11 +94,13 @@ async def test_an_expired_lease_is_claimed_again_a_live_one_is_not(outbox: Outbo
     assert await outbox.claim(BOT, T0 + LEASE - timedelta(seconds=1), LEASE) is None
     again = await outbox.claim(BOT, T0 + LEASE + timedelta(seconds=1), LEASE)
     assert again is not None and again.id == message.id and again.attempts == 2
-    # The first claimer's late mark does not count twice, nor does the second one.
-    assert await outbox.mark_sent(message.id, "wa-1", T0 + LEASE) is True
-    assert await outbox.mark_sent(message.id, "wa-2", T0 + LEASE) is False
+    # The first claimer's late marks do not touch the second claim; the second's counts.
+    assert await outbox.mark_sent(message.id, 1, "wa-1", T0 + LEASE) is False
+    assert await outbox.mark_failed(message.id, 1, "late", T0, T0 + LEASE) is False
+    assert await outbox.mark_sent(message.id, 2, "wa-2", T0 + LEASE) is True
+    assert await outbox.mark_sent(message.id, 2, "wa-3", T0 + LEASE) is False
     stored = await outbox.get(BOT, message.id)
-    assert stored is not None and stored.status == "sent" and stored.engine_message_id == "wa-1"
+    assert stored is not None and stored.status == "sent" and stored.engine_message_id == "wa-2"
 
 
 async def test_concurrent_claimers_never_take_the_same_message(outbox: OutboxStore):
@@ -118,7 +120,7 @@ async def test_concurrent_claimers_never_take_the_same_message(outbox: OutboxSto
 async def test_dead_after_the_last_attempt_and_requeued_on_request(outbox: OutboxStore):
     message, _ = await outbox.enqueue(BOT, "15550001111", "hi", None, T0)
     await outbox.claim(BOT, T0, LEASE)
-    await outbox.mark_failed(message.id, "refused", None, T0)
+    await outbox.mark_failed(message.id, 1, "refused", None, T0)
     dead = await outbox.get(BOT, message.id)
     assert dead is not None and dead.status == "dead" and dead.last_error == "refused"
     assert await outbox.claim(BOT, T0 + timedelta(days=1), LEASE) is None
@@ -145,5 +147,5 @@ async def test_next_due_includes_a_lease_running_out(outbox: OutboxStore):
     assert await outbox.next_due(BOT) == T0 + LEASE
     await outbox.enqueue(BOT, "15550001111", "later", None, T0 + timedelta(hours=1))
     assert await outbox.next_due(BOT) == T0 + LEASE
-    await outbox.mark_sent(message.id, "wa", T0)
+    await outbox.mark_sent(message.id, 1, "wa", T0)
     assert await outbox.next_due(BOT) == T0 + timedelta(hours=1)

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import itertools
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
@@ -388,3 +389,65 @@ async def test_the_queue_is_reported_in_health_metrics_and_prometheus(api: Api):
     )
     health = (await api.client.get("/health")).json()
     assert health["outbox"]["sent"] == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://100.100.100.200/latest/meta-data",  # shared address space: a cloud's metadata
+        "http://[2002:7f00:1::]/hook",  # 6to4 for 127.0.0.1
+        "http://[64:ff9b::a9fe:a9fe]/hook",  # NAT64 for 169.254.169.254
+        "http://[fec0::1]/hook",
+        "http://0.0.0.0/hook",
+        "http://2130706433/hook",  # 127.0.0.1 as one number
+    ],
+)
+async def test_disguised_internal_addresses_are_refused_too(tmp_path: Path, url: str):
+    async with running(fast(tmp_path, webhook_allow_private=False)) as api:
+        response = await api.client.post(
+            "/api/sessions", json={"name": "guarded", "webhookUrl": url}, headers=ADMIN
+        )
+        assert assert_problem(response, 422)["errors"][0]["field"] == "webhookUrl"
+
+
+async def test_a_public_nat64_address_is_allowed():
+    from services.netguard import check_url
+
+    await check_url("http://[64:ff9b::808:808]/hook", allow_private=False)  # 8.8.8.8
+
+
+async def test_a_password_in_a_webhook_url_is_never_echoed(api: Api, receiver: Receiver):
+    url = receiver.url().replace("http://", "http://hooks:s3cr3t-pass@")
+    created = await api.new_session(webhookUrl=url, webhookEvents=["session.status"])
+    assert "s3cr3t-pass" not in json.dumps(
+        {k: v for k, v in created.items() if k != "webhookSecret"}
+    )
+    assert created["webhookUrl"] == url.replace("s3cr3t-pass", "***")
+    await eventually(lambda: receiver.requests, "a delivery")
+    listing = await api.client.get(f"/api/sessions/{created['id']}/deliveries", headers=ADMIN)
+    assert "s3cr3t-pass" not in listing.text
+    assert receiver.requests[0]["headers"]["Authorization"].startswith("Basic ")
+
+
+async def test_a_bot_without_a_secret_gets_one_when_its_webhook_is_set(api: Api):
+    bot = (await api.new_session(start=False))["id"]
+    api.manager.sessions[bot].record.webhook_secret = None  # a bot from before signing
+    await api.manager.store.save_fields(bot, webhook_secret=None)
+    patched = await api.client.patch(
+        f"/api/sessions/{bot}", json={"webhookUrl": "http://127.0.0.1:9/hook"}, headers=ADMIN
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["webhookSecret"].startswith("whsec_")
+    again = await api.client.patch(
+        f"/api/sessions/{bot}", json={"webhookEvents": []}, headers=ADMIN
+    )
+    assert "webhookSecret" not in again.json()
+    assert again.json()["webhookEvents"] == []
+
+
+async def test_a_wake_up_is_not_lost_while_the_worker_looks(api: Api):
+    """Messages sent one after another each go at once, not after an idle poll."""
+    bot = (await connected_bot(api))["id"]
+    for i in range(5):
+        mid = (await send(api, bot, to="+15550001111", text=f"m{i}")).json()["id"]
+        await wait_status(api, bot, mid, "sent")  # WAIT is far below the 30 s idle poll

@@ -97,6 +97,7 @@ SECRET_FIELDS = frozenset(
         "session_encryption_key",
         "webhook_secret",
         "webhook_url",
+        "secret_key",
     }
 )
 
@@ -137,6 +138,7 @@ class Settings(BaseSettings):
 
     # Access
     admin_token: SecretStr | None = None
+    secret_key: SecretStr | None = None
     max_body_bytes: int = Field(default=65_536, ge=1024)
 
     # Bot manager

@@ -46,9 +46,10 @@ from services.pingstore import PingStore
 from services.scheduler import Scheduler
 from services.secretbox import load_secret_box
 from web.app_routes import all_routes
-from web.auth import Authenticator, ensure_admin_token
+from web.auth import Authenticator, dashboard_secret_key, ensure_admin_token
 from web.errors import EXCEPTION_HANDLERS
 from web.middleware import RequestCounter
+from web.websession import SessionSigner
 
 log = logger.bind(component="server")
 OUTBOX_COUNT_EVERY = 2.0
@@ -190,6 +191,9 @@ def create_app(
         app.state.deliveries = deliveries
         app.state.webhooks = webhooks
         app.state.secret_box = secret_box
+        app.state.auth.signer = SessionSigner(
+            await dashboard_secret_key(settings, store, secret_box, clock)
+        )
 
         def sealed_secret(session_id: str) -> str | None:
             session = manager.sessions.get(session_id)

@@ -422,6 +422,11 @@ class BotStore:
         return True
 
     @shielded
+    async def delete_secret(self, key: str) -> None:
+        async with self.db.engine.begin() as conn:
+            await conn.execute(delete(app_secrets).where(app_secrets.c.key == key))
+
+    @shielded
     async def count_sessions(self) -> int:
         async with self.db.engine.connect() as conn:
             count = (

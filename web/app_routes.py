@@ -7,6 +7,7 @@ from starlette.routing import BaseRoute, Route
 from web.admin_api import ADMIN_ROUTES
 from web.api import PUBLIC_ROUTES
 from web.api import routes as public_routes
+from web.dashboard import DASHBOARD_ROUTES
 from web.linking_api import LINKING_ROUTES
 from web.messages_api import MESSAGE_ROUTES
 from web.routing import ApiRoute, openapi_endpoint, starlette_routes
@@ -22,4 +23,5 @@ def all_routes() -> list[BaseRoute]:
         *public_routes,
         Route("/openapi.json", openapi_endpoint(API), methods=["GET"]),
         *starlette_routes(BOT_ROUTES + ADMIN_ROUTES),
+        *DASHBOARD_ROUTES,
     ]

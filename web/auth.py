@@ -17,6 +17,9 @@ from starlette.requests import Request
 from bot.store import ADMIN_OWNER, BotStore
 from config import Settings
 from services.clock import Clock
+from services.secretbox import SecretBox, SecretUnreadableError
+from web.errors import Problem
+from web.websession import CSRF_HEADER, SAFE_METHODS, SessionSigner, csrf_matches
 
 log = logger.bind(component="auth")
 ADMIN_HASH_KEY = "admin_token_sha256"
@@ -62,12 +65,35 @@ class Authenticator:
     def __init__(self, admin_hash: str, store: BotStore) -> None:
         self._admin_hash = admin_hash
         self._store = store
+        self.signer: SessionSigner | None = None  # the dashboard's cookies, once configured
 
     async def authenticate(self, request: Request) -> Principal | None:
+        """A token in the headers; else the dashboard's session cookie, which for anything
+        but a read also needs the page's CSRF token in X-CSRF-Token."""
         token = token_from(request)
-        if token is None or len(token) > 200:
+        if token is None:
+            return await self._from_cookie(request)
+        if len(token) > 200:
             return None
-        digest = hash_token(token)
+        return await self.principal_for(hash_token(token))
+
+    async def _from_cookie(self, request: Request) -> Principal | None:
+        if self.signer is None or "authorization" in request.headers:
+            return None
+        session = self.signer.read(request)
+        if session is None:
+            return None
+        if request.method not in SAFE_METHODS and not csrf_matches(
+            session.csrf, request.headers.get(CSRF_HEADER)
+        ):
+            raise Problem(
+                403,
+                "This request came with the dashboard's cookie but without its CSRF token "
+                "(X-CSRF-Token); reload the page and try again.",
+            )
+        return await self.principal_for(session.token_hash)
+
+    async def principal_for(self, digest: str) -> Principal | None:
         if hmac.compare_digest(digest, self._admin_hash):
             return Principal(is_admin=True, user_id=None, name=ADMIN_OWNER)
         user = await self._store.user_by_token_hash(digest)
@@ -98,3 +124,27 @@ async def ensure_admin_token(settings: Settings, store: BotStore, clock: Clock) 
     raced = await store.get_secret(ADMIN_HASH_KEY)
     assert raced is not None
     return raced
+
+
+SECRET_KEY_NAME = "dashboard_secret_key_sealed"  # noqa: S105 - a row name, not a secret
+
+
+async def dashboard_secret_key(
+    settings: Settings, store: BotStore, box: SecretBox, clock: Clock
+) -> str:
+    """SECRET_KEY, else one generated once and stored sealed (cookies survive restarts)."""
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value()
+    sealed = await store.get_secret(SECRET_KEY_NAME)
+    if sealed is not None:
+        try:
+            return box.open(sealed)
+        except SecretUnreadableError:
+            log.warning("The stored SECRET_KEY cannot be read any more; signing in again is needed")
+            await store.delete_secret(SECRET_KEY_NAME)
+    key = secrets.token_urlsafe(32)
+    if not await store.put_secret_if_absent(SECRET_KEY_NAME, box.seal(key), clock.now()):
+        raced = await store.get_secret(SECRET_KEY_NAME)
+        assert raced is not None
+        return box.open(raced)
+    return key

@@ -1,0 +1,199 @@
+"""The dashboard: server-rendered pages (Jinja2) over the same JSON API the rest uses.
+
+Signing in exchanges a token for a session cookie (`web.websession`); from then on the pages'
+own JavaScript calls the API with that cookie and the page's CSRF token. Every asset is served
+from `web/static`: no CDN, no build step.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from services.metrics import SystemSampler
+from web.api import keepalive_document
+from web.auth import Authenticator, Principal, hash_token
+from web.websession import (
+    COOKIE,
+    CSRF_FIELD,
+    LIFETIME,
+    LOGIN_CSRF_COOKIE,
+    BrowserSession,
+    csrf_matches,
+    set_cookie,
+)
+
+HERE = Path(__file__).resolve().parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+LATENCY_POINTS = 60
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The two small url-encoded forms (sign in, sign out): read without a multipart parser."""
+    body = await request.body()
+    if len(body) > 4096:
+        return {}
+    pairs = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return {name: values[0] for name, values in pairs.items()}
+
+
+def _auth(request: Request) -> Authenticator:
+    found: Authenticator = request.app.state.auth
+    return found
+
+
+async def _signed_in(request: Request) -> tuple[Principal, BrowserSession] | None:
+    auth = _auth(request)
+    if auth.signer is None:
+        return None
+    session = auth.signer.read(request)
+    if session is None:
+        return None
+    who = await auth.principal_for(session.token_hash)
+    return (who, session) if who is not None else None
+
+
+def _page(
+    request: Request, name: str, who: Principal, session: BrowserSession, **context: Any
+) -> Response:
+    settings = request.app.state.settings
+    return templates.TemplateResponse(
+        request,
+        name,
+        {
+            "who": who,
+            "csrf": session.csrf,
+            "demo": settings.whatsapp_simulator and settings.bot_engine.strip() == "whatsapp",
+            **context,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _to_login() -> Response:
+    return RedirectResponse("/login", status_code=303)
+
+
+async def login_form(request: Request, error: str | None = None, status: int = 200) -> Response:
+    csrf = secrets.token_urlsafe(24)
+    response = templates.TemplateResponse(
+        request,
+        "login.html",
+        {"csrf": csrf, "error": error, "who": None, "demo": False},
+        status_code=status,
+        headers={"Cache-Control": "no-store"},
+    )
+    set_cookie(response, request, LOGIN_CSRF_COOKIE, csrf, 3600)
+    return response
+
+
+async def login(request: Request) -> Response:
+    form = await _form(request)
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not expected or not csrf_matches(expected, str(form.get(CSRF_FIELD, ""))):
+        return await login_form(request, "The form expired; please sign in again.", 403)
+    token = str(form.get("token", "")).strip()
+    auth = _auth(request)
+    who = await auth.principal_for(hash_token(token)) if 0 < len(token) <= 200 else None
+    if who is None or auth.signer is None:
+        return await login_form(request, "That token is not valid.", 401)
+    value, _ = auth.signer.new_session(hash_token(token))
+    response = RedirectResponse("/", status_code=303)
+    set_cookie(response, request, COOKIE, value, LIFETIME)
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
+    return response
+
+
+async def logout(request: Request) -> Response:
+    form = await _form(request)
+    signed = await _signed_in(request)
+    if signed is not None and not csrf_matches(signed[1].csrf, str(form.get(CSRF_FIELD, ""))):
+        return Response("The form is missing its CSRF token; reload the page.", status_code=403)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+def latency_chart(pings: list[dict[str, Any]]) -> dict[str, Any]:
+    """Points for an inline SVG of the recent pings' latency (oldest first)."""
+    recent = list(reversed(pings[:LATENCY_POINTS]))
+    values = [p.get("latencyMs") or 0.0 for p in recent]
+    top = max([*values, 1.0])
+    width, height = 600, 120
+    step = width / max(len(values) - 1, 1)
+    points = " ".join(
+        f"{i * step:.1f},{height - v / top * (height - 10):.1f}" for i, v in enumerate(values)
+    )
+    failures = [{"x": f"{i * step:.1f}"} for i, p in enumerate(recent) if not p.get("ok", True)]
+    return {
+        "points": points,
+        "failures": failures,
+        "top": round(top, 1),
+        "count": len(values),
+        "width": width,
+        "height": height,
+    }
+
+
+async def overview(request: Request) -> Response:
+    signed = await _signed_in(request)
+    if signed is None:
+        return _to_login()
+    who, session = signed
+    snapshot = keepalive_document(request)
+    sampler: SystemSampler = request.app.state.sampler
+    return _page(
+        request,
+        "overview.html",
+        who,
+        session,
+        keepalive=snapshot,
+        chart=latency_chart(snapshot["recentPings"]),
+        process=sampler.process(),
+    )
+
+
+async def bot_page(request: Request) -> Response:
+    signed = await _signed_in(request)
+    if signed is None:
+        return _to_login()
+    who, session = signed
+    bot_id = request.path_params["session_id"]
+    found = request.app.state.manager.visible(bot_id, who.owner_scope)
+    if found is None:
+        return templates.TemplateResponse(
+            request,
+            "missing.html",
+            {"who": who, "csrf": session.csrf, "demo": False, "bot_id": bot_id[:40]},
+            status_code=404,
+        )
+    return _page(request, "bot.html", who, session, bot_id=found.id, bot_name=found.record.name)
+
+
+async def admin_page(request: Request) -> Response:
+    signed = await _signed_in(request)
+    if signed is None:
+        return _to_login()
+    who, session = signed
+    if not who.is_admin:
+        return Response("Only the admin may open this page.", status_code=403)
+    return _page(request, "admin.html", who, session)
+
+
+DASHBOARD_ROUTES: list[BaseRoute] = [
+    Route("/", overview, methods=["GET"]),
+    Route("/login", login_form, methods=["GET"]),
+    Route("/login", login, methods=["POST"]),
+    Route("/logout", logout, methods=["POST"]),
+    Route("/bots/{session_id}", bot_page, methods=["GET"]),
+    Route("/admin", admin_page, methods=["GET"]),
+    Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+]

@@ -242,6 +242,10 @@ async def test_pages_fit_a_phone_and_a_desktop_with_long_names(
         browser, server, ADMIN, viewport={"width": width, "height": 800}
     )
     await expect(page.get_by_text(long_name)).to_be_visible()
+    await page.goto(f"/bots/{bot['id']}")
+    await page.get_by_role("button", name="Start this bot").click()
+    await expect(page.locator("#state")).to_have_text("SCAN_QR", timeout=WAIT)
+    await expect(page.get_by_role("button", name="Start this bot")).to_be_hidden()
     for path in ("/", f"/bots/{bot['id']}", "/admin"):
         await page.goto(path)
         await page.wait_for_load_state("networkidle")

@@ -56,6 +56,7 @@ const wakeful = (() => {
 
   // Overview ---------------------------------------------------------------------------
 
+  const STARTABLE = ["IDLE", "STOPPED", "EXPIRED", "DISCONNECTED", "SUSPENDED", "LOGGED_OUT"];
   const ACTIONS = [
     ["start", "Start"], ["stop", "Stop"], ["restart", "Restart"], ["logout", "Log out"],
   ];
@@ -123,6 +124,7 @@ const wakeful = (() => {
     async function refresh() {
       const bot = await api("GET", `/api/sessions/${id}`);
       document.getElementById("state").textContent = bot.state;
+      document.getElementById("start").hidden = !STARTABLE.includes(bot.state);
       document.getElementById("reason").textContent = bot.stateReason ? `(${bot.stateReason})` : "";
       if (bot.state === "CONNECTED") {
         qrBox.hidden = true;
@@ -164,6 +166,15 @@ const wakeful = (() => {
         ...(items.length ? items : [el("li", { class: "muted" }, "No webhook deliveries.")]));
     }
 
+    document.getElementById("start").addEventListener("click", async () => {
+      try {
+        const bot = await api("POST", `/api/sessions/${id}/start`);
+        say("bot-message", `Started: ${bot.state}.`);
+        await refresh();
+      } catch (err) {
+        say("bot-message", `Not started: ${err.message}`, true);
+      }
+    });
     const scan = document.getElementById("simulate-scan");
     if (scan) {
       scan.addEventListener("click", async () => {

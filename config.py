@@ -193,23 +193,9 @@ class Settings(BaseSettings):
     koyeb_public_domain: str | None = None
     fly_app_name: str | None = None
 
-    @field_validator("admin_token")
+    @field_validator("admin_token", "session_encryption_key", "webhook_secret", "secret_key")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 16:
-            raise ValueError("must be at least 16 characters (use a long random string)")
-        return value
-
-    @field_validator("session_encryption_key")
-    @classmethod
-    def _key_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 16:
-            raise ValueError("must be at least 16 characters (use a long random string)")
-        return value
-
-    @field_validator("webhook_secret")
-    @classmethod
-    def _webhook_secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters (use a long random string)")
         return value

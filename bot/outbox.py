@@ -66,6 +66,16 @@ outbox_messages = Table(
 )
 
 
+def claimable(table: Table, now: datetime) -> Any:
+    """Rows a worker may take now: queued and due, or leased by a holder whose lease ran out.
+    Shared by the outbox and the webhook deliveries (both have these columns)."""
+    c = table.c
+    return or_(
+        and_(c.status == "queued", c.due_at <= now),
+        and_(c.status == "sending", c.lease_until < now),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     max_attempts: int = 5
@@ -211,13 +221,6 @@ class OutboxStore:
         found.update({status: int(n) for status, n in rows})
         return found
 
-    def _claimable(self, now: datetime) -> Any:
-        c = outbox_messages.c
-        return or_(
-            and_(c.status == "queued", c.due_at <= now),
-            and_(c.status == "sending", c.lease_until < now),
-        )
-
     @shielded
     async def claim(self, session_id: str, now: datetime, lease: timedelta) -> OutboxMessage | None:
         """The oldest due message of this bot, leased to the caller; None if none is due.
@@ -230,7 +233,7 @@ class OutboxStore:
                 row = (
                     await conn.execute(
                         select(c.seq)
-                        .where(c.session_id == session_id, self._claimable(now))
+                        .where(c.session_id == session_id, claimable(outbox_messages, now))
                         .order_by(c.seq)
                         .limit(1)
                     )
@@ -239,7 +242,7 @@ class OutboxStore:
                     return None
                 claimed = await conn.execute(
                     update(outbox_messages)
-                    .where(c.seq == row.seq, self._claimable(now))
+                    .where(c.seq == row.seq, claimable(outbox_messages, now))
                     .values(
                         status="sending",
                         lease_until=now + lease,

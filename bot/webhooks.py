@@ -32,15 +32,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    and_,
     func,
     insert,
-    or_,
     select,
     update,
 )
 
-from bot.outbox import RetryPolicy, retry_delay
+from bot.outbox import RetryPolicy, claimable, retry_delay
 from services.clock import Clock
 from services.database import Database, UTCDateTime, metadata, shielded
 from services.metrics import Metrics
@@ -151,13 +149,6 @@ class DeliveryStore:
         async with self.db.engine.begin() as conn:
             await conn.execute(insert(webhook_deliveries), rows)
 
-    def _claimable(self, now: datetime) -> Any:
-        c = webhook_deliveries.c
-        return or_(
-            and_(c.status == "queued", c.due_at <= now),
-            and_(c.status == "sending", c.lease_until < now),
-        )
-
     @shielded
     async def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[Delivery]:
         c = webhook_deliveries.c
@@ -165,13 +156,16 @@ class DeliveryStore:
         async with self.db.engine.begin() as conn:
             rows = (
                 await conn.execute(
-                    select(c.seq).where(self._claimable(now)).order_by(c.seq).limit(limit)
+                    select(c.seq)
+                    .where(claimable(webhook_deliveries, now))
+                    .order_by(c.seq)
+                    .limit(limit)
                 )
             ).all()
             for row in rows:
                 won = await conn.execute(
                     update(webhook_deliveries)
-                    .where(c.seq == row.seq, self._claimable(now))
+                    .where(c.seq == row.seq, claimable(webhook_deliveries, now))
                     .values(status="sending", lease_until=lease_until, attempts=c.attempts + 1)
                 )
                 if won.rowcount == 1:

@@ -20,7 +20,7 @@ from bot.states import SessionState as S
 from web.errors import Problem
 from web.routing import ApiRoute
 from web.sessions_api import audit, find, manager, session_json
-from web.validation import Fields, read_json
+from web.validation import Fields, choice_param, read_json
 
 QR_FORMATS = ("png", "svg", "raw")
 PHONE_RE = re.compile(r"\+?[0-9][0-9 ()\-.]{5,24}")
@@ -93,13 +93,7 @@ def _wants_json(request: Request) -> bool:
 
 async def get_qr(request: Request) -> Response:
     session = find(request)
-    fmt = request.query_params.get("format", "png").lower()
-    if fmt not in QR_FORMATS:
-        raise Problem(
-            422,
-            f"Query parameter format must be one of: {', '.join(QR_FORMATS)}.",
-            errors=[{"field": "format", "message": f"expected one of {list(QR_FORMATS)}"}],
-        )
+    fmt = choice_param(request, "format", QR_FORMATS, "png")
     qr, generated = session.qr, session.qr_at
     if qr is None or generated is None:
         raise _no_qr(session)

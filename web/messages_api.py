@@ -13,7 +13,7 @@ from bot.sender import OutboxSender
 from web.errors import Problem
 from web.routing import ApiRoute
 from web.sessions_api import audit, find, manager
-from web.validation import Fields, read_json
+from web.validation import Fields, choice_param, int_param, read_json
 
 # A WhatsApp chat id: a person (c.us / s.whatsapp.net / lid), a group (g.us), a channel.
 CHAT_ID_RE = re.compile(r"\d{5,20}(-\d{1,20})?@(c\.us|g\.us|s\.whatsapp\.net|lid|newsletter)")
@@ -111,41 +111,11 @@ async def send_message(request: Request) -> Response:
     )
 
 
-def _status_param(request: Request) -> str | None:
-    status = request.query_params.get("status")
-    if status is not None and status not in STATUSES:
-        raise Problem(
-            422,
-            f"Query parameter status must be one of: {', '.join(STATUSES)}.",
-            errors=[{"field": "status", "message": f"expected one of {list(STATUSES)}"}],
-        )
-    return status
-
-
-def _page(request: Request) -> tuple[int, int]:
-    values = []
-    for name, default, high in (("limit", 50, 500), ("offset", 0, 10**9)):
-        raw = request.query_params.get(name)
-        if raw is None:
-            values.append(default)
-            continue
-        if not raw.isdigit() or not (name == "offset" or int(raw) >= 1) or int(raw) > high:
-            low = 0 if name == "offset" else 1
-            raise Problem(
-                422,
-                f"Query parameter {name} must be a whole number from {low} to {high}.",
-                errors=[
-                    {"field": name, "message": f"expected a whole number from {low} to {high}"}
-                ],
-            )
-        values.append(int(raw))
-    return values[0], values[1]
-
-
 async def list_messages(request: Request) -> Response:
     session = find(request)
-    status = _status_param(request)
-    limit, offset = _page(request)
+    status = choice_param(request, "status", STATUSES)
+    limit = int_param(request, "limit", default=50, low=1, high=500)
+    offset = int_param(request, "offset", default=0, low=0, high=10**9)
     store = outbox(request)
     messages, total = await store.list_for(session.id, status, limit, offset)
     return JSONResponse(

@@ -19,7 +19,7 @@ from bot.store import ADMIN_OWNER, DuplicateNameError
 from bot.webhooks import EVENTS, new_secret, redact_userinfo
 from web.errors import Problem
 from web.routing import ApiRoute, principal
-from web.validation import Fields, read_json
+from web.validation import Fields, int_param, read_json
 from web.webhook_fields import webhook_events
 from web.webhook_fields import webhook_url as webhook_url_field
 
@@ -134,27 +134,14 @@ async def list_sessions(request: Request) -> Response:
     who = principal(request)
     user_filter = request.query_params.get("user") if who.is_admin else None
     with_history = request.query_params.get("include") == "history"
-    limit = _int_param(request, "limit", default=100, low=1, high=1000)
-    offset = _int_param(request, "offset", default=0, low=0, high=10**9)
+    limit = int_param(request, "limit", default=100, low=1, high=1000)
+    offset = int_param(request, "offset", default=0, low=0, high=10**9)
     sessions = manager(request).list_visible(who.owner_scope, user_filter)
     page = sessions[offset : offset + limit]
     items = [await session_json(request, s, with_history=with_history) for s in page]
     return JSONResponse(
         {"sessions": items, "total": len(sessions), "limit": limit, "offset": offset}
     )
-
-
-def _int_param(request: Request, name: str, *, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise Problem(
-            422,
-            f"Query parameter {name} must be a whole number from {low} to {high}.",
-            errors=[{"field": name, "message": f"expected a whole number from {low} to {high}"}],
-        )
-    return int(raw)
 
 
 async def get_session(request: Request) -> Response:

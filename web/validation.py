@@ -146,3 +146,31 @@ class Fields:
         if self.errors:
             names = ", ".join(e["field"] for e in self.errors)
             raise Problem(422, f"Some fields are not valid: {names}.", errors=self.errors)
+
+
+def int_param(request: Request, name: str, *, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter within bounds, or a 422 naming it."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise Problem(
+            422,
+            f"Query parameter {name} must be a whole number from {low} to {high}.",
+            errors=[{"field": name, "message": f"expected a whole number from {low} to {high}"}],
+        )
+    return int(raw)
+
+
+def choice_param(
+    request: Request, name: str, allowed: tuple[str, ...], default: str | None = None
+) -> str | None:
+    """A query parameter that must be one of `allowed`, or a 422 naming it."""
+    value = request.query_params.get(name, default)
+    if value is not None and value not in allowed:
+        raise Problem(
+            422,
+            f"Query parameter {name} must be one of: {', '.join(allowed)}.",
+            errors=[{"field": name, "message": f"expected one of {list(allowed)}"}],
+        )
+    return value

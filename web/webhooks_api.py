@@ -9,10 +9,9 @@ from starlette.responses import JSONResponse, Response
 
 from bot.webhooks import EVENTS, DeliveryStore, new_secret
 from services.secretbox import SecretBox
-from web.errors import Problem
 from web.routing import ApiRoute
 from web.sessions_api import audit, find, manager, session_json
-from web.validation import Fields, read_json
+from web.validation import Fields, choice_param, read_json
 from web.webhook_fields import webhook_events, webhook_url
 
 DELIVERY_STATUSES = ("queued", "sending", "delivered", "dead")
@@ -79,13 +78,7 @@ async def rotate_secret(request: Request) -> Response:
 
 async def list_deliveries(request: Request) -> Response:
     session = find(request)
-    status = request.query_params.get("status")
-    if status is not None and status not in DELIVERY_STATUSES:
-        raise Problem(
-            422,
-            f"Query parameter status must be one of: {', '.join(DELIVERY_STATUSES)}.",
-            errors=[{"field": "status", "message": f"expected one of {list(DELIVERY_STATUSES)}"}],
-        )
+    status = choice_param(request, "status", DELIVERY_STATUSES)
     store: DeliveryStore = request.app.state.deliveries
     deliveries, total = await store.list_for(session.id, status, 100)
     return JSONResponse({"deliveries": [d.as_json() for d in deliveries], "total": total})

@@ -38,6 +38,7 @@ from config import ConfigError, Settings, format_duration, load_settings
 from services.alerts import AlertConfigError, Alerter
 from services.clock import Clock, SystemClock
 from services.database import Database, DatabaseError
+from services.dbhealth import DatabaseMonitor
 from services.health import HealthState
 from services.keepalive import KeepAlive, keepalive_config, warn_about_sleep_threshold
 from services.logging import setup_logging
@@ -71,6 +72,9 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         db = Database(settings.sqlalchemy_url)
         await db.migrate()
+        database = DatabaseMonitor(db, clock, alerter)
+        app.state.database_monitor = database
+        health.checks["database"] = database.health_check
         client = httpx.AsyncClient(transport=transport, follow_redirects=True)
         keepalive = KeepAlive(
             keepalive_config(settings),
@@ -202,6 +206,9 @@ def create_app(
         background = [
             asyncio.get_running_loop().create_task(webhooks.run(sealed_secret)),
             asyncio.get_running_loop().create_task(_count_outbox(outbox, metrics)),
+            asyncio.get_running_loop().create_task(
+                database.run(every=settings.database_check_interval.total_seconds())
+            ),
         ]
 
         keepalive.log_started()

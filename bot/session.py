@@ -644,8 +644,13 @@ class BotSession:
                 self.record.last_heartbeat_at = now
                 last = self._last_heartbeat_write
                 if last is None or now - last >= policy.heartbeat_stale_after / 2:
-                    self._last_heartbeat_write = now
-                    await self._ctx.store.save_fields(self.id, last_heartbeat_at=now)
+                    try:
+                        await self._ctx.store.save_fields(self.id, last_heartbeat_at=now)
+                        self._last_heartbeat_write = now
+                    except Exception as exc:
+                        # The database being away must not end the heartbeats: the bot is
+                        # fine, and the next beat writes again.
+                        self._log().debug("Could not store the heartbeat: {}", exc)
                 continue
             since = self.record.last_connected_at or now
             if heartbeat_stale(policy, self.record.last_heartbeat_at, since, now):

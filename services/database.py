@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
+CONNECT_TIMEOUT = 10.0
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 metadata = MetaData(
@@ -114,6 +115,9 @@ class Database:
             if sslmode and sslmode != "disable":
                 connect_args["ssl"] = sslmode
             parsed = parsed.set(query=query)
+            # asyncpg waits 60 s for an address that drops packets; a start that fails,
+            # or a request that gets its 503, should not wait that long.
+            connect_args["timeout"] = CONNECT_TIMEOUT
         self.engine: AsyncEngine = create_async_engine(
             parsed, connect_args=connect_args, pool_pre_ping=self.dialect != "sqlite"
         )

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from services.dbhealth import is_database_unavailable
 from services.health import HealthState
 from services.keepalive import UPTIME_WINDOWS, KeepAlive
 from services.metrics import Metrics, SystemSampler, metrics_snapshot
@@ -88,7 +89,13 @@ async def _refresh_outbox_counts(request: Request) -> dict[str, int]:
     metrics = _metrics(request)
     outbox = getattr(request.app.state, "outbox", None)
     if outbox is not None:
-        metrics.outbox_counts = await outbox.counts()
+        try:
+            metrics.outbox_counts = await outbox.counts()
+        except Exception as exc:
+            # The public figures must stay readable while the database is away (that is
+            # when someone looks): the counts from the last good read stand in.
+            if not is_database_unavailable(exc):
+                raise
     return metrics.outbox_counts
 
 

@@ -6,9 +6,12 @@ import json
 from typing import Any
 
 from loguru import logger
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+
+from services.dbhealth import RETRY_AFTER_SECONDS, is_database_unavailable
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -99,8 +102,28 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
     return problem_response(request, 500, "The server hit an unexpected error; it has been logged.")
 
 
+async def on_database_error(request: Request, exc: Exception) -> Response:
+    """The database being away is a 503 the client can retry, not a bug (no traceback)."""
+    if not is_database_unavailable(exc):
+        raise exc  # a real bug: on to the 500 handler, which logs it
+    monitor = getattr(request.app.state, "database_monitor", None)
+    if monitor is not None:
+        monitor.saw_failure(exc)
+    return problem_response(
+        request,
+        503,
+        "The database is unreachable right now, so this request could not be completed; "
+        "try again in a few seconds (see /health).",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 EXCEPTION_HANDLERS = {
     Problem: on_problem,
     HTTPException: on_http_exception,
+    # Registered by class (not via `Exception`) so they are answered without a re-raise.
+    DBAPIError: on_database_error,
+    OSError: on_database_error,
+    TimeoutError: on_database_error,
     Exception: on_unexpected,
 }

@@ -99,8 +99,7 @@ def test_every_browser_killed_under_load_comes_back_and_no_message_is_lost(tmp_p
         for bot_id in bots:
             queue(server, bot_id, texts[bot_id])
         # Kill while each bot is part-way through its queue (5 a second per bot).
-        for bot_id in bots:
-            wait_until(lambda b=bot_id: len(recorded(data, b)) >= 2, WAIT, "sending to start")
+        wait_until(lambda: all(len(recorded(data, b)) >= 2 for b in bots), WAIT, "sending to start")
         browsers = [find_browser_process(data.resolve() / "profiles" / b) for b in bots]
         assert all(len(recorded(data, b)) < 20 for b in bots), "all sent before the kill"
         assert all(browsers), browsers

@@ -27,7 +27,7 @@ from tests.e2e.test_outbox_process import (
     stop_cleanly,
     wait_state,
 )
-from tests.support import ServerProcess, wait_until
+from tests.support import Receiver, ServerProcess, wait_until
 
 SHUTDOWN_TIMEOUT = 8.0
 
@@ -192,3 +192,38 @@ def test_sigterm_during_boot_restore_exits_within_the_bound_and_keeps_every_link
             assert_each_arrived(data, bot_id, queued[bot_id], resent_at_most=0)
         assert "Scan this QR code" not in server.log  # no link was lost
         stop_cleanly(server)
+
+
+def test_a_flapping_keepalive_target_gives_one_alert_and_one_resolved_per_incident(
+    tmp_path: Path,
+):
+    # Each ping takes the next answer: two incidents of 3+ failures, and a blip of 2 between
+    # them that must stay quiet.
+    script = [200, 503, 503, 503, 200, 200, 503, 503, 200, 503, 503, 503, 503, 200, 200]
+    with Receiver() as target, Receiver() as channel:
+        target.statuses = list(script)
+        env = {
+            "KEEP_ALIVE_ENABLED": "true",
+            "KEEPALIVE_URL": target.url(path="/health"),
+            "KEEP_ALIVE_INTERVAL": "500ms",
+            "KEEP_ALIVE_TIMEOUT": "400ms",
+            "KEEP_ALIVE_START_DELAY": "0",
+            "ALERT_URLS": channel.url("json", "/alerts"),
+        }
+        with ServerProcess(tmp_path / "data", env) as server:
+            server.wait_ready()
+            wait_until(lambda: len(target.requests) >= len(script), 30, "the whole script")
+            wait_until(lambda: len(channel.requests) >= 4, 10, "four notifications")
+            time.sleep(1.0)  # a fifth would have come by now
+            notes = [(r["json"]["type"], r["json"]["message"]) for r in channel.requests]
+            assert [kind for kind, _ in notes] == ["failure", "success", "failure", "success"]
+            assert "3 consecutive keep-alive failures" in notes[0][1]
+            assert "after 3 consecutive failures" in notes[1][1]
+            assert "after 4 consecutive failures" in notes[3][1]
+            body = server.get("/api/keepalive").json()
+            assert body["alerting"] is False
+            assert body["failedPings"] == script.count(503)
+            assert server.stop(signal.SIGTERM) == 0
+        log = server.log
+        assert log.count("🚨 ALERT:") == 2, log
+        assert log.count("✅ RESOLVED:") == 2, log

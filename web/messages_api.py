@@ -13,7 +13,7 @@ from bot.sender import OutboxSender
 from web.errors import Problem
 from web.routing import ApiRoute
 from web.sessions_api import audit, find, manager
-from web.validation import Fields, choice_param, int_param, read_json
+from web.validation import MAX_OFFSET, Fields, choice_param, int_param, read_json
 
 # A WhatsApp chat id: a person (c.us / s.whatsapp.net / lid), a group (g.us), a channel.
 CHAT_ID_RE = re.compile(r"\d{5,20}(-\d{1,20})?@(c\.us|g\.us|s\.whatsapp\.net|lid|newsletter)")
@@ -115,7 +115,7 @@ async def list_messages(request: Request) -> Response:
     session = find(request)
     status = choice_param(request, "status", STATUSES)
     limit = int_param(request, "limit", default=50, low=1, high=500)
-    offset = int_param(request, "offset", default=0, low=0, high=10**9)
+    offset = int_param(request, "offset", default=0, low=0, high=MAX_OFFSET)
     store = outbox(request)
     messages, total = await store.list_for(session.id, status, limit, offset)
     return JSONResponse(
@@ -165,7 +165,7 @@ MESSAGE_ROUTES = [
         query={
             "status": {"type": "string", "enum": list(STATUSES)},
             "limit": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
-            "offset": {"type": "integer", "minimum": 0, "default": 0},
+            "offset": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
         },
         responses={200: ("Messages", {"type": "object"})},
     ),

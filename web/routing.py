@@ -142,6 +142,8 @@ def openapi_document(api: list[ApiRoute]) -> dict[str, Any]:
                         response["content"][other] = {"schema": other_schema}
             operation["responses"][str(status)] = response
         errors = {400, 413, 415, 422} if route.body is not None else set()
+        if route.query:
+            errors |= {422}  # a query parameter out of its range or not one of its choices
         if route.access != "public":
             errors |= {401}
         if route.access == "admin":

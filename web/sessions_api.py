@@ -19,7 +19,7 @@ from bot.store import ADMIN_OWNER, DuplicateNameError
 from bot.webhooks import EVENTS, new_secret, redact_userinfo
 from web.errors import Problem
 from web.routing import ApiRoute, principal
-from web.validation import Fields, int_param, read_json
+from web.validation import MAX_OFFSET, Fields, choice_param, int_param, read_json
 from web.webhook_fields import webhook_events
 from web.webhook_fields import webhook_url as webhook_url_field
 
@@ -133,9 +133,9 @@ def find(request: Request) -> BotSession:
 async def list_sessions(request: Request) -> Response:
     who = principal(request)
     user_filter = request.query_params.get("user") if who.is_admin else None
-    with_history = request.query_params.get("include") == "history"
+    with_history = choice_param(request, "include", ("history",)) == "history"
     limit = int_param(request, "limit", default=100, low=1, high=1000)
-    offset = int_param(request, "offset", default=0, low=0, high=10**9)
+    offset = int_param(request, "offset", default=0, low=0, high=MAX_OFFSET)
     sessions = manager(request).list_visible(who.owner_scope, user_filter)
     page = sessions[offset : offset + limit]
     items = [await session_json(request, s, with_history=with_history) for s in page]
@@ -280,7 +280,7 @@ SESSION_ROUTES = [
             "user": {"type": "string"},
             "include": {"type": "string", "enum": ["history"]},
             "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-            "offset": {"type": "integer", "minimum": 0, "default": 0},
+            "offset": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
         },
         responses={200: ("The sessions", {"type": "object"})},
     ),

@@ -148,6 +148,9 @@ class Fields:
             raise Problem(422, f"Some fields are not valid: {names}.", errors=self.errors)
 
 
+MAX_OFFSET = 10**9
+
+
 def int_param(request: Request, name: str, *, default: int, low: int, high: int) -> int:
     """A whole-number query parameter within bounds, or a 422 naming it."""
     raw = request.query_params.get(name)

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from bot.webhooks import EVENTS, DeliveryStore, new_secret
 from services.secretbox import SecretBox
 from web.routing import ApiRoute
-from web.sessions_api import audit, find, manager, session_json
+from web.sessions_api import SESSION_SCHEMA, audit, find, manager, session_json
 from web.validation import Fields, choice_param, read_json
 from web.webhook_fields import webhook_events, webhook_url
 
@@ -24,7 +24,7 @@ UPDATE_SCHEMA: dict[str, Any] = {
             "type": ["array", "null"],
             "items": {"type": "string", "enum": list(EVENTS)},
         },
-        "metadata": {"type": "object"},
+        "metadata": {"type": ["object", "null"], "description": "null clears it"},
     },
 }
 
@@ -91,7 +91,7 @@ WEBHOOK_ROUTES = [
         update_session,
         "Change a bot's webhook (URL, events) or metadata",
         body=UPDATE_SCHEMA,
-        responses={200: ("The session", {"type": "object"})},
+        responses={200: ("The session", SESSION_SCHEMA)},
     ),
     ApiRoute(
         "POST",

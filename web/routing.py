@@ -105,6 +105,18 @@ _PROBLEM_SCHEMA = {
 }
 
 
+_ERROR_DESCRIPTIONS = {
+    400: "The body is not valid JSON",
+    401: "No valid token",
+    403: "Not allowed with this token",
+    404: "Not found, or not this token's",
+    413: "The body is larger than MAX_BODY_BYTES",
+    415: "The body is not JSON",
+    422: "A field or query parameter is not valid (each one named in `errors`)",
+    503: "The database is unreachable; try again after Retry-After seconds",
+}
+
+
 def openapi_document(api: list[ApiRoute]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in api:
@@ -150,14 +162,18 @@ def openapi_document(api: list[ApiRoute]) -> dict[str, Any]:
             errors |= {403}
         if _path_params(route.path):
             errors |= {404}
+        if route.access != "public":
+            errors |= {503}  # the token is looked up in the database, which may be away
         for status in sorted(errors):
-            operation["responses"].setdefault(
+            documented = operation["responses"].setdefault(
                 str(status),
                 {
-                    "description": "Problem",
+                    "description": _ERROR_DESCRIPTIONS[status],
                     "content": {"application/problem+json": {"schema": PROBLEM}},
                 },
             )
+            if documented["description"] != _ERROR_DESCRIPTIONS[status]:
+                documented["description"] += f"; or: {_ERROR_DESCRIPTIONS[status].lower()}"
         paths.setdefault(route.path, {})[route.method.lower()] = operation
     return {
         "openapi": "3.1.0",

@@ -211,3 +211,38 @@ def test_the_api_keeps_its_document_whatever_it_is_sent(
     else:
         assert len(answered) >= 8, sorted(answered)
         assert all(any(400 <= c < 500 for c in codes) for codes in answered.values()), answered
+
+
+def test_a_database_outage_is_a_documented_503_wherever_a_token_is_needed(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the database away, a user's token cannot be looked up: every protected route
+    answers the 503 (with Retry-After) that its document lists, as a problem document."""
+    token = target.post("/api/users", {"name": "cut-off"}, ADMIN)["token"]
+    ids = real_ids(target, ADMIN)
+
+    async def away(*args: object) -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(target.app.state.manager.store, "user_by_token_hash", away)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", target.app)
+    protected = [
+        result.ok()
+        for result in schema.get_all_operations()
+        if isinstance(result, Ok) and "security" in result.ok().definition.raw
+    ]
+    assert len(protected) >= 20
+    for operation in protected:
+        case = operation.Case(path_parameters={name: ids[name] for name in path_params(operation)})
+        response = case.call(base_url=BASE_URL, session=target.client, headers=bearer(token))
+        assert response.status_code == 503, (operation.label, response.text)
+        assert response.headers["retry-after"] == ["5"]
+        case.validate_response(
+            response,
+            checks=[
+                status_code_conformance,
+                content_type_conformance,
+                response_schema_conformance,
+            ],
+        )
+        assert json.loads(response.content)["status"] == 503

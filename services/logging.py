@@ -14,15 +14,21 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from services.redaction import redact_secret_params
+
 if TYPE_CHECKING:
     from loguru import Message, Record
 
-# Libraries whose INFO lines would leak URLs (httpx logs every request's full URL, and the
-# heartbeat URL is a secret) or drown the useful lines.
+# Libraries whose INFO or DEBUG lines would leak URLs or drown the useful lines: httpx logs
+# every request's full URL (the heartbeat URL is a secret), and urllib3, under apprise's
+# requests, logs every notification's request line, whose path holds the Slack, Discord or
+# Telegram webhook token.
 _QUIET_LOGGERS = {
     "httpx": logging.WARNING,
     "httpcore": logging.WARNING,
     "apprise": logging.WARNING,
+    "urllib3": logging.WARNING,
+    "requests": logging.WARNING,
     "asyncio": logging.WARNING,
     "aiosqlite": logging.WARNING,
     "sqlalchemy": logging.WARNING,
@@ -55,7 +61,11 @@ def _text_format(record: Record) -> str:
 
 
 class InterceptHandler(logging.Handler):
-    """Send stdlib records (uvicorn, apscheduler, alembic) to loguru with their origin."""
+    """Send stdlib records (uvicorn, apscheduler, alembic) to loguru with their origin.
+
+    Their messages are other people's text: the access log's request line carries the query
+    string as the client sent it (the keep-alive's own `/health?token=…` among them), so
+    credential-looking query values are masked on the way through."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -64,7 +74,7 @@ class InterceptHandler(logging.Handler):
             level = record.levelno
         component = record.name.split(".")[0]
         logger.bind(component=component).opt(exception=record.exc_info).log(
-            level, record.getMessage()
+            level, redact_secret_params(record.getMessage())
         )
 
 
@@ -94,7 +104,15 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     if fmt == "json":
         logger.add(_json_sink, level=level, format="{message}")
     else:
-        logger.add(sys.stdout, level=level, format=_text_format, colorize=sys.stdout.isatty())
+        # diagnose=False: loguru would otherwise print the value of every variable in a
+        # traceback's frames, a token or a secret URL among them.
+        logger.add(
+            sys.stdout,
+            level=level,
+            format=_text_format,
+            colorize=sys.stdout.isatty(),
+            diagnose=False,
+        )
 
     # A real level on the stdlib side too: at level 0 uvicorn believes TRACE is on and wraps
     # every request in its message logger, which cut /health throughput by more than half.

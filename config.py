@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.redaction import redact_url
+
 VERSION = "0.1.0"
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -376,7 +378,13 @@ def _describe(exc: ValidationError) -> str:
     field = str(error["loc"][0]) if error["loc"] else "?"
     name = field.upper()
     message = str(error["msg"]).removeprefix("Value error, ")
-    shown = "(hidden)" if field in SECRET_FIELDS else repr(error.get("input"))
+    given = error.get("input")
+    if field in SECRET_FIELDS:
+        shown = "(hidden)"
+    elif isinstance(given, str) and "://" in given:
+        shown = repr(redact_url(given))  # a URL's password and query may be credentials
+    else:
+        shown = repr(given)
     if error["type"] == "literal_error":
         message = message.replace("Input should be", "expected")
     elif error["type"] in ("bool_parsing", "bool_type"):

@@ -23,6 +23,7 @@ from services.alerts import Alerter
 from services.clock import Clock
 from services.metrics import Metrics
 from services.pingstore import PingRecord, PingStore
+from services.redaction import redact_url
 
 log = logger.bind(component="keepalive")
 
@@ -91,6 +92,12 @@ class KeepAliveConfig:
     heartbeat_url: str | None = None
     enabled: bool = True
     disabled_reason: str | None = None
+
+    @property
+    def shown_url(self) -> str | None:
+        """The target as logs, alerts and `/api/keepalive` show it: a password or a query
+        value in KEEPALIVE_URL (a token a proxy in front asks for) is masked."""
+        return redact_url(self.url) if self.url is not None else None
 
 
 def keepalive_config(settings: Settings) -> KeepAliveConfig:
@@ -191,7 +198,7 @@ class KeepAlive:
             return
         log.info(
             "💗 Keep-alive service started\n   Ping URL: {}\n   Interval: {}\n   First ping in: {}",
-            self.config.url,
+            self.config.shown_url,
             format_duration(self.config.interval),
             format_duration(self.config.start_delay),
         )
@@ -254,7 +261,7 @@ class KeepAlive:
             self._metrics.keepalive_last_success.set(record.at.timestamp())
         self._alerter.resolve(
             ALERT_KEY,
-            f"keep-alive pings to {self.config.url} succeed again after {failures} "
+            f"keep-alive pings to {self.config.shown_url} succeed again after {failures} "
             "consecutive failures",
             title="keep-alive recovered",
         )
@@ -268,7 +275,7 @@ class KeepAlive:
             self._alerter.alert(
                 ALERT_KEY,
                 f"{self.config.alert_after} consecutive keep-alive failures! "
-                f"Last error: {record.error}; target {self.config.url}",
+                f"Last error: {record.error}; target {self.config.shown_url}",
                 title="keep-alive failing",
             )
 
@@ -372,7 +379,7 @@ class KeepAlive:
             "pingCount": self.ping_count,
             "failedPings": self.failed_pings,
             "successRate": f"{self.success_rate():.1f}",
-            "healthUrl": self.config.url,
+            "healthUrl": self.config.shown_url,
             "pingInterval": int(self.config.interval.total_seconds() * 1000),
             "disabledReason": None if self.running else self.config.disabled_reason,
             "timeout": int(self.config.timeout.total_seconds() * 1000),

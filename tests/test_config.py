@@ -88,6 +88,10 @@ def test_url_precedence():
         ({"log_format": "xml"}, "LOG_FORMAT='xml': expected 'text' or 'json'"),
         ({"keep_alive_enabled": "perhaps"}, "KEEP_ALIVE_ENABLED='perhaps': expected true or"),
         ({"keepalive_url": "ftp://x"}, "KEEPALIVE_URL='ftp://x': expected an http:// or https://"),
+        (
+            {"keepalive_url": "ftp://u:pw@x/health?token=tk-0a1b"},
+            "KEEPALIVE_URL='ftp://u:***@x/health?token=***': expected an http:// or https://",
+        ),
         ({"keep_alive_interval": "0"}, "KEEP_ALIVE_INTERVAL='0': must be greater than zero"),
         ({"heartbeat_url": "not a url"}, "HEARTBEAT_URL=(hidden): expected an http"),
         ({"database_url": "mysql://u:pw@h/db"}, "DATABASE_URL has an unsupported scheme 'mysql'"),

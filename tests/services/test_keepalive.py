@@ -13,7 +13,7 @@ from loguru import logger
 from services.alerts import Alerter
 from services.keepalive import KeepAlive, KeepAliveConfig, describe_failure
 from services.metrics import Metrics
-from tests.support import FakeClock
+from tests.support import FakeClock, Receiver
 
 URL = "https://bot.example.test/health"
 HEARTBEAT = "https://hc-ping.example.test/secret-uuid-1234"
@@ -149,6 +149,36 @@ async def test_heartbeat_only_after_a_successful_ping_and_never_logged(make_keep
     snapshot = keepalive.snapshot(None)
     assert snapshot["heartbeat"]["configured"] is True
     assert "secret-uuid" not in str(snapshot)
+
+
+async def test_a_token_in_the_target_url_is_never_shown(clock, logs):
+    # KEEPALIVE_URL may carry a credential a proxy in front asks for: it is used, not shown.
+    peer = Peer(clock)
+    peer.outcomes = [503, 503, 503, 200]
+    config = KeepAliveConfig(
+        url="https://u:pw-0a1b2c@bot.example.test/health?token=tk-3d4e5f",
+        interval=timedelta(minutes=10),
+        timeout=timedelta(seconds=10),
+        start_delay=timedelta(seconds=5),
+    )
+    with Receiver() as receiver:
+        alerter = Alerter([receiver.url("json")], clock)
+        client = httpx.AsyncClient(transport=httpx.MockTransport(peer.handler))
+        keepalive = KeepAlive(config, client=client, alerter=alerter, clock=clock)
+        keepalive.log_started()
+        for _ in range(4):
+            await keepalive.ping_once()
+        await alerter.drain(grace=10)
+    shown = "https://u:***@bot.example.test/health?token=***"
+    notes = [request["json"]["message"] for request in receiver.requests]
+    assert len(notes) == 2
+    assert all(shown in note for note in notes)
+    assert keepalive.snapshot(None)["healthUrl"] == shown
+    assert any(f"Ping URL: {shown}" in line for line in logs)
+    assert any(line.endswith(f"HTTP 503 Service Unavailable; target {shown}") for line in logs)
+    for text in [*logs, *notes, str(keepalive.snapshot(None))]:
+        assert "pw-0a1b2c" not in text
+        assert "tk-3d4e5f" not in text
 
 
 async def test_heartbeat_failure_does_not_stop_the_pings(make_keepalive):

@@ -9,6 +9,9 @@ mailto, json webhooks…) in the background: a slow channel never holds up the c
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,6 +25,19 @@ log = logger.bind(component="alerts")
 
 class AlertConfigError(ValueError):
     """An ALERT_URLS entry apprise does not understand (the URL itself is never echoed)."""
+
+
+@contextlib.contextmanager
+def _apprise_silenced() -> Iterator[None]:
+    """Apprise logs an entry it refuses in full ("Unsupported URL: …", "Could not load Slack
+    URL: slack://…"), tokens and all; our own error names the entry by its position."""
+    apprise_log = logging.getLogger("apprise")
+    was = apprise_log.disabled
+    apprise_log.disabled = True
+    try:
+        yield
+    finally:
+        apprise_log.disabled = was
 
 
 @dataclass
@@ -51,7 +67,9 @@ class Alerter:
         self._source = source
         self._apprise = apprise.Apprise()
         for position, url in enumerate(urls, start=1):
-            if not self._apprise.add(url):
+            with _apprise_silenced():
+                added = self._apprise.add(url)
+            if not added:
                 raise AlertConfigError(
                     f"Invalid configuration: ALERT_URLS entry #{position} is not a URL apprise "
                     "understands (expected e.g. slack://…, discord://…, tgram://…, "

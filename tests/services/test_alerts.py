@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 
 import pytest
@@ -52,6 +53,19 @@ def test_an_unknown_alert_url_is_a_configuration_error_that_hides_the_url(clock:
         Alerter(["json://ok.test/x", "nonsense-token-123"], clock)
     assert "ALERT_URLS entry #2" in str(caught.value)
     assert "nonsense-token-123" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "entry", ["typo-nonsense-token-123", "slack://SECRETaaaa12345/SECRETbbbb12345"]
+)
+def test_apprise_does_not_log_the_entry_it_refuses(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture, entry: str
+):
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(AlertConfigError):
+        Alerter([entry], clock)
+    assert "nonsense-token" not in caplog.text
+    assert "SECRET" not in caplog.text
 
 
 def test_humanize():

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from loguru import logger
@@ -43,10 +42,15 @@ from services.clock import Clock
 from services.database import Database, UTCDateTime, metadata, shielded
 from services.metrics import Metrics
 from services.netguard import BlockedAddressError, check_url
+from services.redaction import redact_userinfo as redact_userinfo  # used by web too
 from services.secretbox import SecretBox, SecretUnreadableError
 
 EVENTS = ("session.status", "message.received", "message.sent", "message.failed", "qr")
 RETRYABLE_STATUS = frozenset({408, 429})
+# What a delivery to WEBHOOK_URL stores in place of the URL: the setting is a secret (its path
+# or query often is the receiver's credential), so it stays out of the database and is read
+# from the configuration when the delivery is sent.
+GLOBAL_URL_MARK = "WEBHOOK_URL"
 BATCH = 20
 
 log = logger.bind(component="webhooks")
@@ -77,15 +81,6 @@ webhook_deliveries = Table(
     Index("ix_webhook_deliveries_due", "status", "due_at"),
     Index("ix_webhook_deliveries_session", "session_id", "seq"),
 )
-
-
-def redact_userinfo(url: str) -> str:
-    """`https://user:pass@host/` → `https://user:***@host/`: a password is never echoed."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def new_secret() -> str:
@@ -260,7 +255,7 @@ class Webhooks:
         if record.webhook_url and (wanted is None or event in wanted):
             rows.append(self._row(record.id, "bot", record.webhook_url, event, payload, now))
         if self.config.global_url:
-            rows.append(self._row(record.id, "global", self.config.global_url, event, payload, now))
+            rows.append(self._row(record.id, "global", GLOBAL_URL_MARK, event, payload, now))
         if rows:
             await self.store.enqueue(rows)
             self._wake.set()
@@ -324,10 +319,21 @@ class Webhooks:
             raise SecretUnreadableError("the bot has no webhook secret")
         return self.box.open(sealed)
 
+    def _url_for(self, delivery: Delivery) -> str | None:
+        """Where it goes: WEBHOOK_URL as configured now for the operator's deliveries
+        (rows queued before it was kept out of the database carry it themselves)."""
+        if delivery.target == "global" and delivery.url == GLOBAL_URL_MARK:
+            return self.config.global_url
+        return delivery.url
+
     async def _deliver(self, delivery: Delivery, secret_of: Callable[[str], str | None]) -> None:
+        url = self._url_for(delivery)
+        if url is None:
+            await self._give_up(delivery, None, "refused: WEBHOOK_URL is no longer set")
+            return
         try:
             secret = self._secret_for(delivery, secret_of)
-            await check_url(delivery.url, allow_private=self.config.allow_private)
+            await check_url(url, allow_private=self.config.allow_private)
         except (SecretUnreadableError, BlockedAddressError) as exc:
             await self._give_up(delivery, None, f"refused: {exc}")
             return
@@ -343,7 +349,7 @@ class Webhooks:
         }
         try:
             response = await self.client.post(
-                delivery.url,
+                url,
                 content=body,
                 headers=headers,
                 timeout=self.config.timeout,

@@ -74,7 +74,12 @@ async def create_user(request: Request) -> Response:
     await mgr.store.create_user(user, hash_token(token))
     await audit(request, "user.create", user.id, name)
     log.info("User '{}' ({}) created", name, user.id)
-    return JSONResponse({**_user_json(request, user), "token": token}, status_code=201)
+    # The one time the token is shown; only its hash is stored. Never kept by a cache.
+    return JSONResponse(
+        {**_user_json(request, user), "token": token},
+        status_code=201,
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 async def list_users(request: Request) -> Response:

@@ -157,6 +157,12 @@ class BotSession:
     def _log(self) -> Any:
         return logger.bind(component="bot", session=self.id)
 
+    @property
+    def state_lock(self) -> asyncio.Lock:
+        """Held while a state change is stored and applied: a reader that holds it sees the
+        state and the stored history agree."""
+        return self._get_lock()
+
     def _get_lock(self) -> asyncio.Lock:
         if self._lock is None:
             self._lock = asyncio.Lock()

@@ -74,6 +74,18 @@ def _iso(value: datetime | None) -> str | None:
 async def session_json(
     request: Request, session: BotSession, *, with_history: bool = True
 ) -> dict[str, Any]:
+    if not with_history:
+        return _session_document(request, session)
+    # Under the state lock, so a change stored while the history is read cannot show its
+    # row in the history beside the state from before it.
+    async with session.state_lock:
+        document = _session_document(request, session)
+        history = await manager(request).store.history(session.id, HISTORY_LIMIT)
+    document["history"] = [t.as_json() for t in history]
+    return document
+
+
+def _session_document(request: Request, session: BotSession) -> dict[str, Any]:
     record = session.record
     now = manager(request).clock.now()
     connected = record.state is S.CONNECTED
@@ -108,9 +120,6 @@ async def session_json(
         "createdAt": record.created_at.isoformat(),
         "startedAt": _iso(record.started_at),
     }
-    if with_history:
-        history = await manager(request).store.history(record.id, HISTORY_LIMIT)
-        document["history"] = [t.as_json() for t in history]
     return document
 
 

@@ -45,12 +45,12 @@ typecheck: install-test
 pytest: install-test
 	$(PY) -m pytest
 
-## Run the benchmarks in bench/ and print their figures (JSON next to this Makefile).
+## Run every bench/*.py (not _*.py): all figures to bench/results.json, one summary table
+## (also as Markdown, bench/results.md). Options: SOAK=90s (a shorter soak), ONLY=soak,outbox,
+## SKIP=outbox, ARGS="--args 'outbox=--backend sqlite'" (see bench/run_all.py --help).
 bench: install-test
-	$(PY) bench/health_throughput.py --json bench/health_throughput.json
-	$(PY) bench/manager_scale.py --json bench/manager_scale.json
-	$(PY) bench/browser_sessions.py --json bench/browser_sessions.json
-	$(PY) bench/outbox.py --json bench/outbox.json
+	$(PY) bench/run_all.py $(if $(ONLY),--only $(ONLY)) $(if $(SKIP),--skip $(SKIP)) \
+		$(if $(SOAK),--soak $(SOAK)) $(ARGS)
 
 ## NOT part of CI: the real driver against the real web.whatsapp.com, with your phone.
 live-smoke: install

@@ -54,6 +54,7 @@ from web.websession import SessionSigner
 
 log = logger.bind(component="server")
 OUTBOX_COUNT_EVERY = 2.0
+KEEP_ALIVE_IDLE_SECONDS = 75
 
 
 def create_app(
@@ -383,6 +384,9 @@ def main() -> int:
         proxy_headers=True,
         forwarded_allow_ips="*",
         server_header=False,
+        # Longer than the platform proxies' idle timeouts (often 60 s): with uvicorn's 5 s,
+        # a proxy (or a client) reusing a connection just as we close it gets a reset, a 502.
+        timeout_keep_alive=KEEP_ALIVE_IDLE_SECONDS,
         # Half the bound for open requests; the rest for the app's own shutdown.
         timeout_graceful_shutdown=max(int(settings.shutdown_timeout.total_seconds() / 2), 1),
     )

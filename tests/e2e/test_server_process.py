@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -174,3 +175,18 @@ def test_json_log_format_is_one_object_per_line(tmp_path: Path):
     assert all({"time", "level", "message"} <= record.keys() for record in records)
     assert any(r["component"] == "uvicorn" for r in records)
     assert any("Server running on port" in r["message"] for r in records)
+
+
+def test_an_idle_connection_stays_open_longer_than_a_proxy_keeps_it(tmp_path: Path):
+    # uvicorn closes idle connections after 5 s by default; a platform proxy reusing one
+    # just then gets a reset (a 502 for its client). Ours stay open longer than 5 s.
+    with ServerProcess(tmp_path / "data") as server:
+        server.wait_ready()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+            request = b"GET /health HTTP/1.1\r\nHost: wakeful\r\n\r\n"
+            conn.sendall(request)
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(6)
+            conn.sendall(request)
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+        assert server.stop(signal.SIGTERM) == 0

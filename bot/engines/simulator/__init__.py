@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+from collections import deque
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,9 @@ from playwright.async_api import BrowserContext, Error, Page, Route
 
 HERE = Path(__file__).resolve().parent
 SIMULATOR_VERSION = "2.3000.0-simulator"
+SENT_BINDING = "__wakefulSimSent"
+# The record file keeps everything; memory keeps the latest (a demo left running for weeks).
+KEEP_SENT_IN_MEMORY = 10_000
 WHATSAPP_URL = "https://web.whatsapp.com/"
 ACTIONS = ("scan", "pair", "message", "logout", "conflict", "drop", "crash")
 
@@ -47,7 +51,7 @@ class Simulator:
     def __init__(self, *, qr_every: timedelta, record_dir: Path | None = None) -> None:
         self._qr_every_ms = max(int(qr_every.total_seconds() * 1000), 50)
         self._pages: dict[str, Page] = {}
-        self._sent: list[SentMessage] = []
+        self._sent: deque[SentMessage] = deque(maxlen=KEEP_SENT_IN_MEMORY)
         self._record = record_dir / "simulator-sent.jsonl" if record_dir else None
         self._page_html = (HERE / "page.html").read_text(encoding="utf-8")
         self._script = (HERE / "whatsapp.js").read_text(encoding="utf-8")
@@ -61,7 +65,11 @@ class Simulator:
         async def fulfil(route: Route) -> None:
             await self._fulfil(session_id, route)
 
+        def record_sent(_source: Any, data: dict[str, Any]) -> None:
+            self._record_sent(session_id, data or {})
+
         await context.route("https://web.whatsapp.com/**", fulfil)
+        await context.expose_binding(SENT_BINDING, record_sent)
         context.on("page", lambda page: self._pages.__setitem__(session_id, page))
         for page in context.pages:
             self._pages[session_id] = page
@@ -81,9 +89,6 @@ class Simulator:
                 await route.fulfill(
                     status=200, content_type="application/javascript", body=self._script
                 )
-            elif path == "/__sim/sent" and request.method == "POST":
-                self._record_sent(session_id, request.post_data_json or {})
-                await route.fulfill(status=200, content_type="application/json", body="{}")
             else:
                 await route.fulfill(status=404, body="not in the simulator")
         except Error as exc:  # the page went away while we answered

@@ -39,6 +39,7 @@ from bot.states import (
 from bot.store import PHONE_LOGOUT_PREFIX, BotStore, SessionRecord
 from services.alerts import Alerter
 from services.clock import Clock
+from services.dbhealth import is_database_unavailable
 from services.metrics import Metrics
 
 S = SessionState
@@ -46,6 +47,8 @@ STATE_NAMES = tuple(state.value for state in SessionState)
 # Listeners get (session, event name, data): webhooks, chat commands, the QR printer.
 Listener = Callable[["BotSession", str, dict[str, Any]], Awaitable[None]]
 HEARTBEAT_TIMEOUT = 10.0
+# A failure that could not be stored (the database away) is tried again this often.
+FAIL_RETRY_SECONDS = 5.0
 # Activity is written to the database at most this often (it changes on every message).
 ACTIVITY_WRITE_EVERY = timedelta(seconds=60)
 
@@ -484,22 +487,39 @@ class BotSession:
 
     # Failure path: backoff, breaker, give up -----------------------------------------
 
-    async def _fail(self, reason: str) -> None:
+    async def _fail(self, reason: str, *, again: bool = False) -> None:
         """Something broke: close the engine, then back off, or suspend."""
         try:
-            await self._fail_and_recover(reason)
+            await self._fail_and_recover(reason, count_error=not again)
         except (IllegalTransitionError, ConcurrentChangeError) as exc:
             # Stopped or moved by someone else in the meantime: their move stands.
             self._log().debug("Failure '{}' not applied: {}", reason, exc)
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            # The engine is closed but the move could not be stored: without a retry the bot
+            # would stay "CONNECTED" with no browser until someone restarted it.
+            self._log().warning(
+                "Could not record '{}' (the database is unreachable); trying again in {:.0f}s",
+                reason,
+                FAIL_RETRY_SECONDS,
+            )
+            self._set_timer(self._fail_again(self._generation, reason))
 
-    async def _fail_and_recover(self, reason: str) -> None:
+    async def _fail_again(self, generation: int, reason: str) -> None:
+        await asyncio.sleep(FAIL_RETRY_SECONDS)
+        if generation == self._generation:
+            await self._fail(reason, again=True)  # the same failure: not one more error
+
+    async def _fail_and_recover(self, reason: str, *, count_error: bool = True) -> None:
         self._generation += 1
         generation = self._generation
         self._cancel_timers()
         await self._close_engine()
         self._clear_qr()
         policy, now = self._ctx.policy, self._ctx.clock.now()
-        self._error_times.append(now)
+        if count_error:
+            self._error_times.append(now)
         del self._error_times[: -policy.breaker_threshold * 2]
         attempts = self.record.reconnect_attempts + 1
         errors = self.record.error_count + 1
@@ -656,7 +676,10 @@ class BotSession:
                     except Exception as exc:
                         # The database being away must not end the heartbeats: the bot is
                         # fine, and the next beat writes again.
-                        self._log().debug("Could not store the heartbeat: {}", exc)
+                        if not is_database_unavailable(exc):
+                            self._log().opt(exception=exc).warning("Storing a heartbeat failed")
+                        else:
+                            self._log().debug("Could not store the heartbeat: {}", exc)
                 continue
             since = self.record.last_connected_at or now
             if heartbeat_stale(policy, self.record.last_heartbeat_at, since, now):

@@ -119,7 +119,12 @@ class Database:
             # or a request that gets its 503, should not wait that long.
             connect_args["timeout"] = CONNECT_TIMEOUT
         self.engine: AsyncEngine = create_async_engine(
-            parsed, connect_args=connect_args, pool_pre_ping=self.dialect != "sqlite"
+            parsed,
+            connect_args=connect_args,
+            pool_pre_ping=self.dialect != "sqlite",
+            # A request waiting for a pooled connection gives up (a 503) before a client or
+            # a proxy gives up on it (SQLAlchemy's default is 30 s).
+            pool_timeout=CONNECT_TIMEOUT,
         )
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

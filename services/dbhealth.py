@@ -29,6 +29,7 @@ log = logger.bind(component="database")
 _AWAY_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
 # SQLite's OperationalError also covers "no such table"; only these mean the file is away.
 _SQLITE_AWAY = ("unable to open", "disk i/o", "database is locked", "readonly", "disk is full")
+_DATABASE_MODULES = ("sqlalchemy", "asyncpg", "aiosqlite", "sqlite3", "services.database")
 PROBE_TIMEOUT = 5.0
 ALERT_AFTER = 3  # consecutive failed probes, as the keep-alive alerts after 3 failed pings
 RETRY_AFTER_SECONDS = 5
@@ -43,13 +44,30 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or getattr(current, "orig", None)
 
 
+def _raised_in_database_code(exc: BaseException) -> bool:
+    """Did this exception come out of the database stack (not a file, a browser, a peer)?"""
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module.startswith(_DATABASE_MODULES):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
     """True when `exc` says the database cannot be reached, not that a query is wrong."""
     for cause in _causes(exc):
-        if isinstance(cause, OSError | TimeoutError):  # refused, reset, DNS, connect timeout
+        if isinstance(cause, sa_exc.TimeoutError):  # every pooled connection is stuck
             return True
+        if isinstance(cause, OSError | TimeoutError):  # refused, reset, DNS, connect timeout
+            if _raised_in_database_code(cause):
+                return True
+            continue
         if isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated:
             return True
+        if isinstance(cause, sa_exc.StatementError):
+            continue  # its text holds the SQL and the parameters: read the driver's own error
         sqlstate = getattr(cause, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate.startswith(_AWAY_SQLSTATES):
             return True
@@ -136,7 +154,8 @@ class DatabaseMonitor:
             return "pass", details
         details["observedValue"] = round((self._clock.now() - self.down_since).total_seconds())
         details["observedUnit"] = "seconds unreachable"
-        details["output"] = self.last_error or "unreachable"
+        # /health is public: the kind of error only; the log has the address and the rest.
+        details["output"] = (self.last_error or "unreachable").split(":", 1)[0]
         return "warn", details
 
     async def run(self, every: float) -> None:

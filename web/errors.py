@@ -7,6 +7,7 @@ from typing import Any
 
 from loguru import logger
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -123,6 +124,7 @@ EXCEPTION_HANDLERS = {
     HTTPException: on_http_exception,
     # Registered by class (not via `Exception`) so they are answered without a re-raise.
     DBAPIError: on_database_error,
+    PoolTimeoutError: on_database_error,
     OSError: on_database_error,
     TimeoutError: on_database_error,
     Exception: on_unexpected,

@@ -90,8 +90,12 @@ async def test_a_request_that_finds_it_away_gets_503_and_a_real_bug_stays_500(tm
     async def bug(request: Request) -> Response:
         raise await raised_by(sqlite, "SELECT * FROM no_such_table")
 
+    async def file_error(request: Request) -> Response:
+        raise PermissionError(13, "Permission denied", "/data/profiles/x")
+
     app = Starlette(
-        routes=[Route("/away", away), Route("/bug", bug)], exception_handlers=EXCEPTION_HANDLERS
+        routes=[Route("/away", away), Route("/bug", bug), Route("/file", file_error)],
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
@@ -103,5 +107,8 @@ async def test_a_request_that_finds_it_away_gets_503_and_a_real_bug_stays_500(tm
         response = await client.get("/bug")
         assert response.status_code == 500
         assert "no_such_table" not in response.text  # no SQL to the client
+        # An OSError from anything but the database is a bug to see, not an outage.
+        response = await client.get("/file")
+        assert response.status_code == 500
     await refused.dispose()
     await sqlite.dispose()

@@ -89,7 +89,7 @@ def stop_within_the_bound(server: ServerProcess) -> float:
 
 def test_every_browser_killed_under_load_comes_back_and_no_message_is_lost(tmp_path: Path):
     data = tmp_path / "data"
-    env = demo_env(SEND_RATE="300", SHUTDOWN_TIMEOUT=f"{SHUTDOWN_TIMEOUT:.0f}s")
+    env = demo_env(SEND_RATE="120", SHUTDOWN_TIMEOUT=f"{SHUTDOWN_TIMEOUT:.0f}s")
     with ServerProcess(data, env) as server:
         server.wait_ready()
         bots = [create(server, name)["id"] for name in ("sales", "support", "billing")]
@@ -98,7 +98,7 @@ def test_every_browser_killed_under_load_comes_back_and_no_message_is_lost(tmp_p
         texts = {b: [f"{b} before #{n:02d}" for n in range(20)] for b in bots}
         for bot_id in bots:
             queue(server, bot_id, texts[bot_id])
-        # Kill while each bot is part-way through its queue (5 a second per bot).
+        # Kill while each bot is part-way through its queue (2 a second per bot).
         wait_until(lambda: all(len(recorded(data, b)) >= 2 for b in bots), WAIT, "sending to start")
         browsers = [find_browser_process(data.resolve() / "profiles" / b) for b in bots]
         assert all(len(recorded(data, b)) < 20 for b in bots), "all sent before the kill"
@@ -169,8 +169,8 @@ def test_sigterm_during_boot_restore_exits_within_the_bound_and_keeps_every_link
         phones = {b: ok(call(server, "GET", f"/api/sessions/{b}"))["linkedAs"] for b in bots}
         stop_cleanly(server)
 
-    # Restored one every 2 s: the SIGTERM lands with one bot back, one starting, one waiting.
-    slow = {**env, "BOT_START_STAGGER": "2s"}
+    # Restored one every 3 s: the SIGTERM lands with one bot back, one starting, one waiting.
+    slow = {**env, "BOT_START_STAGGER": "3s"}
     queued: dict[str, list[str]] = {}
     with ServerProcess(data, slow) as server:
         server.wait_ready()
@@ -205,14 +205,14 @@ def test_a_flapping_keepalive_target_gives_one_alert_and_one_resolved_per_incide
         env = {
             "KEEP_ALIVE_ENABLED": "true",
             "KEEPALIVE_URL": target.url(path="/health"),
-            "KEEP_ALIVE_INTERVAL": "500ms",
-            "KEEP_ALIVE_TIMEOUT": "400ms",
+            "KEEP_ALIVE_INTERVAL": "1s",
+            "KEEP_ALIVE_TIMEOUT": "900ms",
             "KEEP_ALIVE_START_DELAY": "0",
             "ALERT_URLS": channel.url("json", "/alerts"),
         }
         with ServerProcess(tmp_path / "data", env) as server:
             server.wait_ready()
-            wait_until(lambda: len(target.requests) >= len(script), 30, "the whole script")
+            wait_until(lambda: len(target.requests) >= len(script), 45, "the whole script")
             wait_until(lambda: len(channel.requests) >= 4, 10, "four notifications")
             time.sleep(1.0)  # a fifth would have come by now
             notes = [(r["json"]["type"], r["json"]["message"]) for r in channel.requests]

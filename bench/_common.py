@@ -208,3 +208,21 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(finite(document), indent=2, allow_nan=False) + "\n")
     print(f"figures written to {path}")
+
+
+def kill_strays(root: Path) -> int:
+    """Kill every process whose command line names `root` (a browser left running)."""
+    import psutil
+
+    marker = str(root)
+    strays = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid == os.getpid():
+            continue
+        if any(marker in arg for arg in proc.info.get("cmdline") or []):
+            strays.append(proc)
+    for proc in strays:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(strays, timeout=5)
+    return len(strays)

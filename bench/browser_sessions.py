@@ -456,23 +456,6 @@ async def run_all(
 # --------------------------------------------------------------------------------------------
 
 
-def kill_strays(root: Path) -> int:
-    """Kill every process whose command line names `root` (a browser left running)."""
-    marker = str(root)
-    strays = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if proc.pid == os.getpid():
-            continue
-        cmdline = proc.info.get("cmdline") or []
-        if any(marker in arg for arg in cmdline):
-            strays.append(proc)
-    for proc in strays:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(strays, timeout=5)
-    return len(strays)
-
-
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # SIGTERM: unwind like Ctrl-C, closing the browsers
 
@@ -604,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted", file=sys.stderr)
             return 130
         finally:
-            strays = kill_strays(root)
+            strays = common.kill_strays(root)
             if strays:
                 print(f"killed {strays} stray browser process(es) left running")
     elapsed = time.perf_counter() - started

@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import re
 import signal
@@ -86,6 +87,7 @@ from bot.engines.whatsapp.browser import (  # noqa: E402
     find_chromium,
     tree_memory_bytes,
 )
+from config import parse_duration  # noqa: E402
 
 ADMIN_TOKEN = "bench-soak-admin-token-" + "x" * 16  # only ever sent to our loopback server
 TO = "+15550001111"
@@ -108,16 +110,19 @@ MB = 1024 * 1024
 LOAD_ROUTES = ("GET /health", "GET /api/keepalive")
 LOG_PROBLEM_RE = re.compile(r"Traceback|\b(ERROR|CRITICAL)\b")
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
 
 def duration_arg(text: str) -> float:
-    """`90s`, `10m`, `1.5h`, `500ms` or bare seconds (`90`), as seconds."""
-    match = _DURATION_RE.match(text)
-    if match is None:
+    """`90s`, `10m`, `1.5h`, `500ms` (as wakeful's settings take them) or bare seconds (`90`)."""
+    try:
+        seconds = float(text)  # bare: seconds here, where the settings read milliseconds
+    except ValueError:
+        try:
+            seconds = parse_duration(text).total_seconds()
+        except ValueError:
+            seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: expected seconds or 500ms, 90s, 10m, 1h")
-    return float(match.group(1)) * _UNIT_S[(match.group(2) or "s").lower()]
+    return seconds
 
 
 def format_s(seconds: float) -> str:
@@ -1266,22 +1271,6 @@ def report(result: SoakResult, args: argparse.Namespace) -> tuple[dict[str, Any]
 # --------------------------------------------------------------------------------------------
 
 
-def kill_strays(root: Path) -> int:
-    """Kill every process whose command line names `root` (a browser left running)."""
-    marker = str(root)
-    strays = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if proc.pid == os.getpid():
-            continue
-        if any(marker in arg for arg in proc.info.get("cmdline") or []):
-            strays.append(proc)
-    for proc in strays:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(strays, timeout=5)
-    return len(strays)
-
-
 def log_problems(text: str) -> list[str]:
     return [line for line in text.splitlines() if LOG_PROBLEM_RE.search(line)]
 
@@ -1434,7 +1423,7 @@ def main(argv: list[str] | None = None) -> int:
             if not alive:
                 stop_s = None
             problems = log_problems(server.log_path.read_text(errors="replace"))
-            strays = kill_strays(root)
+            strays = common.kill_strays(root)
             print(
                 f"server stopped (status {exit_status}"
                 + (f", {stop_s:.1f}s after SIGTERM" if stop_s is not None else "")

@@ -6,12 +6,10 @@ The running case needs a server whose connections can be cut: Postgres behind a 
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,13 @@ from bot.engines.whatsapp.browser import find_browser_process
 from tests.conftest import POSTGRES_URL
 from tests.e2e.test_outbox_process import ADMIN as DEMO_ADMIN
 from tests.e2e.test_outbox_process import create, demo_env, scan, stop_cleanly
-from tests.support import ServerProcess, free_port, run_server_once, wait_until
+from tests.support import (
+    ServerProcess,
+    free_port,
+    fresh_postgres_database,
+    run_server_once,
+    wait_until,
+)
 from tests.tcpproxy import TcpProxy
 
 ADMIN = "admin-token-for-outage-0001"
@@ -47,23 +51,8 @@ def postgres_database() -> Iterator[tuple[str, int]]:
     """A fresh database on the test Postgres: (name, port)."""
     if POSTGRES_URL is None:
         pytest.fail("this test needs Postgres: set TEST_DATABASE_URL (.ci/run does)")
-    import asyncpg
-
-    admin = make_url(POSTGRES_URL).set(drivername="postgresql")
-    name = f"wakeful_outage_{uuid.uuid4().hex[:12]}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(admin.render_as_string(hide_password=False))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    try:
-        yield name, admin.port or 5432
-    finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_postgres_database(POSTGRES_URL, "wakeful_outage") as name:
+        yield name, make_url(POSTGRES_URL).port or 5432
 
 
 def test_database_away_while_running_is_a_warn_and_503_then_recovers_alone(

@@ -25,7 +25,6 @@ import os
 import re
 import secrets
 import signal
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from tests.support import (
     ServerProcess,
     chromium_for_tests,
     free_port,
+    fresh_postgres_database,
     kill_strays,
     run_server_once,
     wait_until,
@@ -241,24 +241,9 @@ def postgres_database(scenario: Scenario) -> Iterator[str | None]:
     if not scenario.postgres:
         yield None
         return
-    import asyncpg
-
     assert POSTGRES_URL is not None
-    admin = make_url(POSTGRES_URL).set(drivername="postgresql")
-    name = f"wakeful_secrets_{uuid.uuid4().hex[:12]}"
-
-    async def execute(sql: str) -> None:
-        conn = await asyncpg.connect(admin.render_as_string(hide_password=False), timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(execute(f'CREATE DATABASE "{name}"'))
-    try:
+    with fresh_postgres_database(POSTGRES_URL, "wakeful_secrets") as name:
         yield name
-    finally:
-        asyncio.run(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def test_no_secret_in_logs_answers_or_storage(

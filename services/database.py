@@ -9,6 +9,7 @@ state.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -156,6 +157,27 @@ class Database:
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=5)
         await self.engine.dispose()
+        if self.dialect == "sqlite":
+            await _sqlite_workers_finished()
+
+
+async def _sqlite_workers_finished(bound: float = 2.0) -> None:
+    """Wait (bounded) for aiosqlite's connection threads to end while the loop still runs.
+
+    A connection that failed to open (an unwritable path) hands its last answer back to the
+    event loop from its thread; if `asyncio.run` has closed the loop by then, the thread dies
+    with a traceback on stderr, after the one line a refused start promises."""
+    workers = [
+        thread
+        for thread in threading.enumerate()
+        if thread.name.endswith("(_connection_worker_thread)") and thread.is_alive()
+    ]
+    deadline = asyncio.get_running_loop().time() + bound
+    for worker in workers:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return
+        await asyncio.to_thread(worker.join, left)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

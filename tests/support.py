@@ -193,7 +193,7 @@ class ServerProcess:
     def log(self) -> str:
         return "\n".join(self.lines)
 
-    def wait_ready(self, timeout: float = 20) -> None:
+    def wait_ready(self, timeout: float = 60) -> None:
         def answers() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
@@ -235,7 +235,7 @@ class ServerProcess:
         kill_strays(self.data_dir)
 
 
-def run_server_once(data_dir: Path, env: dict[str, str], timeout: float = 30) -> tuple[int, str]:
+def run_server_once(data_dir: Path, env: dict[str, str], timeout: float = 60) -> tuple[int, str]:
     """Run `python server.py` expecting it to exit by itself (a bad setting)."""
     server = ServerProcess(data_dir, env)
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """The database going away while wakeful runs, and at start (a real process each time).
 
 The running case needs a server whose connections can be cut: Postgres behind a TCP proxy
-(the store suite's Postgres, which .ci/run always has). The start cases need no server.
+(the suite's Postgres: TEST_DATABASE_URL's, or the one the suite starts). The start cases
+need no server.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from bot.engines.whatsapp.browser import find_browser_process
-from tests.conftest import POSTGRES_URL
 from tests.e2e.test_outbox_process import ADMIN as DEMO_ADMIN
 from tests.e2e.test_outbox_process import create, demo_env, scan, stop_cleanly
 from tests.support import (
@@ -47,12 +47,10 @@ def database_check(server: ServerProcess) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def postgres_database() -> Iterator[tuple[str, int]]:
+def postgres_database(postgres_url: str) -> Iterator[tuple[str, int]]:
     """A fresh database on the test Postgres: (name, port)."""
-    if POSTGRES_URL is None:
-        pytest.fail("this test needs Postgres: set TEST_DATABASE_URL (.ci/run does)")
-    with fresh_postgres_database(POSTGRES_URL, "wakeful_outage") as name:
-        yield name, make_url(POSTGRES_URL).port or 5432
+    with fresh_postgres_database(postgres_url, "wakeful_outage") as name:
+        yield name, make_url(postgres_url).port or 5432
 
 
 def test_database_away_while_running_is_a_warn_and_503_then_recovers_alone(

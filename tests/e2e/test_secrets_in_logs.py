@@ -11,7 +11,7 @@ password, secret path or query of a URL), may appear anywhere but in the one ans
 it once.
 
 Run twice: text logs on SQLite with the keep-alive pinging this server's own `/health?token=`;
-JSON logs (which carry extra fields) on Postgres when TEST_DATABASE_URL names one, with the
+JSON logs (which carry extra fields) on Postgres (the suite's), with the
 keep-alive target failing three times (an alert naming it) and recovering, the heartbeat monitor
 refusing, and WEBHOOK_URL's receiver refusing (dead deliveries, logged)."""
 
@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import secrets
 import signal
@@ -50,7 +49,6 @@ from tests.support import (
     wait_until,
 )
 
-POSTGRES_URL = os.environ.get("TEST_DATABASE_URL")
 WAIT = 30.0
 WINDOW = 12  # this many characters of a secret in a row count as a leak of it
 STRIDE = 4  # so any WINDOW + STRIDE - 1 characters in a row contain a checked fragment
@@ -222,28 +220,24 @@ class Scenario:
 
 SCENARIOS = {
     "text-sqlite-self-ping": Scenario("text", postgres=False, self_ping=True),
-    # On SQLite when no Postgres is named.
     "json-postgres-failing-peers": Scenario("json", postgres=True, self_ping=False),
 }
 
 
 @pytest.fixture(params=list(SCENARIOS))
 def scenario(request: pytest.FixtureRequest) -> Scenario:
-    chosen = SCENARIOS[request.param]
-    if chosen.postgres and not POSTGRES_URL:
-        return Scenario(chosen.log_format, postgres=False, self_ping=chosen.self_ping)
-    return chosen
+    return SCENARIOS[request.param]
 
 
 @pytest.fixture
-def postgres_database(scenario: Scenario) -> Iterator[str | None]:
-    """The name of a fresh Postgres database (dropped after), or None for SQLite."""
+def postgres_database(scenario: Scenario, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The URL of a fresh Postgres database (dropped after), or None for SQLite."""
     if not scenario.postgres:
         yield None
         return
-    assert POSTGRES_URL is not None
-    with fresh_postgres_database(POSTGRES_URL, "wakeful_secrets") as name:
-        yield name
+    server_url: str = request.getfixturevalue("postgres_url")
+    with fresh_postgres_database(server_url, "wakeful_secrets") as name:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
 def test_no_secret_in_logs_answers_or_storage(
@@ -295,11 +289,10 @@ def test_no_secret_in_logs_answers_or_storage(
         }
         database_url: str | None = None
         if postgres_database is not None:
-            assert POSTGRES_URL is not None
             # Trust authentication ignores the password; the server still holds it.
             database_url = (
-                make_url(POSTGRES_URL)
-                .set(drivername="postgresql", password=db_password, database=postgres_database)
+                make_url(postgres_database)
+                .set(drivername="postgresql", password=db_password)
                 .render_as_string(hide_password=False)
             )
             env["DATABASE_URL"] = database_url
@@ -330,7 +323,7 @@ def test_no_secret_in_logs_answers_or_storage(
             run.secrets.append(Secret("DATABASE_URL", database_url, (db_password,)))
 
         with server:
-            server.wait_ready(timeout=30)
+            server.wait_ready()
             stored = _flow(run, scenario, wrong=wrong, bot_hook=bot_hook, database_url=database_url)
             assert server.stop(signal.SIGTERM, timeout=30) == 0, server.log
             assert kill_strays(data_dir) == 0

@@ -212,6 +212,8 @@ def create_app(
             ),
         ]
 
+        if keepalive.running and keepalive.heartbeat is not None:
+            background.append(asyncio.get_running_loop().create_task(keepalive.announce_start()))
         keepalive.log_started()
         warn_about_sleep_threshold(settings)
         log.info(

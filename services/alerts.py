@@ -94,11 +94,15 @@ class Alerter:
         """Drop an incident whose subject is gone (a deleted bot), without a notice."""
         self._open.pop(key, None)
 
-    def alert(self, key: str, message: str, *, title: str) -> bool:
-        """Open an incident: log at ERROR and notify. False if it was already open."""
+    def alert(self, key: str, message: str, *, title: str, since: datetime | None = None) -> bool:
+        """Open an incident: log at ERROR and notify. False if it was already open.
+
+        `since` is when the trouble began (the first failure), which the resolved notice
+        counts the downtime from; by default, now."""
         if key in self._open:
             return False
-        self._open[key] = Incident(key=key, opened_at=self._clock.now(), message=message)
+        opened = since or self._clock.now()
+        self._open[key] = Incident(key=key, opened_at=opened, message=message)
         log.error("🚨 ALERT: {}", message)
         self._notify(
             title=f"[{self._source}] {title}", body=message, kind=apprise.NotifyType.FAILURE

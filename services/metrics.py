@@ -43,10 +43,22 @@ class Metrics:
             self.keepalive_pings.labels(result=result)
         self.keepalive_ping_duration = Histogram(
             "keepalive_ping_duration_seconds",
-            "Duration of keep-alive self-pings",
+            "Duration of keep-alive self-pings, by result (a timeout is a failure's duration)",
+            ["result"],
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
             registry=self.registry,
         )
+        for result in ("success", "failure"):
+            self.keepalive_ping_duration.labels(result=result)
+        self.heartbeat_pushes = Counter(
+            "heartbeat_pushes",
+            "Pushes to HEARTBEAT_URL, by event (success, fail, start) and result (ok, error)",
+            ["event", "result"],
+            registry=self.registry,
+        )
+        for event in ("success", "fail", "start"):
+            for outcome in ("ok", "error"):
+                self.heartbeat_pushes.labels(event=event, result=outcome)
         self.keepalive_consecutive_failures = Gauge(
             "keepalive_consecutive_failures",
             "Keep-alive pings failed in a row",

@@ -93,7 +93,7 @@ def test_url_precedence():
             "KEEPALIVE_URL='ftp://u:***@x/health?token=***': expected an http:// or https://",
         ),
         ({"keep_alive_interval": "0"}, "KEEP_ALIVE_INTERVAL='0': must be greater than zero"),
-        ({"heartbeat_url": "not a url"}, "HEARTBEAT_URL=(hidden): expected an http"),
+        ({"heartbeat_url": "not-a-url"}, "HEARTBEAT_URL=(hidden): expected an http"),
         ({"database_url": "mysql://u:pw@h/db"}, "DATABASE_URL has an unsupported scheme 'mysql'"),
         (
             {"keep_alive_interval": "1s", "keep_alive_timeout": "2s"},

@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     # Which protocol HEARTBEAT_URL speaks; by default recognised from the URL.
     heartbeat_kind: Literal["healthchecks", "uptime-kuma"] | None = None
     alert_urls: SecretStr | None = None
+    # The name in every alert's title ("[my-bot] keep-alive failing"); by default the
+    # platform's name for the service.
+    service_name: str | None = Field(default=None, max_length=100)
 
     # Access
     admin_token: SecretStr | None = None
@@ -198,6 +201,9 @@ class Settings(BaseSettings):
     railway_environment_name: str | None = None
     koyeb_public_domain: str | None = None
     fly_app_name: str | None = None
+    render_service_name: str | None = None
+    railway_service_name: str | None = None
+    koyeb_service_name: str | None = None
 
     @field_validator("admin_token", "session_encryption_key", "webhook_secret", "secret_key")
     @classmethod
@@ -322,6 +328,20 @@ class Settings(BaseSettings):
             if base:
                 return base.rstrip("/") + "/health", source
         return None, "set KEEPALIVE_URL or PUBLIC_URL to this service's public address"
+
+    @property
+    def instance_name(self) -> str:
+        """What alerts call this instance: SERVICE_NAME, else the platform's service name."""
+        for name in (
+            self.service_name,
+            self.render_service_name,
+            self.railway_service_name,
+            self.koyeb_service_name,
+            self.fly_app_name,
+        ):
+            if name and name.strip():
+                return " ".join(name.split())
+        return "wakeful"
 
     @property
     def alert_url_list(self) -> list[str]:

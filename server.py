@@ -40,6 +40,7 @@ from services.clock import Clock, SystemClock
 from services.database import Database, DatabaseError
 from services.dbhealth import DatabaseMonitor
 from services.health import HealthState
+from services.incidents import IncidentStore
 from services.keepalive import KeepAlive, keepalive_config, warn_about_sleep_threshold
 from services.logging import setup_logging
 from services.metrics import Metrics, SystemSampler
@@ -67,12 +68,19 @@ def create_app(
     clock = clock or SystemClock()
     metrics = Metrics()
     health = HealthState(clock, clock.now())
-    alerter = Alerter(settings.alert_url_list, clock)
+    alerter = Alerter(
+        settings.alert_url_list, clock, source=settings.instance_name, metrics=metrics
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         db = Database(settings.sqlalchemy_url)
         await db.migrate()
+        alerter.use_store(IncidentStore(db))
+        try:
+            await alerter.load()
+        except Exception as exc:
+            log.warning("Could not load the open incidents: {}", exc)
         database = DatabaseMonitor(db, clock, alerter)
         app.state.database_monitor = database
         health.checks["database"] = database.health_check
@@ -215,6 +223,7 @@ def create_app(
         if keepalive.running and keepalive.heartbeat is not None:
             background.append(asyncio.get_running_loop().create_task(keepalive.announce_start()))
         keepalive.log_started()
+        keepalive.close_stale_incident()
         warn_about_sleep_threshold(settings)
         log.info(
             "🧹 Session cleanup started (checking every {:.0f}s)",

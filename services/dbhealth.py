@@ -116,6 +116,7 @@ class DatabaseMonitor:
                     f"the database ({self._db.display_name}) has been unreachable for "
                     f"{self.failed_probes} checks: {self.last_error}",
                     title="database unreachable",
+                    since=self.down_since,
                 )
             return False
         self.saw_success()
@@ -136,12 +137,11 @@ class DatabaseMonitor:
         if self.down_since is not None:
             away = self._clock.now() - self.down_since
             log.info("✅ Database reachable again after {}", humanize(away))
-            if self._alerter is not None and self._alerter.is_open("database"):
-                self._alerter.resolve(
-                    "database",
-                    f"the database is reachable again after {humanize(away)}",
-                    title="database reachable",
-                )
+        if self._alerter is not None and self._alerter.is_open("database"):
+            # Also an incident stored before a restart: it is over once the database answers.
+            self._alerter.resolve(
+                "database", "the database is reachable again", title="database reachable"
+            )
         self.down_since = None
         self.last_error = None
         self.failed_probes = 0

@@ -175,6 +175,16 @@ class KeepAlive:
             if self._metrics:
                 self._metrics.keepalive_last_success.set(successes[-1].timestamp())
 
+    def close_stale_incident(self) -> None:
+        """An incident stored before a restart, with the keep-alive now off, would stay open
+        for ever: it ends here, with a notice saying why."""
+        if not self.running and self._alerter.is_open(ALERT_KEY):
+            self._alerter.resolve(
+                ALERT_KEY,
+                f"the keep-alive is off now ({self.config.disabled_reason})",
+                title="keep-alive incident closed",
+            )
+
     def log_started(self) -> None:
         if not self.running:
             log.warning("💤 Keep-alive is off: {}", self.config.disabled_reason)
@@ -253,10 +263,14 @@ class KeepAlive:
         if self._metrics:
             self._metrics.keepalive_consecutive_failures.set(0)
             self._metrics.keepalive_last_success.set(record.at.timestamp())
+        if not self._alerter.is_open(ALERT_KEY):
+            return
+        # Zero failures here: the incident was opened before a restart, and this is the
+        # first ping since.
+        after = f" after {failures} consecutive failures" if failures else " after a restart"
         self._alerter.resolve(
             ALERT_KEY,
-            f"keep-alive pings to {self.config.shown_url} succeed again after {failures} "
-            "consecutive failures",
+            f"keep-alive pings to {self.config.shown_url} succeed again{after}",
             title="keep-alive recovered",
         )
 

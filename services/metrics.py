@@ -69,6 +69,15 @@ class Metrics:
             "Unix time of the last successful keep-alive ping",
             registry=self.registry,
         )
+        self.alert_notifications = Counter(
+            "alert_notifications",
+            "Alert notification attempts per channel, by result (delivered; failed, then "
+            "retried; abandoned after the retry time)",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("delivered", "failed", "abandoned"):
+            self.alert_notifications.labels(result=result)
         self.bot_transitions = Counter(
             "bot_session_transitions",
             "Bot session state changes, by the state entered",
@@ -130,6 +139,9 @@ class Metrics:
                 lambda: self.http_counts,
             )
         )
+
+    def count_notification(self, result: str) -> None:
+        self.alert_notifications.labels(result=result).inc()
 
     def count_request(self, status: int) -> None:
         self.http_counts[_STATUS_CLASS[min(max(status // 100, 1), 5)]] += 1

@@ -123,3 +123,21 @@ def test_platform_postgres_urls_become_asyncpg():
 def test_alert_urls_split_on_commas_and_spaces():
     s = settings(alert_urls="json://a.test/x, tgram://bot/chat  discord://id/token")
     assert s.alert_url_list == ["json://a.test/x", "tgram://bot/chat", "discord://id/token"]
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({}, "wakeful"),
+        ({"RENDER_SERVICE_NAME": "bot-eu"}, "bot-eu"),
+        ({"RAILWAY_SERVICE_NAME": "bot-us"}, "bot-us"),
+        ({"FLY_APP_NAME": "bot-fly"}, "bot-fly"),
+        ({"SERVICE_NAME": "prod bot", "RENDER_SERVICE_NAME": "bot-eu"}, "prod bot"),
+    ],
+)
+def test_alerts_name_the_instance(
+    env: dict[str, str], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    assert load_settings(_env_file=None).instance_name == name

@@ -28,13 +28,16 @@ from starlette.middleware import Middleware
 from bot.commands import ChatCommands
 from bot.engines import engine_factory, load_engine
 from bot.manager import BotManager, manager_config_from, policy_from
+from bot.outbox import STATUSES as OUTBOX_STATUSES
 from bot.outbox import OutboxStore, RetryPolicy
+from bot.policy import CleanupReason
 from bot.qrcodes import QrLogPrinter
 from bot.sender import OutboxSender
 from bot.session import BotSession
+from bot.states import SessionState
 from bot.store import BotStore
 from bot.webhooks import DeliveryStore, WebhookConfig, Webhooks
-from config import ConfigError, Settings, format_duration, load_settings
+from config import VERSION, ConfigError, Settings, format_duration, load_settings
 from services.alerts import AlertConfigError, Alerter
 from services.clock import Clock, SystemClock
 from services.database import Database, DatabaseError
@@ -66,7 +69,12 @@ def create_app(
 ) -> Starlette:
     """Build the app. `clock` and `transport` are for tests (a fake clock, a mock peer)."""
     clock = clock or SystemClock()
-    metrics = Metrics()
+    metrics = Metrics(VERSION)
+    metrics.declare(
+        states=[state.value for state in SessionState],
+        cleanup_reasons=[reason.value for reason in CleanupReason],
+        outbox_statuses=OUTBOX_STATUSES,
+    )
     health = HealthState(clock, clock.now())
     alerter = Alerter(
         settings.alert_url_list, clock, source=settings.instance_name, metrics=metrics
@@ -82,8 +90,11 @@ def create_app(
         except Exception as exc:
             log.warning("Could not load the open incidents: {}", exc)
         database = DatabaseMonitor(db, clock, alerter)
+        metrics.database_available = lambda: (
+            None if database.last_probe_at is None else database.available
+        )
         app.state.database_monitor = database
-        health.checks["database"] = database.health_check
+        health.checks["database:responseTime"] = database.health_check
         client = httpx.AsyncClient(transport=transport, follow_redirects=True)
         keepalive = KeepAlive(
             keepalive_config(settings),
@@ -184,14 +195,8 @@ def create_app(
                 settings.keep_alive_interval,
                 keepalive.first_ping_at,
             )
-        health.checks["keepalive"] = lambda: (
-            "warn" if keepalive.alerting else "pass",
-            {
-                "componentType": "component",
-                "observedValue": keepalive.consecutive_failures,
-                "observedUnit": "consecutive failures",
-            },
-        )
+        if keepalive.running:  # off: no check at all, rather than a `pass` it never earned
+            health.checks["keepalive:responseTime"] = keepalive.health_check
         health.details["sessions"] = manager.counts_by_state
         health.details["outbox"] = lambda: metrics.outbox_counts
         app.state.db = db

@@ -175,6 +175,25 @@ class KeepAlive:
             if self._metrics:
                 self._metrics.keepalive_last_success.set(successes[-1].timestamp())
 
+    def health_check(self) -> tuple[str, dict[str, Any]]:
+        """The /health `keepalive:responseTime` check: the last self-ping's latency; `warn`
+        while an incident is open, with the last error as its `output`."""
+        last = self.last_ping
+        details: dict[str, Any] = {
+            "componentType": "component",
+            "observedValue": None if last is None else round(last.latency_ms or 0.0, 1),
+            "observedUnit": "ms",
+        }
+        if last is not None:
+            details["time"] = last.at.isoformat()
+        if not self.alerting:
+            return "pass", details
+        details["output"] = (
+            f"{self.consecutive_failures} consecutive failed pings; last: "
+            f"{last.error if last and last.error else 'none since the restart'}"
+        )
+        return "warn", details
+
     def close_stale_incident(self) -> None:
         """An incident stored before a restart, with the keep-alive now off, would stay open
         for ever: it ends here, with a notice saying why."""

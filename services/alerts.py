@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -173,6 +174,8 @@ def humanize(delta: timedelta) -> str:
 def _load_channel(position: int, url: str) -> _Channel:
     secrets = _secret_fragments(url)
     scheme = url.split("://", 1)[0].lower() if "://" in url else "?"
+    if not re.fullmatch(r"[a-z][a-z0-9+]{0,11}", scheme):
+        scheme = "?"  # not a scheme apprise knows: it could be a pasted token
     channel = apprise.Apprise()
     with _apprise_captured() as said:
         added = channel.add(url)

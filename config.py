@@ -138,7 +138,12 @@ class Settings(BaseSettings):
     keepalive_url: str | None = None
     public_url: str | None = None
     heartbeat_url: SecretStr | None = None
+    # Which protocol HEARTBEAT_URL speaks; by default recognised from the URL.
+    heartbeat_kind: Literal["healthchecks", "uptime-kuma"] | None = None
     alert_urls: SecretStr | None = None
+    # The name in every alert's title ("[my-bot] keep-alive failing"); by default the
+    # platform's name for the service.
+    service_name: str | None = Field(default=None, max_length=100)
 
     # Access
     admin_token: SecretStr | None = None
@@ -196,6 +201,9 @@ class Settings(BaseSettings):
     railway_environment_name: str | None = None
     koyeb_public_domain: str | None = None
     fly_app_name: str | None = None
+    render_service_name: str | None = None
+    railway_service_name: str | None = None
+    koyeb_service_name: str | None = None
 
     @field_validator("admin_token", "session_encryption_key", "webhook_secret", "secret_key")
     @classmethod
@@ -253,24 +261,37 @@ class Settings(BaseSettings):
             raise ValueError(f"must be greater than zero; expected {DURATION_EXPECTED}")
         return value
 
+    @field_validator("heartbeat_kind", mode="before")
+    @classmethod
+    def _kind_alias(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        lowered = value.strip().lower().replace("_", "-").replace(" ", "-")
+        return {"kuma": "uptime-kuma", "hc": "healthchecks", "healthchecks.io": "healthchecks"}.get(
+            lowered, lowered
+        )
+
     @field_validator("keepalive_url", "public_url", "render_external_url", "webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("expected an http:// or https:// URL with a host")
-        return value.strip()
+        _check_http_url(value)
+        return value
+
+    @field_validator("railway_public_domain", "koyeb_public_domain", "fly_app_name")
+    @classmethod
+    def _no_whitespace(cls, value: str | None) -> str | None:
+        if value is not None and _has_whitespace(value):
+            raise ValueError(WHITESPACE_REFUSED)
+        return value
 
     @field_validator("heartbeat_url")
     @classmethod
     def _secret_http_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return None
-        parts = urlsplit(value.get_secret_value().strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("expected an http:// or https:// URL with a host")
+        _check_http_url(value.get_secret_value())
         return value
 
     # Derived values -------------------------------------------------------------------
@@ -309,6 +330,20 @@ class Settings(BaseSettings):
         return None, "set KEEPALIVE_URL or PUBLIC_URL to this service's public address"
 
     @property
+    def instance_name(self) -> str:
+        """What alerts call this instance: SERVICE_NAME, else the platform's service name."""
+        for name in (
+            self.service_name,
+            self.render_service_name,
+            self.railway_service_name,
+            self.koyeb_service_name,
+            self.fly_app_name,
+        ):
+            if name and name.strip():
+                return " ".join(name.split())
+        return "wakeful"
+
+    @property
     def alert_url_list(self) -> list[str]:
         if self.alert_urls is None:
             return []
@@ -326,6 +361,30 @@ class Settings(BaseSettings):
         if url.startswith("sqlite:///"):
             return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
         return url
+
+
+WHITESPACE_REFUSED = (
+    "contains whitespace (a line break or space pasted with it?); expected the value alone"
+)
+
+
+def _has_whitespace(value: str) -> bool:
+    return any(ch.isspace() for ch in value)
+
+
+def _check_http_url(value: str) -> None:
+    """An http(s) URL with a host and nothing around it. Whitespace is refused, not trimmed:
+    a value pasted with a line break would otherwise pass here and fail at every request
+    (httpx refuses it), and which of the two copies is right is for the person to say."""
+    if _has_whitespace(value):
+        raise ValueError(WHITESPACE_REFUSED)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise ValueError("expected an http:// or https:// URL with a host") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host")
 
 
 def _https(domain: str | None) -> str | None:

@@ -28,18 +28,22 @@ from starlette.middleware import Middleware
 from bot.commands import ChatCommands
 from bot.engines import engine_factory, load_engine
 from bot.manager import BotManager, manager_config_from, policy_from
+from bot.outbox import STATUSES as OUTBOX_STATUSES
 from bot.outbox import OutboxStore, RetryPolicy
+from bot.policy import CleanupReason
 from bot.qrcodes import QrLogPrinter
 from bot.sender import OutboxSender
 from bot.session import BotSession
+from bot.states import SessionState
 from bot.store import BotStore
 from bot.webhooks import DeliveryStore, WebhookConfig, Webhooks
-from config import ConfigError, Settings, format_duration, load_settings
+from config import VERSION, ConfigError, Settings, format_duration, load_settings
 from services.alerts import AlertConfigError, Alerter
 from services.clock import Clock, SystemClock
 from services.database import Database, DatabaseError
 from services.dbhealth import DatabaseMonitor
 from services.health import HealthState
+from services.incidents import IncidentStore
 from services.keepalive import KeepAlive, keepalive_config, warn_about_sleep_threshold
 from services.logging import setup_logging
 from services.metrics import Metrics, SystemSampler
@@ -65,17 +69,32 @@ def create_app(
 ) -> Starlette:
     """Build the app. `clock` and `transport` are for tests (a fake clock, a mock peer)."""
     clock = clock or SystemClock()
-    metrics = Metrics()
+    metrics = Metrics(VERSION)
+    metrics.declare(
+        states=[state.value for state in SessionState],
+        cleanup_reasons=[reason.value for reason in CleanupReason],
+        outbox_statuses=OUTBOX_STATUSES,
+    )
     health = HealthState(clock, clock.now())
-    alerter = Alerter(settings.alert_url_list, clock)
+    alerter = Alerter(
+        settings.alert_url_list, clock, source=settings.instance_name, metrics=metrics
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         db = Database(settings.sqlalchemy_url)
         await db.migrate()
+        alerter.use_store(IncidentStore(db))
+        try:
+            await alerter.load()
+        except Exception as exc:
+            log.warning("Could not load the open incidents: {}", exc)
         database = DatabaseMonitor(db, clock, alerter)
+        metrics.database_available = lambda: (
+            None if database.last_probe_at is None else database.available
+        )
         app.state.database_monitor = database
-        health.checks["database"] = database.health_check
+        health.checks["database:responseTime"] = database.health_check
         client = httpx.AsyncClient(transport=transport, follow_redirects=True)
         keepalive = KeepAlive(
             keepalive_config(settings),
@@ -176,14 +195,8 @@ def create_app(
                 settings.keep_alive_interval,
                 keepalive.first_ping_at,
             )
-        health.checks["keepalive"] = lambda: (
-            "warn" if keepalive.alerting else "pass",
-            {
-                "componentType": "component",
-                "observedValue": keepalive.consecutive_failures,
-                "observedUnit": "consecutive failures",
-            },
-        )
+        if keepalive.running:  # off: no check at all, rather than a `pass` it never earned
+            health.checks["keepalive:responseTime"] = keepalive.health_check
         health.details["sessions"] = manager.counts_by_state
         health.details["outbox"] = lambda: metrics.outbox_counts
         app.state.db = db
@@ -212,7 +225,10 @@ def create_app(
             ),
         ]
 
+        if keepalive.running and keepalive.heartbeat is not None:
+            background.append(asyncio.get_running_loop().create_task(keepalive.announce_start()))
         keepalive.log_started()
+        keepalive.close_stale_incident()
         warn_about_sleep_threshold(settings)
         log.info(
             "🧹 Session cleanup started (checking every {:.0f}s)",

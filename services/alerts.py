@@ -1,9 +1,17 @@
 """Alerter: one log line plus one notification per incident, and a "resolved" notice after.
 
-An incident is identified by a key (`keepalive`, later `session:<id>`). Raising an open
+An incident is identified by a key (`keepalive`, `database`, `session:<id>`). Raising an open
 incident again is a no-op, so a caller may report every failure and people still hear about
-it once. Notifications go to every apprise URL in ALERT_URLS (Slack, Discord, Telegram,
-mailto, json webhooks…) in the background: a slow channel never holds up the caller.
+it once. Open incidents are stored (services.incidents) and reloaded at start, so a restart
+in the middle of one (how a PaaS applies a fixed setting) still ends in one RESOLVED notice
+whose downtime counts from the first failure.
+
+Notifications go to every apprise URL in ALERT_URLS (Slack, Discord, Telegram, mailto,
+json webhooks…) in the background: a slow channel never holds up the caller. Each channel
+has its own ordered queue: a notification it fails is retried with backoff for a bounded
+time, and the notices after it wait, so a "resolved" never overtakes its alert there while
+the other channels go on. A failure is logged naming the channel (by its position and its
+URL with the secrets masked) and apprise's own reason.
 """
 
 from __future__ import annotations
@@ -11,33 +19,111 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import apprise
 from loguru import logger
 
 from services.clock import Clock
+from services.redaction import MASK, redact_secret_params
 
 log = logger.bind(component="alerts")
 
+RETRY_BASE = timedelta(seconds=5)
+RETRY_CAP = timedelta(minutes=2)
+# How long a notification is retried before it is given up (logged as such).
+RETRY_FOR = timedelta(minutes=15)
+Sleep = Callable[[float], Awaitable[None]]
+
 
 class AlertConfigError(ValueError):
-    """An ALERT_URLS entry apprise does not understand (the URL itself is never echoed)."""
+    """An ALERT_URLS entry apprise does not accept (the URL itself is never echoed)."""
+
+
+class IncidentStorage(Protocol):
+    def open(self, key: str, title: str, message: str, opened_at: datetime) -> Awaitable[None]: ...
+    def close(self, key: str) -> Awaitable[None]: ...
+    # Rows with the fields of StoredIncidentLike.
+    def all_open(self) -> Awaitable[list[Any]]: ...
+
+
+class StoredIncidentLike(Protocol):
+    @property
+    def key(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def opened_at(self) -> datetime: ...
+
+
+class NotificationCounter(Protocol):
+    def count_notification(self, result: str) -> None: ...
+
+
+class _Captured(logging.Handler):
+    """Collects what apprise says while it works (its reasons for refusing or failing)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.warnings: list[str] = []
+        self.details: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = " ".join(record.getMessage().split())
+        except Exception:  # a malformed log call in a plugin must not break the alert
+            return
+        if record.levelno >= logging.WARNING:
+            if not text.startswith(("Could not load", "Unsupported URL")):
+                self.warnings.append(text)
+        elif "exception" in text.lower() or "error" in text.lower():
+            self.details.append(text)
 
 
 @contextlib.contextmanager
-def _apprise_silenced() -> Iterator[None]:
-    """Apprise logs an entry it refuses in full ("Unsupported URL: …", "Could not load Slack
-    URL: slack://…"), tokens and all; our own error names the entry by its position."""
+def _apprise_captured() -> Iterator[_Captured]:
+    """Apprise's log lines go to us, not to the log: they can quote an entry in full
+    ("Unsupported URL: …", "Could not load Slack URL: slack://…"), tokens and all. The
+    reason is shown after masking the entry's secrets (see `_secret_fragments`)."""
     apprise_log = logging.getLogger("apprise")
-    was = apprise_log.disabled
-    apprise_log.disabled = True
+    captured = _Captured()
+    was_propagating, was_level = apprise_log.propagate, apprise_log.level
+    apprise_log.addHandler(captured)
+    apprise_log.propagate = False
+    apprise_log.setLevel(logging.DEBUG)
     try:
-        yield
+        yield captured
     finally:
-        apprise_log.disabled = was
+        apprise_log.removeHandler(captured)
+        apprise_log.propagate = was_propagating
+        apprise_log.setLevel(was_level)
+
+
+def _secret_fragments(url: str) -> list[str]:
+    """The parts of an apprise URL that may be credentials: user, password, path segments
+    (Discord's and Slack's tokens live there), query values. Longest first, for masking."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url]
+    found = [parts.username or "", parts.password or ""]
+    found += [unquote(seg) for seg in parts.path.split("/")]
+    found += [value for _, value in parse_qsl(parts.query)]
+    return sorted({f for f in found if len(f) >= 4}, key=len, reverse=True)
+
+
+def _masked(text: str, fragments: list[str]) -> str:
+    for fragment in fragments:
+        text = text.replace(fragment, MASK)
+    return redact_secret_params(text)
 
 
 @dataclass
@@ -45,6 +131,30 @@ class Incident:
     key: str
     opened_at: datetime
     message: str
+    title: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Note:
+    title: str
+    body: str
+    kind: str
+    queued_at: float  # the clock's monotonic time: retries stop RETRY_FOR after it
+
+
+@dataclass
+class _Channel:
+    position: int
+    scheme: str
+    apprise: apprise.Apprise
+    shown: str
+    secrets: list[str]
+    queue: deque[_Note] = field(default_factory=deque)
+    worker: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"#{self.position} ({self.shown})"
 
 
 def humanize(delta: timedelta) -> str:
@@ -61,48 +171,120 @@ def humanize(delta: timedelta) -> str:
     return f"{days}d {hours}h"
 
 
+def _load_channel(position: int, url: str) -> _Channel:
+    secrets = _secret_fragments(url)
+    scheme = url.split("://", 1)[0].lower() if "://" in url else "?"
+    if not re.fullmatch(r"[a-z][a-z0-9+]{0,11}", scheme):
+        scheme = "?"  # not a scheme apprise knows: it could be a pasted token
+    channel = apprise.Apprise()
+    with _apprise_captured() as said:
+        added = channel.add(url)
+    if not added:
+        reason = _masked(said.warnings[-1], secrets).rstrip(": ") if said.warnings else None
+        raise AlertConfigError(
+            f"Invalid configuration: ALERT_URLS entry #{position} ({scheme}://…) was refused "
+            + (f"by apprise: {reason}" if reason else "(not a URL apprise understands)")
+            + "; expected e.g. slack://…, discord://…, tgram://…, "
+            "mailto://user:pass@smtp.example.com:587?from=bot@example.com&to=me@example.com, "
+            "json://host/path"
+        )
+    (plugin,) = list(channel)
+    private_url = plugin.url(privacy=True)  # type: ignore[no-untyped-call]
+    shown = _masked(str(private_url).split("?", 1)[0], secrets)
+    return _Channel(position, scheme, channel, shown, secrets)
+
+
 class Alerter:
-    def __init__(self, urls: list[str], clock: Clock, *, source: str = "wakeful") -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        clock: Clock,
+        *,
+        source: str = "wakeful",
+        retry_base: timedelta = RETRY_BASE,
+        retry_cap: timedelta = RETRY_CAP,
+        retry_for: timedelta = RETRY_FOR,
+        sleep: Sleep = asyncio.sleep,
+        metrics: NotificationCounter | None = None,
+    ) -> None:
         self._clock = clock
-        self._source = source
-        self._apprise = apprise.Apprise()
-        for position, url in enumerate(urls, start=1):
-            with _apprise_silenced():
-                added = self._apprise.add(url)
-            if not added:
-                raise AlertConfigError(
-                    f"Invalid configuration: ALERT_URLS entry #{position} is not a URL apprise "
-                    "understands (expected e.g. slack://…, discord://…, tgram://…, "
-                    "mailto://…, json://host/path)"
-                )
+        self.source = source
+        self._channels = [_load_channel(n, url) for n, url in enumerate(urls, start=1)]
+        self._retry_base = retry_base.total_seconds()
+        self._retry_cap = retry_cap.total_seconds()
+        self._retry_for = retry_for.total_seconds()
+        self._sleep = sleep
+        self._metrics = metrics
+        self._store: IncidentStorage | None = None
         self._open: dict[str, Incident] = {}
         # Strong references: a task nobody holds may be garbage-collected mid-flight.
         self._tasks: set[asyncio.Task[None]] = set()
-        # One notification at a time, in order: a "resolved" must never overtake its alert.
+        # One send at a time: apprise's reasons are read from its log while it sends.
         self._sending = asyncio.Lock()
+        # Stored in the order they happened: an alert's row before its resolution's delete.
+        self._writing = asyncio.Lock()
         self.notifications_sent = 0
-        self.notifications_failed = 0
+        self.notifications_failed = 0  # failed attempts (each retry counts)
+        self.notifications_abandoned = 0  # given up after RETRY_FOR
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._channels)
+
+    # Incidents -----------------------------------------------------------------------
+
+    def use_store(self, store: IncidentStorage) -> None:
+        self._store = store
+
+    async def load(self) -> list[Incident]:
+        """Re-open the incidents stored before a restart (no notification: people already
+        know); their owners resolve them when they see things fine again."""
+        if self._store is None:
+            return []
+        loaded = []
+        stored: StoredIncidentLike
+        for stored in await self._store.all_open():
+            incident = Incident(stored.key, stored.opened_at, stored.message, stored.title)
+            self._open.setdefault(stored.key, incident)
+            loaded.append(incident)
+            log.warning(
+                "Incident still open from before the restart: {} (since {})",
+                stored.title or stored.key,
+                stored.opened_at.isoformat(),
+            )
+        return loaded
 
     def is_open(self, key: str) -> bool:
         return key in self._open
 
+    def opened_at(self, key: str) -> datetime | None:
+        incident = self._open.get(key)
+        return incident.opened_at if incident else None
+
     def adopt(self, key: str, opened_at: datetime, message: str) -> None:
-        """Re-open an incident known from storage (after a restart) without notifying."""
+        """Re-open an incident known from elsewhere (a bot's stored health) without notifying."""
         self._open.setdefault(key, Incident(key=key, opened_at=opened_at, message=message))
 
     def forget(self, key: str) -> None:
         """Drop an incident whose subject is gone (a deleted bot), without a notice."""
-        self._open.pop(key, None)
+        if self._open.pop(key, None) is not None:
+            self._write(lambda store: store.close(key), f"forget incident {key}")
 
-    def alert(self, key: str, message: str, *, title: str) -> bool:
-        """Open an incident: log at ERROR and notify. False if it was already open."""
+    def alert(self, key: str, message: str, *, title: str, since: datetime | None = None) -> bool:
+        """Open an incident: log at ERROR and notify. False if it was already open.
+
+        `since` is when the trouble began (the first failure), which the resolved notice
+        counts the downtime from; by default, now."""
         if key in self._open:
             return False
-        self._open[key] = Incident(key=key, opened_at=self._clock.now(), message=message)
+        incident = Incident(key, since or self._clock.now(), message, title)
+        self._open[key] = incident
         log.error("🚨 ALERT: {}", message)
-        self._notify(
-            title=f"[{self._source}] {title}", body=message, kind=apprise.NotifyType.FAILURE
+        self._write(
+            lambda store: store.open(key, title, message, incident.opened_at),
+            f"store incident {key}",
         )
+        self._notify(title=title, body=message, kind=apprise.NotifyType.FAILURE)
         return True
 
     def resolve(self, key: str, message: str, *, title: str) -> Incident | None:
@@ -113,29 +295,105 @@ class Alerter:
         duration = humanize(self._clock.now() - incident.opened_at)
         text = f"{message} (down {duration})"
         log.info("✅ RESOLVED: {}", text)
-        self._notify(title=f"[{self._source}] {title}", body=text, kind=apprise.NotifyType.SUCCESS)
+        self._write(lambda store: store.close(key), f"close incident {key}")
+        self._notify(title=title, body=text, kind=apprise.NotifyType.SUCCESS)
         return incident
 
-    def _notify(self, *, title: str, body: str, kind: str) -> None:
-        if not len(self._apprise):
+    def _write(self, action: Callable[[IncidentStorage], Awaitable[None]], what: str) -> None:
+        store = self._store
+        if store is None:
             return
-        task = asyncio.get_running_loop().create_task(self._send(title, body, kind))
+
+        async def write() -> None:
+            async with self._writing:
+                try:
+                    await action(store)
+                except Exception as exc:  # the database away must not lose the alert itself
+                    log.warning("Could not {}: {}", what, type(exc).__name__)
+
+        self._spawn(write())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    async def _send(self, title: str, body: str, kind: str) -> None:
-        try:
-            async with self._sending:
-                result = await self._apprise.async_notify(body=body, title=title, notify_type=kind)
-            delivered = bool(result)
-        except Exception as exc:  # a notification channel must never break the caller
-            delivered = False
-            log.warning("Alert notification raised {}: {}", type(exc).__name__, exc)
+    # Notifications -------------------------------------------------------------------
+
+    def _notify(self, *, title: str, body: str, kind: str) -> None:
+        note = _Note(f"[{self.source}] {title}", body, kind, self._clock.monotonic())
+        for channel in self._channels:
+            channel.queue.append(note)
+            if channel.worker is None or channel.worker.done():
+                channel.worker = self._spawn(self._work(channel))
+
+    async def _work(self, channel: _Channel) -> None:
+        """Send the channel's notices in order, each retried until RETRY_FOR has passed."""
+        while channel.queue:
+            note = channel.queue[0]
+            attempt = 1
+            while True:
+                reason = await self._send_once(channel, note)
+                if reason is None:
+                    self.notifications_sent += 1
+                    self._count("delivered")
+                    if attempt > 1:
+                        log.info(
+                            "Alert notification {!r} delivered to channel {} at attempt {}",
+                            note.title,
+                            channel.name,
+                            attempt,
+                        )
+                    break
+                self.notifications_failed += 1
+                self._count("failed")
+                delay = min(self._retry_base * 2 ** (attempt - 1), self._retry_cap)
+                waited = self._clock.monotonic() - note.queued_at
+                if waited + delay > self._retry_for:
+                    self.notifications_abandoned += 1
+                    self._count("abandoned")
+                    log.error(
+                        "Alert notification {!r} could not be delivered to channel {}: {}; "
+                        "giving up after {} attempts",
+                        note.title,
+                        channel.name,
+                        reason,
+                        attempt,
+                    )
+                    break
+                log.warning(
+                    "Alert notification {!r} could not be delivered to channel {}: {}; "
+                    "retrying in {:g}s",
+                    note.title,
+                    channel.name,
+                    reason,
+                    delay,
+                )
+                await self._sleep(delay)
+                attempt += 1
+            channel.queue.popleft()
+
+    async def _send_once(self, channel: _Channel, note: _Note) -> str | None:
+        """One attempt; None when delivered, else apprise's reason (secrets masked)."""
+        async with self._sending:
+            with _apprise_captured() as said:
+                try:
+                    result = await channel.apprise.async_notify(
+                        body=note.body, title=note.title, notify_type=note.kind
+                    )
+                    delivered = bool(result)
+                except Exception as exc:  # a notification channel must never break the caller
+                    delivered = False
+                    said.warnings.append(f"{type(exc).__name__}: {exc}")
         if delivered:
-            self.notifications_sent += 1
-        else:
-            self.notifications_failed += 1
-            log.warning("Alert notification could not be delivered to every channel")
+            return None
+        reasons = said.warnings or said.details[-1:] or ["apprise reported a failure"]
+        return _masked("; ".join(dict.fromkeys(reasons)), channel.secrets)
+
+    def _count(self, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.count_notification(result)
 
     async def drain(self, grace: float) -> None:
         """Wait up to `grace` seconds for notifications in flight; cancel what is left."""

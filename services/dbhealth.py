@@ -96,6 +96,9 @@ class DatabaseMonitor:
         self.down_since: datetime | None = None
         self.last_error: str | None = None
         self.failed_probes = 0
+        # The last probe: when, and how long `SELECT 1` took (for /health's responseTime).
+        self.last_probe_at: datetime | None = None
+        self.last_probe_ms: float | None = None
 
     @property
     def available(self) -> bool:
@@ -103,11 +106,14 @@ class DatabaseMonitor:
 
     async def check_once(self) -> bool:
         """Probe with `SELECT 1`; True when the database answered."""
+        self.last_probe_at = self._clock.now()
+        started = self._clock.monotonic()
         try:
             async with asyncio.timeout(PROBE_TIMEOUT):
                 async with self._db.engine.connect() as conn:
                     await conn.execute(text("SELECT 1"))
         except Exception as exc:
+            self.last_probe_ms = None
             self.failed_probes += 1
             self.saw_failure(exc)
             if self.failed_probes == ALERT_AFTER and self._alerter is not None:
@@ -116,8 +122,10 @@ class DatabaseMonitor:
                     f"the database ({self._db.display_name}) has been unreachable for "
                     f"{self.failed_probes} checks: {self.last_error}",
                     title="database unreachable",
+                    since=self.down_since,
                 )
             return False
+        self.last_probe_ms = round((self._clock.monotonic() - started) * 1000, 3)
         self.saw_success()
         return True
 
@@ -136,26 +144,30 @@ class DatabaseMonitor:
         if self.down_since is not None:
             away = self._clock.now() - self.down_since
             log.info("✅ Database reachable again after {}", humanize(away))
-            if self._alerter is not None and self._alerter.is_open("database"):
-                self._alerter.resolve(
-                    "database",
-                    f"the database is reachable again after {humanize(away)}",
-                    title="database reachable",
-                )
+        if self._alerter is not None and self._alerter.is_open("database"):
+            # Also an incident stored before a restart: it is over once the database answers.
+            self._alerter.resolve(
+                "database", "the database is reachable again", title="database reachable"
+            )
         self.down_since = None
         self.last_error = None
         self.failed_probes = 0
 
     def health_check(self) -> tuple[str, dict[str, Any]]:
-        """The /health `database` check: `warn` while away (the process itself is fine, so
-        a platform must not restart it for this)."""
-        details: dict[str, Any] = {"componentType": "datastore"}
+        """The /health `database:responseTime` check: the last probe's time, in ms; `warn`
+        while away (the process itself is fine, so a platform must not restart it for this)."""
+        details: dict[str, Any] = {
+            "componentType": "datastore",
+            "observedValue": self.last_probe_ms,
+            "observedUnit": "ms",
+        }
+        if self.last_probe_at is not None:
+            details["time"] = self.last_probe_at.isoformat()
         if self.down_since is None:
             return "pass", details
-        details["observedValue"] = round((self._clock.now() - self.down_since).total_seconds())
-        details["observedUnit"] = "seconds unreachable"
         # /health is public: the kind of error only; the log has the address and the rest.
         details["output"] = (self.last_error or "unreachable").split(":", 1)[0]
+        details["unreachableSince"] = self.down_since.isoformat()
         return "warn", details
 
     async def run(self, every: float) -> None:

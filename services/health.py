@@ -1,7 +1,11 @@
-"""The /health document (application/health+json), built from memory only.
+"""The /health document (application/health+json, draft-inadarei-api-health-check), built
+from memory only.
 
 The platform's health check and our own keep-alive hit this route; it does no I/O, so a
-slow database or browser can never make the platform think the service is dead.
+slow database or browser can never make the platform think the service is dead. Each check
+is keyed `component:measurement` as the draft asks (`database:responseTime`), carries its
+`observedValue` with a unit (`ms`, `s`), the `time` it was observed, and an `output` saying
+why whenever it is not `pass`; the top-level `output` sums those up.
 """
 
 from __future__ import annotations
@@ -17,6 +21,17 @@ from services.clock import Clock
 # A check returns (status, details) with status "pass", "warn" or "fail".
 Check = Callable[[], tuple[str, dict[str, Any]]]
 _RANK = {"pass": 0, "warn": 1, "fail": 2}
+SERVICE_ID = "wakeful"
+DESCRIPTION = "wakeful: keep-alive and WhatsApp bot manager"
+# Where a person (or a tool) goes from here; relative, so they hold behind any proxy.
+LINKS = {
+    "describedby": "/openapi.json",
+    "keepalive": "/api/keepalive",
+    "metrics": "/metrics",
+}
+# Short: a monitor polling every few seconds may reuse an answer, nothing longer.
+MAX_AGE_SECONDS = 5
+CACHE_CONTROL = f"max-age={MAX_AGE_SECONDS}"
 
 
 class HealthState:
@@ -25,61 +40,87 @@ class HealthState:
         self._started_monotonic = clock.monotonic()
         self.started_at = started_at.isoformat()
         self.draining = False
-        self.checks: dict[str, Check] = {}
+        # Keyed `component:measurement`; `uptime` is always there.
+        self.checks: dict[str, Check] = {"uptime": self._uptime_check}
         # Extra figures (session counts by state…), read from memory on each request.
         self.details: dict[str, Callable[[], Any]] = {}
 
-    def document(self) -> tuple[int, dict[str, Any]]:
+    def uptime_seconds(self) -> float:
+        return round(self._clock.monotonic() - self._started_monotonic, 3)
+
+    def _uptime_check(self) -> tuple[str, dict[str, Any]]:
+        return "pass", {
+            "componentType": "system",
+            "observedValue": self.uptime_seconds(),
+            "observedUnit": "s",
+            "time": self._clock.now().isoformat(),
+        }
+
+    def _collect(self) -> tuple[str, list[tuple[str, str, dict[str, Any]]], str | None]:
+        """The overall status, each check's (name, status, details), and the `output`."""
         status = "fail" if self.draining else "pass"
-        checks: dict[str, list[dict[str, Any]]] = {}
+        results = []
+        troubles = ["shutting down"] if self.draining else []
         for name, check in self.checks.items():
             check_status, details = check()
-            checks[name] = [{"status": check_status, **details}]
+            results.append((name, check_status, details))
+            if check_status != "pass":
+                troubles.append(f"{name}: {details.get('output') or check_status}")
             if _RANK[check_status] > _RANK[status]:
                 status = check_status
+        return status, results, ("; ".join(troubles) if status != "pass" else None)
+
+    def document(self) -> tuple[int, dict[str, Any]]:
+        status, results, output = self._collect()
         body: dict[str, Any] = {
             "status": status,
             "version": VERSION,
-            "serviceId": "wakeful",
-            "uptime": round(self._clock.monotonic() - self._started_monotonic, 3),
-            "startedAt": self.started_at,
+            "serviceId": SERVICE_ID,
+            "description": DESCRIPTION,
         }
-        if self.draining:
-            body["output"] = "shutting down"
+        if output is not None:
+            body["output"] = output
+        body["uptime"] = self.uptime_seconds()
+        body["startedAt"] = self.started_at
         for name, read in self.details.items():
             body[name] = read()
-        if checks:
-            body["checks"] = checks
+        body["checks"] = {
+            name: [{"status": check_status, **details}] for name, check_status, details in results
+        }
+        body["links"] = dict(LINKS)
         return (503 if status == "fail" else 200), body
 
     def render(self) -> tuple[int, bytes]:
         """`document()` as JSON bytes, written by hand: this runs on every platform health
         check and keep-alive ping, and json.dumps of the nested document was most of its
         cost. Keys are our own identifiers; free text goes through json.dumps."""
-        status = "fail" if self.draining else "pass"
-        checks = []
-        for name, check in self.checks.items():
-            check_status, details = check()
-            checks.append(f'"{name}":[{{"status":"{check_status}",{_members(details)}}}]')
-            if _RANK[check_status] > _RANK[status]:
-                status = check_status
-        uptime = self._clock.monotonic() - self._started_monotonic
+        status, results, output = self._collect()
         parts = [
-            f'{{"status":"{status}","version":"{VERSION}","serviceId":"wakeful",'
-            f'"uptime":{uptime:.3f},"startedAt":"{self.started_at}"'
+            f'{{"status":"{status}","version":"{VERSION}","serviceId":"{SERVICE_ID}",'
+            f'"description":{_DESCRIPTION_JSON}'
         ]
-        if self.draining:
-            parts.append(',"output":"shutting down"')
+        if output is not None:
+            parts.append(f',"output":{json.dumps(output)}')
+        parts.append(f',"uptime":{self.uptime_seconds()!r},"startedAt":"{self.started_at}"')
         for name, read in self.details.items():
             parts.append(f',"{name}":{{{_members(read())}}}')
-        if checks:
-            parts.append(',"checks":{' + ",".join(checks) + "}")
-        parts.append("}")
+        checks = [
+            f'"{name}":[{{"status":"{check_status}"{_members(details, lead=",")}}}]'
+            for name, check_status, details in results
+        ]
+        parts.append(',"checks":{' + ",".join(checks) + "}")
+        parts.append(f',"links":{_LINKS_JSON}}}')
         return (503 if status == "fail" else 200), "".join(parts).encode()
 
 
-def _members(values: dict[str, Any]) -> str:
-    return ",".join(f'"{key}":{_scalar(value)}' for key, value in values.items())
+_DESCRIPTION_JSON = json.dumps(DESCRIPTION)
+_LINKS_JSON = json.dumps(LINKS, separators=(",", ":"))
+
+
+def _members(values: dict[str, Any], lead: str = "") -> str:
+    if not values:
+        return ""
+    return lead + ",".join(f'"{key}":{_scalar(value)}' for key, value in values.items())
 
 
 def _scalar(value: Any) -> str:

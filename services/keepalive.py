@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
-import ssl
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,6 +19,8 @@ from loguru import logger
 from config import VERSION, Settings, format_duration
 from services.alerts import Alerter
 from services.clock import Clock
+from services.heartbeat import Heartbeat, HeartbeatKind
+from services.httpfailure import describe_failure
 from services.metrics import Metrics
 from services.pingstore import PingRecord, PingStore
 from services.redaction import redact_url
@@ -51,35 +51,6 @@ def next_ping_due(first: datetime, interval: timedelta, now: datetime) -> dateti
     return ping_due_at(first, interval, k)
 
 
-def describe_failure(exc: BaseException, timeout: timedelta) -> str:
-    """A reason a person understands: timeout, connection refused, DNS failure, TLS…"""
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return f"timeout of {timeout.total_seconds() * 1000:.0f}ms exceeded"
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and len(chain) < 10:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    for cause in chain:
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(cause, socket.gaierror):
-            return f"DNS lookup failed ({cause.strerror or cause})"
-        if isinstance(cause, ssl.SSLError):
-            return f"TLS error ({cause.reason or cause})"
-    text = " ".join(str(exc).split())
-    lowered = text.lower()
-    if "connection refused" in lowered:
-        return "connection refused"
-    if "name or service not known" in lowered or "nodename nor servname" in lowered:
-        return f"DNS lookup failed ({text})"
-    if "temporary failure in name resolution" in lowered:
-        return f"DNS lookup failed ({text})"
-    if isinstance(exc, httpx.TooManyRedirects):
-        return "too many redirects"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 @dataclass(frozen=True, slots=True)
 class KeepAliveConfig:
     url: str | None
@@ -90,6 +61,8 @@ class KeepAliveConfig:
     stats_every: int = 10
     history_limit: int = 10_000
     heartbeat_url: str | None = None
+    # None: recognised from the URL (see services.heartbeat.detect_kind).
+    heartbeat_kind: HeartbeatKind | None = None
     enabled: bool = True
     disabled_reason: str | None = None
 
@@ -116,6 +89,7 @@ def keepalive_config(settings: Settings) -> KeepAliveConfig:
         stats_every=settings.keep_alive_stats_every,
         history_limit=settings.keep_alive_history_limit,
         heartbeat_url=settings.heartbeat_url.get_secret_value() if settings.heartbeat_url else None,
+        heartbeat_kind=HeartbeatKind(settings.heartbeat_kind) if settings.heartbeat_kind else None,
         enabled=settings.keep_alive_enabled and url is not None,
         disabled_reason=reason,
     )
@@ -161,9 +135,18 @@ class KeepAlive:
         self.consecutive_failures = 0
         self.last_ping: PingRecord | None = None
         self.last_success_at: datetime | None = None
-        self.heartbeat_ok: bool | None = None
-        self.heartbeat_at: datetime | None = None
-        self.heartbeat_failures = 0
+        # When the current run of failures began: an incident's downtime counts from here.
+        self.failing_since: datetime | None = None
+        self.heartbeat: Heartbeat | None = None
+        if config.heartbeat_url:
+            self.heartbeat = Heartbeat(
+                config.heartbeat_url,
+                kind=config.heartbeat_kind,
+                client=client,
+                clock=clock,
+                timeout=config.timeout,
+                metrics=metrics,
+            )
         self.store_failures = 0
         # Oldest first; bounded both by count and (when read) by the 7-day window.
         self.history: deque[PingRecord] = deque(maxlen=config.history_limit)
@@ -191,6 +174,35 @@ class KeepAlive:
             self.last_success_at = successes[-1]
             if self._metrics:
                 self._metrics.keepalive_last_success.set(successes[-1].timestamp())
+
+    def health_check(self) -> tuple[str, dict[str, Any]]:
+        """The /health `keepalive:responseTime` check: the last self-ping's latency; `warn`
+        while an incident is open, with the last error as its `output`."""
+        last = self.last_ping
+        details: dict[str, Any] = {
+            "componentType": "component",
+            "observedValue": None if last is None else round(last.latency_ms or 0.0, 1),
+            "observedUnit": "ms",
+        }
+        if last is not None:
+            details["time"] = last.at.isoformat()
+        if not self.alerting:
+            return "pass", details
+        details["output"] = (
+            f"{self.consecutive_failures} consecutive failed pings; last: "
+            f"{last.error if last and last.error else 'none since the restart'}"
+        )
+        return "warn", details
+
+    def close_stale_incident(self) -> None:
+        """An incident stored before a restart, with the keep-alive now off, would stay open
+        for ever: it ends here, with a notice saying why."""
+        if not self.running and self._alerter.is_open(ALERT_KEY):
+            self._alerter.resolve(
+                ALERT_KEY,
+                f"the keep-alive is off now ({self.config.disabled_reason})",
+                title="keep-alive incident closed",
+            )
 
     def log_started(self) -> None:
         if not self.running:
@@ -222,7 +234,7 @@ class KeepAlive:
             status = response.status_code
             if not response.is_success:
                 error = f"HTTP {status} {response.reason_phrase}".strip()
-        except (httpx.HTTPError, TimeoutError, OSError) as exc:
+        except Exception as exc:  # any failure is a failed ping, never a dead job
             error = describe_failure(exc, self.config.timeout)
         latency_ms = (self._clock.monotonic() - started) * 1000
         record = PingRecord(
@@ -232,11 +244,19 @@ class KeepAlive:
         if record.ok:
             log.info("💗 Keep-alive ping #{} successful ({:.0f}ms)", number, latency_ms)
             self._on_success(record)
-            if self.config.heartbeat_url:
-                await self._push_heartbeat()
+            if self.heartbeat is not None:
+                await self.heartbeat.success(
+                    latency_ms, f"ping #{number} ok in {latency_ms:.0f} ms"
+                )
         else:
             log.warning("❌ Keep-alive ping #{} failed: {}", number, error)
             self._on_failure(record)
+            if self.heartbeat is not None and self.alerting:
+                # Once the incident is open, the monitor hears why at every failed ping (Kuma
+                # shows the last message; Healthchecks keeps each body).
+                await self.heartbeat.fail(
+                    f"{self.consecutive_failures} consecutive keep-alive failures: {error}"
+                )
         if number % self.config.stats_every == 0:
             self.log_stats()
         await self._persist(record)
@@ -250,24 +270,33 @@ class KeepAlive:
         if self._metrics:
             self._metrics.keepalive_pings.labels(result="success" if record.ok else "failure").inc()
             if record.latency_ms is not None:
-                self._metrics.keepalive_ping_duration.observe(record.latency_ms / 1000)
+                self._metrics.keepalive_ping_duration.labels(
+                    result="success" if record.ok else "failure"
+                ).observe(record.latency_ms / 1000)
 
     def _on_success(self, record: PingRecord) -> None:
         failures = self.consecutive_failures
         self.consecutive_failures = 0
+        self.failing_since = None
         self.last_success_at = record.at
         if self._metrics:
             self._metrics.keepalive_consecutive_failures.set(0)
             self._metrics.keepalive_last_success.set(record.at.timestamp())
+        if not self._alerter.is_open(ALERT_KEY):
+            return
+        # Zero failures here: the incident was opened before a restart, and this is the
+        # first ping since.
+        after = f" after {failures} consecutive failures" if failures else " after a restart"
         self._alerter.resolve(
             ALERT_KEY,
-            f"keep-alive pings to {self.config.shown_url} succeed again after {failures} "
-            "consecutive failures",
+            f"keep-alive pings to {self.config.shown_url} succeed again{after}",
             title="keep-alive recovered",
         )
 
     def _on_failure(self, record: PingRecord) -> None:
         self.consecutive_failures += 1
+        if self.failing_since is None:
+            self.failing_since = record.at
         if self._metrics:
             self._metrics.keepalive_consecutive_failures.set(self.consecutive_failures)
         if self.consecutive_failures >= self.config.alert_after:
@@ -277,26 +306,14 @@ class KeepAlive:
                 f"{self.config.alert_after} consecutive keep-alive failures! "
                 f"Last error: {record.error}; target {self.config.shown_url}",
                 title="keep-alive failing",
+                since=self.failing_since,
             )
 
-    async def _push_heartbeat(self) -> None:
-        """Tell the outside monitor we are alive; its URL is a secret and is never logged."""
-        assert self.config.heartbeat_url is not None
-        self.heartbeat_at = self._clock.now()
-        try:
-            async with asyncio.timeout(self.config.timeout.total_seconds()):
-                response = await self._client.get(
-                    self.config.heartbeat_url,
-                    timeout=self.config.timeout.total_seconds(),
-                    headers={"User-Agent": USER_AGENT},
-                )
-            failure = None if response.is_success else f"HTTP {response.status_code}"
-        except (httpx.HTTPError, TimeoutError, OSError) as exc:
-            failure = describe_failure(exc, self.config.timeout)
-        self.heartbeat_ok = failure is None
-        if failure:
-            self.heartbeat_failures += 1
-            log.warning("Heartbeat push to HEARTBEAT_URL failed: {}", failure)
+    async def announce_start(self) -> None:
+        """Tell the heartbeat monitor a run began (Healthchecks' `/start`): it then shows how
+        long the boot took until the first good ping."""
+        if self.heartbeat is not None:
+            await self.heartbeat.start()
 
     async def _persist(self, record: PingRecord) -> None:
         if self._store is None:
@@ -368,6 +385,28 @@ class KeepAlive:
             "window": "24h",
         }
 
+    def _heartbeat_snapshot(self) -> dict[str, Any]:
+        beat = self.heartbeat
+        if beat is None:
+            return {
+                "configured": False,
+                "kind": None,
+                "lastOk": None,
+                "lastAt": None,
+                "lastEvent": None,
+                "lastError": None,
+                "failures": 0,
+            }
+        return {
+            "configured": True,
+            "kind": beat.kind.value,
+            "lastOk": beat.last_ok,
+            "lastAt": beat.last_at.isoformat() if beat.last_at else None,
+            "lastEvent": beat.last_event,
+            "lastError": beat.last_error,
+            "failures": beat.failures,
+        }
+
     def snapshot(self, next_ping_at: datetime | None) -> dict[str, Any]:
         """The `/api/keepalive` document: the seed's fields first, with their names and types."""
         uptime_ms = int(self.uptime().total_seconds() * 1000)
@@ -394,12 +433,7 @@ class KeepAlive:
                 name: self.uptime_percent(window) for name, window in UPTIME_WINDOWS.items()
             },
             "recentPings": [r.as_json() for r in reversed(recent)],
-            "heartbeat": {
-                "configured": self.config.heartbeat_url is not None,
-                "lastOk": self.heartbeat_ok,
-                "lastAt": self.heartbeat_at.isoformat() if self.heartbeat_at else None,
-                "failures": self.heartbeat_failures,
-            },
+            "heartbeat": self._heartbeat_snapshot(),
         }
 
 

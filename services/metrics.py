@@ -17,12 +17,14 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 # `*_created` series double the output and no dashboard uses them.
@@ -32,10 +34,21 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, version: str = "unknown") -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+        Info("wakeful_build", "The running wakeful build", registry=self.registry).info(
+            {"version": version}
+        )
+        # Label values known in advance, so every series exists (at 0) from the first scrape:
+        # `rate()` and `increase()` need the series before the first event. The owners of
+        # these values (the bot package) declare them at start: services never import bot.
+        self.known_states: tuple[str, ...] = ()
+        self.known_outbox_statuses: tuple[str, ...] = ()
+        # Is the database answering? Read at scrape time from whoever probes it.
+        self.database_available: Callable[[], bool | None] = lambda: None
+        self.registry.register(_DatabaseCollector(lambda: self.database_available()))
         self.keepalive_pings = Counter(
             "keepalive_pings", "Keep-alive self-pings by result", ["result"], registry=self.registry
         )
@@ -43,10 +56,22 @@ class Metrics:
             self.keepalive_pings.labels(result=result)
         self.keepalive_ping_duration = Histogram(
             "keepalive_ping_duration_seconds",
-            "Duration of keep-alive self-pings",
+            "Duration of keep-alive self-pings, by result (a timeout is a failure's duration)",
+            ["result"],
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
             registry=self.registry,
         )
+        for result in ("success", "failure"):
+            self.keepalive_ping_duration.labels(result=result)
+        self.heartbeat_pushes = Counter(
+            "heartbeat_pushes",
+            "Pushes to HEARTBEAT_URL, by event (success, fail, start) and result (ok, error)",
+            ["event", "result"],
+            registry=self.registry,
+        )
+        for event in ("success", "fail", "start"):
+            for outcome in ("ok", "error"):
+                self.heartbeat_pushes.labels(event=event, result=outcome)
         self.keepalive_consecutive_failures = Gauge(
             "keepalive_consecutive_failures",
             "Keep-alive pings failed in a row",
@@ -57,6 +82,15 @@ class Metrics:
             "Unix time of the last successful keep-alive ping",
             registry=self.registry,
         )
+        self.alert_notifications = Counter(
+            "alert_notifications",
+            "Alert notification attempts per channel, by result (delivered; failed, then "
+            "retried; abandoned after the retry time)",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("delivered", "failed", "abandoned"):
+            self.alert_notifications.labels(result=result)
         self.bot_transitions = Counter(
             "bot_session_transitions",
             "Bot session state changes, by the state entered",
@@ -91,7 +125,7 @@ class Metrics:
                 "outbox_messages",
                 "Outbox messages by status",
                 "status",
-                lambda: self.outbox_counts,
+                lambda: {**dict.fromkeys(self.known_outbox_statuses, 0), **self.outbox_counts},
             )
         )
         # Session counts are read at scrape time from whoever owns the sessions (services
@@ -103,7 +137,7 @@ class Metrics:
                 "bot_sessions",
                 "Bot sessions by lifecycle state",
                 "state",
-                lambda: self.session_counts(),
+                lambda: {**dict.fromkeys(self.known_states, 0), **self.session_counts()},
             )
         )
         # Plain integers on the request path (/health included); Prometheus reads them at
@@ -119,11 +153,35 @@ class Metrics:
             )
         )
 
+    def declare(
+        self,
+        *,
+        states: Iterable[str] = (),
+        cleanup_reasons: Iterable[str] = (),
+        outbox_statuses: Iterable[str] = (),
+    ) -> None:
+        """Create the series of label values known in advance, at 0."""
+        self.known_states = tuple(states)
+        self.known_outbox_statuses = tuple(outbox_statuses)
+        for state in self.known_states:
+            self.bot_transitions.labels(to=state)
+        for reason in cleanup_reasons:
+            self.bot_cleanup_removed.labels(reason=reason)
+
+    def count_notification(self, result: str) -> None:
+        self.alert_notifications.labels(result=result).inc()
+
     def count_request(self, status: int) -> None:
         self.http_counts[_STATUS_CLASS[min(max(status // 100, 1), 5)]] += 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The registry in the format the scraper asks for (`Accept`): OpenMetrics when it
+        says so (Prometheus does, first), else the classic text format; and its media type."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
 
 
 _STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
@@ -150,6 +208,23 @@ class _CountsCollector(Collector):
         family = self._family(self._name, self._documentation, labels=[self._label])
         for value, count in sorted(self._read().items()):
             family.add_metric([value], count)
+        yield family
+
+
+class _DatabaseCollector(Collector):
+    """`database_up`: 1 when the last probe answered, 0 while the database is away (no
+    series before the first probe says either)."""
+
+    def __init__(self, read: Callable[[], bool | None]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "database_up", "Whether the database answered the last probe (1) or not (0)"
+        )
+        available = self._read()
+        if available is not None:
+            family.add_metric([], 1.0 if available else 0.0)
         yield family
 
 

@@ -93,7 +93,7 @@ def test_url_precedence():
             "KEEPALIVE_URL='ftp://u:***@x/health?token=***': expected an http:// or https://",
         ),
         ({"keep_alive_interval": "0"}, "KEEP_ALIVE_INTERVAL='0': must be greater than zero"),
-        ({"heartbeat_url": "not a url"}, "HEARTBEAT_URL=(hidden): expected an http"),
+        ({"heartbeat_url": "not-a-url"}, "HEARTBEAT_URL=(hidden): expected an http"),
         ({"database_url": "mysql://u:pw@h/db"}, "DATABASE_URL has an unsupported scheme 'mysql'"),
         (
             {"keep_alive_interval": "1s", "keep_alive_timeout": "2s"},
@@ -123,3 +123,21 @@ def test_platform_postgres_urls_become_asyncpg():
 def test_alert_urls_split_on_commas_and_spaces():
     s = settings(alert_urls="json://a.test/x, tgram://bot/chat  discord://id/token")
     assert s.alert_url_list == ["json://a.test/x", "tgram://bot/chat", "discord://id/token"]
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({}, "wakeful"),
+        ({"RENDER_SERVICE_NAME": "bot-eu"}, "bot-eu"),
+        ({"RAILWAY_SERVICE_NAME": "bot-us"}, "bot-us"),
+        ({"FLY_APP_NAME": "bot-fly"}, "bot-fly"),
+        ({"SERVICE_NAME": "prod bot", "RENDER_SERVICE_NAME": "bot-eu"}, "prod bot"),
+    ],
+)
+def test_alerts_name_the_instance(
+    env: dict[str, str], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    assert load_settings(_env_file=None).instance_name == name

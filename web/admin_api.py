@@ -16,11 +16,12 @@ from web.auth import hash_token, new_token
 from web.errors import Problem
 from web.routing import ApiRoute, principal
 from web.sessions_api import audit, manager
-from web.validation import Fields, read_json
+from web.validation import Fields, name_pattern, read_json
 
 log = logger.bind(component="admin")
 USER_NAME_RE = re.compile(r"[\w .@+\-]{1,64}")
 USER_ID_RE = re.compile(r"usr_[0-9a-f]{12}")
+USER_NAME_PATTERN = name_pattern(r"\w.@+\-", 64)
 USER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["id", "name", "createdAt"],
@@ -175,7 +176,13 @@ ADMIN_ROUTES = [
             "type": "object",
             "required": ["name"],
             "additionalProperties": False,
-            "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 64}},
+            "properties": {
+                "name": {
+                    "type": "string",
+                    "pattern": USER_NAME_PATTERN,
+                    "description": "letters, digits, spaces and . @ + - _ (1 to 64)",
+                }
+            },
         },
         responses={201: ("Created, with its token", USER_SCHEMA)},
     ),

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from services.dbhealth import is_database_unavailable
-from services.health import HealthState
+from services.health import CACHE_CONTROL, HealthState
 from services.keepalive import UPTIME_WINDOWS, KeepAlive
 from services.metrics import Metrics, SystemSampler, metrics_snapshot
 from services.scheduler import Scheduler
@@ -40,7 +39,10 @@ class HealthEndpoint:
     """`GET|HEAD /health` as a bare ASGI app: the platform's health check and every
     keep-alive ping land here, so it skips building a Request and a Response object."""
 
-    _HEADERS: ClassVar = ((b"content-type", HEALTH_JSON.encode()), (b"cache-control", b"no-store"))
+    _HEADERS: ClassVar = (
+        (b"content-type", HEALTH_JSON.encode()),
+        (b"cache-control", CACHE_CONTROL.encode()),
+    )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: HealthState = scope["app"].state.health
@@ -126,7 +128,10 @@ async def metrics_json(request: Request) -> Response:
 
 async def metrics_prometheus(request: Request) -> Response:
     await _refresh_outbox_counts(request)
-    return Response(_metrics(request).render(), media_type=CONTENT_TYPE_LATEST, headers=NO_STORE)
+    body, content_type = _metrics(request).exposition(request.headers.get("accept"))
+    # Vary: a cache in between must not hand the OpenMetrics answer to a classic scraper.
+    headers = {**NO_STORE, "Vary": "Accept"}
+    return Response(body, headers={**headers, "Content-Type": content_type})
 
 
 PUBLIC_ROUTES = [

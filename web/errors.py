@@ -89,10 +89,12 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     detail = exc.detail
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"There is nothing at {request.url.path}; see /openapi.json for the routes."
-    elif exc.status_code == 405:
-        allowed = (exc.headers or {}).get("Allow", "")
-        detail = f"{request.method} is not allowed on {request.url.path}; use {allowed}."
     headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 405 and headers is not None:
+        # Starlette joins a set: the order changed from one run to the next.
+        allowed = ", ".join(sorted(m.strip() for m in headers.get("Allow", "").split(",") if m))
+        headers["Allow"] = allowed
+        detail = f"{request.method} is not allowed on {request.url.path}; use {allowed}."
     return problem_response(request, exc.status_code, str(detail), headers=headers)
 
 

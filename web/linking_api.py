@@ -20,7 +20,7 @@ from bot.states import SessionState as S
 from web.errors import Problem
 from web.routing import ApiRoute
 from web.sessions_api import audit, find, manager, session_json
-from web.validation import Fields, choice_param, read_json
+from web.validation import PHONE_SCHEMAS, Fields, choice_param, read_json
 
 QR_FORMATS = ("png", "svg", "raw")
 PHONE_RE = re.compile(r"\+?[0-9][0-9 ()\-.]{5,24}")
@@ -46,7 +46,14 @@ PAIR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["phone"],
     "additionalProperties": False,
-    "properties": {"phone": {"type": "string", "description": "international form: +15551234567"}},
+    "properties": {
+        "phone": {
+            "type": "string",
+            "anyOf": PHONE_SCHEMAS,
+            "description": "international form with the country code: +15551234567 "
+            "(7 to 15 digits)",
+        }
+    },
 }
 CODE_SCHEMA: dict[str, Any] = {
     "type": "object",

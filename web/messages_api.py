@@ -13,12 +13,24 @@ from bot.sender import OutboxSender
 from web.errors import Problem
 from web.routing import ApiRoute
 from web.sessions_api import audit, find, manager
-from web.validation import MAX_OFFSET, Fields, choice_param, int_param, read_json
+from web.validation import (
+    MAX_OFFSET,
+    PHONE_SCHEMAS,
+    Fields,
+    choice_param,
+    int_param,
+    read_json,
+    stripped_pattern,
+)
 
 # A WhatsApp chat id: a person (c.us / s.whatsapp.net / lid), a group (g.us), a channel.
 CHAT_ID_RE = re.compile(r"\d{5,20}(-\d{1,20})?@(c\.us|g\.us|s\.whatsapp\.net|lid|newsletter)")
 PHONE_RE = re.compile(r"\+?[1-9][0-9 ()\-.]{5,24}")
 KEY_RE = re.compile(r"[\x21-\x7e]{1,200}")
+CHAT_ID_BODY = r"\d{5,20}(?:-\d{1,20})?@(?:c\.us|g\.us|s\.whatsapp\.net|lid|newsletter)"
+CHAT_ID_PATTERN = stripped_pattern(CHAT_ID_BODY)
+# Empty (or only spaces) means no key, as when the field is left out.
+KEY_PATTERN = stripped_pattern(r"[!-~]{1,200}") + "|^\\s*$"
 TO_EXPECTED = (
     "expected a phone number in international form (+15551234567) or a WhatsApp chat id "
     "(15551234567@c.us, 1203630xxxxxxx@g.us)"
@@ -43,9 +55,24 @@ SEND_SCHEMA: dict[str, Any] = {
     "required": ["to", "text"],
     "additionalProperties": False,
     "properties": {
-        "to": {"type": "string", "description": "+15551234567 or 15551234567@c.us"},
-        "text": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
-        "idempotencyKey": {"type": "string", "maxLength": 200},
+        "to": {
+            "type": "string",
+            "anyOf": [{"pattern": CHAT_ID_PATTERN}, *PHONE_SCHEMAS],
+            "description": "+15551234567 (7 to 15 digits) or a chat id: 15551234567@c.us, "
+            "1203630xxxxxxx@g.us",
+        },
+        "text": {
+            "type": "string",
+            "maxLength": MAX_TEXT,
+            "pattern": r"\S",
+            "description": "not only whitespace",
+        },
+        "idempotencyKey": {
+            "type": "string",
+            "pattern": KEY_PATTERN,
+            "description": "1 to 200 visible ASCII characters; the Idempotency-Key header "
+            "works too",
+        },
     },
 }
 

@@ -62,12 +62,19 @@ def _guard(route: ApiRoute) -> Handler:
     return guarded
 
 
+def _specificity(path: str) -> list[bool]:
+    """Sort key: at each segment, a literal before a parameter, so `…/messages/retry-dead`
+    is tried before `…/messages/{message_id}` (Starlette answers a method mismatch from the
+    first route whose path matches: OPTIONS on retry-dead got the other route's 405)."""
+    return [segment.startswith("{") for segment in path.split("/")]
+
+
 def starlette_routes(api: list[ApiRoute]) -> list[Route]:
     by_path: dict[str, dict[str, Handler]] = {}
     for route in api:
         by_path.setdefault(route.path, {})[route.method] = _guard(route)
     routes = []
-    for path, handlers in by_path.items():
+    for path, handlers in sorted(by_path.items(), key=lambda item: _specificity(item[0])):
         if len(handlers) == 1:
             ((method, handler),) = handlers.items()
             routes.append(Route(path, handler, methods=[method]))
@@ -120,10 +127,9 @@ _ERROR_DESCRIPTIONS = {
 def openapi_document(api: list[ApiRoute]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in api:
-        slug = route.path.strip("/").replace("/", "_").replace("{", "").replace("}", "")
         operation: dict[str, Any] = {
             "summary": route.summary,
-            "operationId": f"{route.method.lower()}_{slug}",
+            "operationId": _operation_id(route),
             "responses": {},
         }
         if route.access != "public":
@@ -175,6 +181,7 @@ def openapi_document(api: list[ApiRoute]) -> dict[str, Any]:
             if documented["description"] != _ERROR_DESCRIPTIONS[status]:
                 documented["description"] += f"; or: {_ERROR_DESCRIPTIONS[status].lower()}"
         paths.setdefault(route.path, {})[route.method.lower()] = operation
+    _link_creations(api, paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "wakeful", "version": VERSION},
@@ -187,6 +194,40 @@ def openapi_document(api: list[ApiRoute]) -> dict[str, Any]:
             },
         },
     }
+
+
+def _operation_id(route: ApiRoute) -> str:
+    slug = route.path.strip("/").replace("/", "_").replace("{", "").replace("}", "")
+    return f"{route.method.lower()}_{slug}"
+
+
+def _link_creations(api: list[ApiRoute], paths: dict[str, dict[str, Any]]) -> None:
+    """OpenAPI links from each creation (a POST answering 201 or 202 with an `id`) to every
+    operation under `<its path>/{id}`: a client, or a fuzzer, follows them with a real id.
+    The creation's own path parameters are passed on from the request."""
+    for creation in api:
+        created = [status for status in creation.responses if status in (201, 202)]
+        if creation.method != "POST" or not created:
+            continue
+        prefix = creation.path.rstrip("/") + "/{"
+        links: dict[str, Any] = {}
+        for target in api:
+            if not target.path.startswith(prefix):
+                continue
+            new_id = target.path[len(prefix) :].split("}", 1)[0]
+            parameters = {name: f"$request.path.{name}" for name in _path_params(creation.path)}
+            parameters[new_id] = "$response.body#/id"
+            if set(parameters) != set(_path_params(target.path)):
+                continue  # it needs an id this answer does not give
+            links[_operation_id(target)] = {
+                "operationId": _operation_id(target),
+                "parameters": parameters,
+                "description": f"{target.summary} (with the new {new_id})",
+            }
+        if links:
+            operation = paths[creation.path][creation.method.lower()]
+            for status in created:
+                operation["responses"][str(status)]["links"] = links
 
 
 def _path_params(path: str) -> list[str]:

@@ -19,12 +19,22 @@ from bot.store import ADMIN_OWNER, DuplicateNameError
 from bot.webhooks import EVENTS, new_secret, redact_userinfo
 from web.errors import Problem
 from web.routing import ApiRoute, principal
-from web.validation import MAX_OFFSET, Fields, choice_param, int_param, read_json
-from web.webhook_fields import webhook_events
+from web.validation import (
+    MAX_OFFSET,
+    Fields,
+    choice_param,
+    int_param,
+    name_pattern,
+    read_json,
+)
+from web.webhook_fields import WEBHOOK_URL_SCHEMA, webhook_events
 from web.webhook_fields import webhook_url as webhook_url_field
 
 NAME_RE = re.compile(r"[\w .@:+\-]{1,64}")
+NAME_PATTERN = name_pattern(r"\w.@:+\-", 64)
 SESSION_ID_RE = re.compile(r"bot_[0-9a-f]{12}")
+USER_ID_RE = re.compile(r"usr_[0-9a-f]{12}")
+USER_ID_PATTERN = r"^\s*usr_[0-9a-f]{12}\s*$"
 HISTORY_LIMIT = 20
 
 SESSION_SCHEMA: dict[str, Any] = {
@@ -49,15 +59,23 @@ CREATE_SCHEMA: dict[str, Any] = {
     "required": ["name"],
     "additionalProperties": False,
     "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 64},
-        "webhookUrl": {"type": ["string", "null"], "format": "uri"},
+        "name": {
+            "type": "string",
+            "pattern": NAME_PATTERN,
+            "description": "letters, digits, spaces and . @ : + - _ (1 to 64); unique per user",
+        },
+        "webhookUrl": WEBHOOK_URL_SCHEMA,
         "webhookEvents": {
             "type": ["array", "null"],
             "items": {"type": "string", "enum": list(EVENTS)},
         },
         "metadata": {"type": ["object", "null"]},
         "start": {"type": "boolean", "default": True},
-        "userId": {"type": "string", "description": "admin only: create it for this user"},
+        "userId": {
+            "type": "string",
+            "pattern": USER_ID_PATTERN,
+            "description": "admin only (403 otherwise): create it for this user (404 if none)",
+        },
     },
 }
 
@@ -174,15 +192,20 @@ async def create_session(request: Request) -> Response:
     metadata = fields.mapping("metadata")
     start = fields.boolean("start", True)
     owner = who.user_id
-    user_id = fields.text("userId", max_length=32)
-    if user_id is not None:
-        if not who.is_admin:
-            fields.error("userId", "only the admin token may create bots for another user")
-        elif await manager(request).store.get_user(user_id) is None:
-            fields.error("userId", f"there is no user '{user_id}'")
-        else:
-            owner = user_id
+    user_id = fields.text(
+        "userId",
+        max_length=16,
+        pattern=USER_ID_RE,
+        pattern_text="a user id: usr_ and 12 hexadecimal digits",
+    )
     fields.done()
+    if user_id:
+        # Well formed, so not a field error: not allowed (403), or no such user (404).
+        if not who.is_admin:
+            raise Problem(403, "Only the admin token may create bots for another user (userId).")
+        if await manager(request).store.get_user(user_id) is None:
+            raise Problem(404, f"There is no user '{user_id}' (userId).")
+        owner = user_id
     assert name is not None
     try:
         secret = new_secret()
@@ -299,7 +322,12 @@ SESSION_ROUTES = [
         create_session,
         "Create a bot (and start it unless start is false)",
         body=CREATE_SCHEMA,
-        responses={201: ("Created", SESSION_SCHEMA), 409: ("Duplicate name or limit", {})},
+        responses={
+            201: ("Created", SESSION_SCHEMA),
+            403: ("`userId` given with a token that is not the admin's", {}),
+            404: ("No user has this `userId`", {}),
+            409: ("Duplicate name or limit", {}),
+        },
     ),
     ApiRoute(
         "GET",

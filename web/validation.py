@@ -150,6 +150,31 @@ class Fields:
 
 MAX_OFFSET = 10**9
 
+# JSON Schema patterns (searched, so anchored here) that accept exactly what the handlers
+# accept: values are stripped of surrounding whitespace before they are checked, hence the
+# `\s*` at both ends. Python's `re` and str.strip() agree on what whitespace is.
+
+
+def stripped_pattern(body: str) -> str:
+    return rf"^\s*(?:{body})\s*$"
+
+
+def name_pattern(word_chars: str, max_length: int) -> str:
+    """1 to `max_length` of `word_chars` or spaces, not starting or ending with a space."""
+    return stripped_pattern(
+        rf"[{word_chars}](?:[{word_chars} ]{{0,{max_length - 2}}}[{word_chars}])?"
+    )
+
+
+# An international phone number: an optional +, 7 to 15 digits (the first not 0) with
+# spaces, dots, dashes or parentheses between, 6 to 25 characters after the +. Two branches
+# so that a length bounds each (no lookahead: fuzzers generate from these patterns).
+_DIGITS = r"[1-9](?:[ ()\-.]{0,3}[0-9]){6,14}[ ()\-.]{0,3}"
+PHONE_SCHEMAS: list[dict[str, object]] = [
+    {"pattern": stripped_pattern(rf"\+{_DIGITS}"), "maxLength": 26},
+    {"pattern": stripped_pattern(_DIGITS), "maxLength": 25},
+]
+
 
 def int_param(request: Request, name: str, *, default: int, low: int, high: int) -> int:
     """A whole-number query parameter within bounds, or a 422 naming it."""

@@ -12,14 +12,14 @@ from services.secretbox import SecretBox
 from web.routing import ApiRoute
 from web.sessions_api import SESSION_SCHEMA, audit, find, manager, session_json
 from web.validation import Fields, choice_param, read_json
-from web.webhook_fields import webhook_events, webhook_url
+from web.webhook_fields import WEBHOOK_URL_SCHEMA, webhook_events, webhook_url
 
 DELIVERY_STATUSES = ("queued", "sending", "delivered", "dead")
 UPDATE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "webhookUrl": {"type": ["string", "null"], "format": "uri"},
+        "webhookUrl": WEBHOOK_URL_SCHEMA,
         "webhookEvents": {
             "type": ["array", "null"],
             "items": {"type": "string", "enum": list(EVENTS)},

@@ -91,8 +91,10 @@ def test_heartbeat_reaches_the_monitor_and_its_url_is_never_logged(tmp_path: Pat
         server.env["HEARTBEAT_URL"] = monitor.url("http", "/ping/0b7e-secret-check")
         server.start()
         server.wait_ready()
-        wait_until(lambda: len(monitor.requests) >= 2, 15, "two heartbeats")
-        assert monitor.requests[0]["path"] == "/ping/0b7e-secret-check"
+        wait_until(lambda: len(monitor.requests) >= 3, 15, "the start and two heartbeats")
+        # Healthchecks-style (the default): `/start` at boot, then a POST per good ping.
+        paths = sorted(request["path"] for request in monitor.requests[:3])
+        assert paths == ["/ping/0b7e-secret-check"] * 2 + ["/ping/0b7e-secret-check/start"]
         body = server.get("/api/keepalive").json()
         assert body["heartbeat"]["configured"] is True
         assert body["heartbeat"]["lastOk"] is True

@@ -56,13 +56,18 @@ async def test_the_monitor_warns_alerts_once_and_resolves(tmp_path: Path, clock:
         port = free_port()
         down = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/x")
         monitor = DatabaseMonitor(down, clock, alerter)
-        assert monitor.health_check() == ("pass", {"componentType": "datastore"})
+        assert monitor.health_check() == (
+            "pass",
+            {"componentType": "datastore", "observedValue": None, "observedUnit": "ms"},
+        )
+        away_from = clock.now()
         for _ in range(5):
             assert await monitor.check_once() is False
             clock.advance(timedelta(seconds=5))
         status, details = monitor.health_check()
         assert status == "warn"
-        assert details["observedValue"] == 25
+        assert details["unreachableSince"] == away_from.isoformat()
+        assert details["observedValue"] is None
         assert "refused" in details["output"].lower()
         # Back: the same monitor over a database that answers (as the pool reconnecting).
         monitor._db = Database(f"sqlite+aiosqlite:///{tmp_path / 'w.db'}")

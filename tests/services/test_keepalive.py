@@ -11,7 +11,8 @@ import pytest
 from loguru import logger
 
 from services.alerts import Alerter
-from services.keepalive import KeepAlive, KeepAliveConfig, describe_failure
+from services.httpfailure import describe_failure
+from services.keepalive import KeepAlive, KeepAliveConfig
 from services.metrics import Metrics
 from tests.support import FakeClock, Receiver
 
@@ -30,7 +31,7 @@ class Peer:
         self.heartbeat_status = 200
 
     def handler(self, request: httpx.Request) -> httpx.Response:
-        if str(request.url) == HEARTBEAT:
+        if str(request.url).startswith(HEARTBEAT):
             self.heartbeats += 1
             return httpx.Response(self.heartbeat_status)
         self.clock.advance(self.latency)
@@ -103,9 +104,9 @@ async def test_recovery_sends_one_resolved_notice_with_the_downtime(make_keepali
     await keepalive.ping_once()
     resolved = [line for line in logs if line.startswith("✅ RESOLVED")]
     assert len(resolved) == 1
-    # Alert opened at the third failure (20 min after the first); resolved 20 min later.
+    # Down from the first failure (not from the alert at the third): 4 pings 10 min apart.
     assert "after 4 consecutive failures" in resolved[0]
-    assert "(down 20m 0s)" in resolved[0]
+    assert "(down 40m 0s)" in resolved[0]
     assert not keepalive.alerting
     assert keepalive.consecutive_failures == 0
 
@@ -143,8 +144,10 @@ async def test_heartbeat_only_after_a_successful_ping_and_never_logged(make_keep
     assert peer.heartbeats == 2
     peer.heartbeat_status = 404
     await keepalive.ping_once()
-    assert keepalive.heartbeat_failures == 1
-    assert any("Heartbeat push to HEARTBEAT_URL failed: HTTP 404" in line for line in logs)
+    assert keepalive.heartbeat is not None
+    assert keepalive.heartbeat.failures == 1
+    refused = "Heartbeat push to HEARTBEAT_URL failed: HTTP 404 (success signal)"
+    assert any(refused in line for line in logs)
     assert all("secret-uuid" not in line for line in logs)
     snapshot = keepalive.snapshot(None)
     assert snapshot["heartbeat"]["configured"] is True
@@ -185,17 +188,20 @@ async def test_heartbeat_failure_does_not_stop_the_pings(make_keepalive):
     keepalive, peer, _ = make_keepalive(heartbeat_url=HEARTBEAT)
 
     def broken(request: httpx.Request) -> httpx.Response:
-        if str(request.url) == HEARTBEAT:
+        if str(request.url).startswith(HEARTBEAT):
             raise httpx.ConnectError("boom")
         answer: httpx.Response = peer.handler(request)
         return answer
 
     keepalive._client = httpx.AsyncClient(transport=httpx.MockTransport(broken))
+    assert keepalive.heartbeat is not None
+    keepalive.heartbeat._client = keepalive._client
     first = await keepalive.ping_once()
     second = await keepalive.ping_once()
     assert first.ok
     assert second.ok
-    assert keepalive.heartbeat_failures == 2
+    assert keepalive.heartbeat is not None
+    assert keepalive.heartbeat.failures == 2
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
+    positive_data_acceptance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -67,8 +68,10 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
     problem_json,
-    # What the document forbids is refused (an unknown field, a value outside its enum or
-    # range): the document is the contract, in both directions.
+    # The document is the contract, in both directions: what it allows is accepted (no 400
+    # or 422 for a body it calls valid), what it forbids is refused (an unknown field, a
+    # value outside its enum, range or pattern).
+    positive_data_acceptance,
     negative_data_rejection,
 ]
 

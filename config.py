@@ -144,6 +144,8 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     secret_key: SecretStr | None = None
     max_body_bytes: int = Field(default=65_536, ge=1024)
+    max_header_bytes: int = Field(default=16_384, ge=4096)
+    header_read_timeout: Duration = timedelta(seconds=10)
 
     # Bot manager
     bot_engine: str = "whatsapp"
@@ -246,6 +248,7 @@ class Settings(BaseSettings):
         "outbox_lease",
         "webhook_timeout",
         "database_check_interval",
+        "header_read_timeout",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:

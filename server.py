@@ -48,8 +48,10 @@ from services.scheduler import Scheduler
 from services.secretbox import load_secret_box
 from web.app_routes import all_routes
 from web.auth import Authenticator, dashboard_secret_key, ensure_admin_token
+from web.bodylimit import BodySizeLimit
 from web.errors import EXCEPTION_HANDLERS
 from web.middleware import RequestCounter
+from web.serverprotocol import protocol_with_head_timeout
 from web.websession import SessionSigner
 
 log = logger.bind(component="server")
@@ -235,7 +237,10 @@ def create_app(
         routes=all_routes(),
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(RequestCounter, metrics=metrics)],
+        middleware=[
+            Middleware(RequestCounter, metrics=metrics),
+            Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
+        ],
     )
     app.state.settings = settings
     app.state.listening = asyncio.Event()
@@ -379,6 +384,9 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         lifespan="on",
+        # h11, for its bound on a request's head; ours adds a bound on the time it may take.
+        http=protocol_with_head_timeout(settings.header_read_timeout.total_seconds()),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         log_config=None,
         access_log=settings.access_log,
         proxy_headers=True,

@@ -21,6 +21,7 @@ from starlette.templating import Jinja2Templates
 from services.metrics import SystemSampler
 from web.api import keepalive_document
 from web.auth import Authenticator, Principal, hash_token
+from web.bodylimit import BodyTooLargeError
 from web.websession import (
     COOKIE,
     CSRF_FIELD,
@@ -36,11 +37,20 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 LATENCY_POINTS = 60
 
 
+FORM_MAX_BYTES = 4096
+
+
 async def _form(request: Request) -> dict[str, str]:
-    """The two small url-encoded forms (sign in, sign out): read without a multipart parser."""
-    body = await request.body()
-    if len(body) > 4096:
-        return {}
+    """The two small url-encoded forms (sign in, sign out): read without a multipart parser,
+    and never more than FORM_MAX_BYTES of it (anyone may post to /login)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > FORM_MAX_BYTES:
+            raise BodyTooLargeError(FORM_MAX_BYTES)
+        chunks.append(chunk)
+    body = b"".join(chunks)
     pairs = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     return {name: values[0] for name, values in pairs.items()}
 

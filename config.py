@@ -7,6 +7,7 @@ exits with status 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from datetime import timedelta
@@ -178,6 +179,9 @@ class Settings(BaseSettings):
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     webhook_allow_private: bool = False
+    # Private networks webhooks may reach anyway (a trusted service on the platform's
+    # private network), as CIDRs separated by commas: 10.250.0.0/16,fd12::/64.
+    webhook_allowed_networks: str = ""
     webhook_timeout: Duration = timedelta(seconds=10)
 
     # WhatsApp engine
@@ -204,6 +208,19 @@ class Settings(BaseSettings):
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters (use a long random string)")
+        return value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in (v for v in re.split(r"[\s,]+", value) if v):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"'{item}' is not a network; expected CIDRs like 10.0.0.0/8, separated "
+                    "by commas"
+                ) from None
         return value
 
     @field_validator("chromium_path")
@@ -310,6 +327,13 @@ class Settings(BaseSettings):
             if base:
                 return base.rstrip("/") + "/health", source
         return None, "set KEEPALIVE_URL or PUBLIC_URL to this service's public address"
+
+    @property
+    def webhook_allowed_network_list(
+        self,
+    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        items = (v for v in re.split(r"[\s,]+", self.webhook_allowed_networks) if v)
+        return tuple(ipaddress.ip_network(item, strict=False) for item in items)
 
     @property
     def alert_url_list(self) -> list[str]:

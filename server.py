@@ -43,7 +43,10 @@ from services.health import HealthState
 from services.keepalive import KeepAlive, keepalive_config, warn_about_sleep_threshold
 from services.logging import setup_logging
 from services.metrics import Metrics, SystemSampler
+from services.netguard import AddressPolicy, default_resolver
 from services.pingstore import PingStore
+from services.pinned import PinnedTransport
+from services.resolver import Resolver
 from services.scheduler import Scheduler
 from services.secretbox import load_secret_box
 from web.app_routes import all_routes
@@ -64,9 +67,16 @@ def create_app(
     *,
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    resolver: Resolver | None = None,
 ) -> Starlette:
-    """Build the app. `clock` and `transport` are for tests (a fake clock, a mock peer)."""
+    """Build the app. `clock`, `transport` and `resolver` are for tests (a fake clock, a mock
+    peer for the keep-alive, a DNS server of the test's own for webhook hosts)."""
     clock = clock or SystemClock()
+    resolver = resolver or default_resolver()
+    address_policy = AddressPolicy(
+        allow_private=settings.webhook_allow_private,
+        allowed=settings.webhook_allowed_network_list,
+    )
     metrics = Metrics()
     health = HealthState(clock, clock.now())
     alerter = Alerter(settings.alert_url_list, clock)
@@ -131,6 +141,9 @@ def create_app(
         )
         manager.add_listener(sender)
         deliveries = DeliveryStore(db)
+        webhook_client = httpx.AsyncClient(
+            transport=PinnedTransport(address_policy, resolver), follow_redirects=False
+        )
         webhooks = Webhooks(
             deliveries,
             config=WebhookConfig(
@@ -142,7 +155,7 @@ def create_app(
                 ),
             ),
             policy=retry,
-            client=client,
+            client=webhook_client,
             secrets_box=secret_box,
             clock=clock,
             metrics=metrics,
@@ -231,6 +244,7 @@ def create_app(
             for task in background:
                 task.cancel()
             await asyncio.wait(background, timeout=1)
+            await webhook_client.aclose()
             await _shutdown(settings, scheduler, manager, alerter, client, db)
 
     app = Starlette(
@@ -243,6 +257,8 @@ def create_app(
         ],
     )
     app.state.settings = settings
+    app.state.address_policy = address_policy
+    app.state.resolver = resolver
     app.state.listening = asyncio.Event()
     app.state.metrics = metrics
     app.state.health = health

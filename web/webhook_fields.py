@@ -14,9 +14,11 @@ async def webhook_url(fields: Fields, request: Request) -> str | None:
     url = fields.url("webhookUrl")
     if url is None:
         return None
-    allow = request.app.state.settings.webhook_allow_private
+    state = request.app.state
     try:
-        await check_url(url, allow_private=allow)
+        await check_url(
+            url, allow_private=False, policy=state.address_policy, resolver=state.resolver
+        )
     except BlockedAddressError as exc:
         fields.error("webhookUrl", str(exc))
         return None

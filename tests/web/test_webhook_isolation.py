@@ -1,0 +1,186 @@
+"""Webhooks as one user's tool against the server and against other users: addresses the
+guard refuses, DNS rebinding, URLs httpx would refuse, receivers that hang, drip or fail, and
+slow DNS. In-process app, real loopback receivers, a DNS server of the test's own."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from server import create_app
+from services.netguard import BlockedAddressError, check_url
+from services.resolver import Resolver
+from tests.dnsserver import DnsServer, LoopbackDnsResolver
+from tests.web.test_sessions_api import ADMIN, Api, make_settings
+
+WAIT = 20.0
+
+
+class HostReceiver:
+    """A webhook receiver on one loopback address; records Host headers."""
+
+    def __init__(self, host: str, port: int = 0) -> None:
+        self.hosts: list[str] = []
+        hosts = self.hosts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                hosts.append(self.headers["Host"])
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.port: int = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Trap:
+    """A listener that only counts who connects to it (nothing must)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.socket()
+        self.sock.bind((host, port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.accepted = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
+@asynccontextmanager
+async def running_with(settings: Any, resolver: Resolver | None = None) -> AsyncIterator[Api]:
+    app = create_app(settings, resolver=resolver)
+    async with app.router.lifespan_context(app):
+        app.state.listening.set()
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://wakeful.test") as c:
+            yield Api(app, c)
+
+
+async def eventually(check: Any, what: str, timeout: float = WAIT) -> Any:
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                value = check()
+                if asyncio.iscoroutine(value):
+                    value = await value
+                if value:
+                    return value
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pytest.fail(f"timed out waiting for {what}")
+
+
+async def deliveries(api: Api, bot: str) -> list[dict[str, Any]]:
+    response = await api.client.get(f"/api/sessions/{bot}/deliveries", headers=ADMIN)
+    assert response.status_code == 200, response.text
+    found: list[dict[str, Any]] = response.json()["deliveries"]
+    return found
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::7f00:1]/hook",  # IPv4-compatible IPv6 for 127.0.0.1
+        "http://[::a9fe:a9fe]/hook",  # ... for 169.254.169.254
+        "http://[64:ff9b:1::7f00:1]/hook",  # local-use NAT64
+        "http://192.0.0.192/hook",  # a cloud's metadata, inside 192.0.0.0/24
+        "http://198.18.0.1/hook",  # benchmarking
+        "http://[2001:db8::1]/hook",  # documentation
+    ],
+)
+async def test_addresses_python_calls_global_are_refused(url: str):
+    with pytest.raises(BlockedAddressError):
+        await check_url(url, allow_private=False)
+
+
+async def test_public_addresses_pass_the_guard():
+    for url in ("http://8.8.8.8/hook", "https://[2606:4700:4700::1111]/hook"):
+        await check_url(url, allow_private=False)  # literals: nothing is sent or resolved
+
+
+@pytest.fixture
+def rebinding_hosts() -> Iterator[tuple[HostReceiver, Trap]]:
+    # The same port on two loopback addresses: 127.0.0.2 stands for "a public address" (the
+    # test allows it by WEBHOOK_ALLOWED_NETWORKS), 127.0.0.1 for the internal service.
+    for _ in range(20):
+        receiver = HostReceiver("127.0.0.2")
+        try:
+            trap = Trap("127.0.0.1", receiver.port)
+        except OSError:
+            receiver.close()
+            continue
+        yield receiver, trap
+        trap.close()
+        receiver.close()
+        return
+    raise AssertionError("no port free on both 127.0.0.1 and 127.0.0.2")
+
+
+async def test_dns_rebinding_never_reaches_the_second_address(
+    tmp_path: Path, rebinding_hosts: tuple[HostReceiver, Trap]
+):
+    receiver, trap = rebinding_hosts
+    # The save and the first delivery see 127.0.0.2; every lookup after that 127.0.0.1.
+    with DnsServer(lambda n: "127.0.0.2" if n <= 2 else "127.0.0.1") as dns:
+        settings = make_settings(
+            tmp_path,
+            webhook_allow_private=False,
+            webhook_allowed_networks="127.0.0.2/32",
+            retry_base_delay="50ms",
+            retry_max_delay="100ms",
+            max_retry_attempts=2,
+        )
+        async with running_with(settings, LoopbackDnsResolver(dns.port)) as api:
+            url = f"http://hooks.rebind.test:{receiver.port}/hook"
+            bot = (await api.new_session(webhookUrl=url))["id"]
+            await api.wait_for(bot, "CONNECTED")
+
+            async def settled() -> bool:
+                found = await deliveries(api, bot)
+                return len(found) >= 2 and all(d["status"] in ("delivered", "dead") for d in found)
+
+            await eventually(settled, "every delivery to be delivered or dead")
+            found = await deliveries(api, bot)
+            assert receiver.hosts == [f"hooks.rebind.test:{receiver.port}"]
+            assert [d["status"] for d in found].count("delivered") == 1
+            dead = [d for d in found if d["status"] == "dead"]
+            assert dead and all("loopback" in d["lastError"] for d in dead)
+            # One lookup per delivery attempt, plus the save's: never a second one to connect.
+            attempts = sum(d["attempts"] for d in found)
+            assert len(dns.queries) == attempts + 1
+    assert trap.accepted == 0

@@ -137,14 +137,14 @@ def url_target(url: str) -> tuple[str, int]:
 
 
 async def approved_addresses(
-    host: str, port: int, policy: AddressPolicy, resolver: Resolver | None = None
+    host: str, port: int, policy: AddressPolicy, resolver: Resolver | None = None, key: str = ""
 ) -> list[IPAddress]:
     """Resolve `host` once and return its addresses if every one is allowed."""
     try:
         addresses: list[IPAddress] = [ipaddress.ip_address(host)]
     except ValueError:
         try:
-            addresses = await (resolver or default_resolver()).resolve(host, port)
+            addresses = await (resolver or default_resolver()).resolve(host, port, key)
         except ResolveError as exc:
             raise BlockedAddressError(str(exc)) from None
     for address in addresses:
@@ -163,10 +163,11 @@ async def check_url(
     allow_private: bool,
     policy: AddressPolicy | None = None,
     resolver: Resolver | None = None,
+    key: str = "",
 ) -> None:
     """Raise BlockedAddressError unless `url` is http(s) to allowed addresses only."""
     host, port = url_target(url)
     policy = policy or AddressPolicy(allow_private=allow_private)
     if policy.allow_private:
         return
-    await approved_addresses(host, port, policy, resolver)
+    await approved_addresses(host, port, policy, resolver, key)

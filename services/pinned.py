@@ -56,7 +56,10 @@ class PinnedTransport(httpx.AsyncBaseTransport):
         url = request.url
         host = url.host
         port = url.port or (443 if url.scheme == "https" else 80)
-        addresses = await approved_addresses(host, port, self._policy, self._resolver)
+        # Lookups are accounted per receiver: one receiver's slow DNS holds its own share.
+        addresses = await approved_addresses(
+            host, port, self._policy, self._resolver, key=f"receiver:{host}"
+        )
         last_error: httpx.ConnectError | None = None
         for address in addresses:
             extensions = dict(request.extensions)

@@ -93,7 +93,7 @@ class LoopbackDnsResolver:
         self.port = port
         self.timeout = timeout
 
-    async def resolve(self, host: str, port: int) -> list[IPAddress]:
+    async def resolve(self, host: str, port: int, key: str = "") -> list[IPAddress]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bytes] = loop.create_future()
         transport, _ = await loop.create_datagram_endpoint(

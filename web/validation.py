@@ -11,6 +11,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from starlette.requests import ClientDisconnect, Request
 
 from web.errors import Problem
@@ -127,6 +128,21 @@ class Fields:
             return None
         if parts.scheme not in ("http", "https") or not host:
             self.error(name, "expected an http:// or https:// URL with a host")
+            return None
+        # urlsplit quietly drops tabs and newlines (as browsers do); httpx refuses them, and
+        # other characters, only when sending. Refuse here what could never be sent.
+        if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            self.error(name, "must not contain spaces, tabs, newlines or control characters")
+            return None
+        return value
+
+    def requestable_url(self, name: str, value: str) -> str | None:
+        """`value` if httpx can send a request to it (checked when it is saved, not when a
+        delivery fails on it), else a field error."""
+        try:
+            httpx.Request("POST", value)
+        except (httpx.InvalidURL, ValueError, UnicodeError) as exc:
+            self.error(name, f"not a URL that can be requested ({exc})")
             return None
         return value
 

@@ -6,6 +6,7 @@ from starlette.requests import Request
 
 from bot.webhooks import EVENTS
 from services.netguard import BlockedAddressError, check_url
+from web.routing import principal
 from web.validation import Fields
 
 
@@ -16,13 +17,18 @@ async def webhook_url(fields: Fields, request: Request) -> str | None:
         return None
     state = request.app.state
     try:
+        # Lookups are accounted per caller: one user's slow DNS holds only their own share.
         await check_url(
-            url, allow_private=False, policy=state.address_policy, resolver=state.resolver
+            url,
+            allow_private=False,
+            policy=state.address_policy,
+            resolver=state.resolver,
+            key=f"caller:{principal(request).label}",
         )
     except BlockedAddressError as exc:
         fields.error("webhookUrl", str(exc))
         return None
-    return url
+    return fields.requestable_url("webhookUrl", url)
 
 
 def webhook_events(fields: Fields) -> list[str] | None:

@@ -20,7 +20,7 @@ from server import create_app
 from services.netguard import BlockedAddressError, check_url
 from services.resolver import Resolver
 from tests.dnsserver import DnsServer, LoopbackDnsResolver
-from tests.web.test_sessions_api import ADMIN, Api, make_settings
+from tests.web.test_sessions_api import ADMIN, Api, assert_problem, make_settings
 
 WAIT = 20.0
 
@@ -184,3 +184,182 @@ async def test_dns_rebinding_never_reaches_the_second_address(
             attempts = sum(d["attempts"] for d in found)
             assert len(dns.queries) == attempts + 1
     assert trap.accepted == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://hooks.example.com/a\tb",
+        "http://hooks.example.com/a\nb",
+        "http://hooks.ex ample.com/",
+    ],
+)
+async def test_a_url_httpx_would_refuse_is_refused_when_saved(tmp_path: Path, url: str):
+    async with running_with(make_settings(tmp_path)) as api:
+        response = await api.client.post(
+            "/api/sessions", json={"name": "tabbed", "webhookUrl": url}, headers=ADMIN
+        )
+        body = assert_problem(response, 422)
+        assert [e["field"] for e in body["errors"]] == ["webhookUrl"]
+
+
+class DrippingReceiver:
+    """Reads a request, then answers one byte at a time, never finishing."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port: int = self.sock.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                conn.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000:
+                    if self._stop.wait(0.5):
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+
+
+async def test_a_dripping_and_a_failing_receiver_do_not_delay_another_users_webhooks(
+    tmp_path: Path,
+):
+    from sqlalchemy import insert
+
+    from bot.webhooks import webhook_deliveries
+
+    dripping = DrippingReceiver()
+    good = HostReceiver("127.0.0.1")
+    try:
+        settings = make_settings(
+            tmp_path,
+            webhook_timeout="3s",
+            retry_base_delay="100ms",
+            retry_max_delay="200ms",
+            max_retry_attempts=2,
+            max_sessions_per_user=5,
+        )
+        async with running_with(settings) as api:
+            alice, bob = await api.new_user("alice"), await api.new_user("bob")
+            drip_url = f"http://127.0.0.1:{dripping.port}/hook"
+            slow = (
+                await api.new_session(alice.headers, webhookUrl=drip_url, webhookEvents=["qr"])
+            )["id"]
+            quiet = (await api.new_session(alice.headers, webhookEvents=["qr"]))["id"]
+            fast = (
+                await api.new_session(bob.headers, webhookUrl=f"http://127.0.0.1:{good.port}/hook")
+            )["id"]
+            await api.wait_for(fast, "CONNECTED", bob.headers)
+            await eventually(lambda: good.hosts, "bob's first delivery")
+            webhooks = api.app.state.webhooks
+            # Alice: 30 deliveries to a receiver that drips, and 10 to a URL httpx refuses
+            # (stored before such URLs were refused at save).
+            for _ in range(30):
+                await webhooks(api.manager.sessions[slow], "qr", {"qr": "x"})
+            now = api.app.state.manager.clock.now()
+            rows = [
+                {
+                    "id": f"dlv_poison{i:06d}",
+                    "session_id": quiet,
+                    "target": "bot",
+                    "url": "http://hooks.example.com/a\tb",
+                    "event": "qr",
+                    "payload": "{}",
+                    "status": "queued",
+                    "attempts": 0,
+                    "created_at": now,
+                    "due_at": now,
+                }
+                for i in range(10)
+            ]
+            async with api.app.state.db.engine.begin() as conn:
+                await conn.execute(insert(webhook_deliveries), rows)
+            await eventually(lambda: dripping.connections >= 1, "the dripping receiver in use")
+            for round_ in range(3):
+                wanted = len(good.hosts) + 1
+                started = asyncio.get_running_loop().time()
+                await webhooks(api.manager.sessions[fast], "message.sent", {"round": round_})
+                await eventually(lambda: len(good.hosts) >= wanted, "bob's delivery", 10)  # noqa: B023
+                took = asyncio.get_running_loop().time() - started
+                assert took < 2.0, f"bob's delivery took {took:.1f}s"
+
+            async def poisoned_dead() -> bool:
+                found = await deliveries(api, quiet)
+                return len(found) == 10 and all(d["status"] == "dead" for d in found)
+
+            await eventually(poisoned_dead, "the poisoned deliveries to be dead")
+            dead = await deliveries(api, quiet)
+            assert all(d["attempts"] == 2 for d in dead)
+            assert all("InvalidURL" in d["lastError"] for d in dead)
+            # At most PER_RECEIVER of alice's deliveries ever waited on the drip at once.
+            assert dripping.connections <= 30
+    finally:
+        dripping.close()
+        good.close()
+
+
+async def test_hanging_lookups_of_one_user_do_not_slow_another_users_patch(tmp_path: Path):
+    from services.resolver import SystemResolver
+
+    release = threading.Event()
+
+    def lookup(host: str, port: int, family: int, kind: int) -> list[tuple[Any, ...]]:
+        if host.endswith(".hang.test"):
+            release.wait(30)  # a resolver that never answers (until the test ends)
+            raise socket.gaierror("no answer")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    resolver = SystemResolver(timeout=3.0, lookup=lookup)
+    settings = make_settings(
+        tmp_path, webhook_allow_private=False, webhook_allowed_networks="127.0.0.0/8"
+    )
+    try:
+        async with running_with(settings, resolver) as api:
+            alice, bob = await api.new_user("alice"), await api.new_user("bob")
+            bot_a = (await api.new_session(alice.headers, start=False))["id"]
+            bot_b = (await api.new_session(bob.headers, start=False))["id"]
+
+            async def alice_patch(i: int) -> httpx.Response:
+                return await api.client.patch(
+                    f"/api/sessions/{bot_a}",
+                    json={"webhookUrl": f"http://n{i}.hang.test/hook"},
+                    headers=alice.headers,
+                )
+
+            hanging = [asyncio.create_task(alice_patch(i)) for i in range(12)]
+            await asyncio.sleep(0.2)  # alice's lookups are under way
+            started = asyncio.get_running_loop().time()
+            patched = await api.client.patch(
+                f"/api/sessions/{bot_b}",
+                json={"metadata": {"plan": "pro"}, "webhookUrl": "http://hooks.bob.test/hook"},
+                headers=bob.headers,
+            )
+            took = asyncio.get_running_loop().time() - started
+            assert patched.status_code == 200, patched.text
+            assert took < 1.0, f"bob's PATCH took {took:.2f}s"
+            answers = await asyncio.gather(*hanging)
+            assert all(a.status_code == 422 for a in answers)
+            assert all(a.json()["errors"][0]["field"] == "webhookUrl" for a in answers)
+    finally:
+        release.set()
+        resolver.close()

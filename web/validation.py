@@ -15,6 +15,7 @@ import httpx
 from starlette.requests import ClientDisconnect, Request
 
 from web.errors import Problem
+from web.strictjson import strict_json_problem
 
 
 async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -152,6 +153,10 @@ class Fields:
             return {}
         if not isinstance(value, dict):
             self.error(name, f"expected an object, got {type(value).__name__}")
+            return {}
+        problem = strict_json_problem(value)
+        if problem is not None:
+            self.error(name, f"must be strict JSON: this {problem}")
             return {}
         if len(json.dumps(value)) > max_bytes:
             self.error(name, f"at most {max_bytes} bytes once encoded as JSON")

@@ -363,3 +363,56 @@ async def test_hanging_lookups_of_one_user_do_not_slow_another_users_patch(tmp_p
     finally:
         release.set()
         resolver.close()
+
+
+# Metadata: only what every JSON reader can read back -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw_metadata",
+    [
+        '{"x": 1e400}',
+        '{"x": "\\ud800"}',
+        '{"\\udfff": 1}',
+        "[" * 400 + "]" * 400,  # within the 4 KB bound, nested 400 deep
+    ],
+    ids=["infinite", "lone-surrogate", "surrogate-key", "deep"],
+)
+async def test_metadata_that_is_not_strict_json_is_refused(tmp_path: Path, raw_metadata: str):
+    async with running_with(make_settings(tmp_path, max_body_bytes=65_536)) as api:
+        metadata = (
+            raw_metadata if raw_metadata.startswith("{") else '{"deep": ' + raw_metadata + "}"
+        )
+        raw = '{"name": "poison", "start": false, "metadata": ' + metadata + "}"
+        created = await api.client.post(
+            "/api/sessions",
+            content=raw.encode(),
+            headers={**ADMIN, "Content-Type": "application/json"},
+        )
+        body = assert_problem(created, 422)
+        assert [e["field"] for e in body["errors"]] == ["metadata"]
+        bot = (await api.new_session(start=False))["id"]
+        patched = await api.client.patch(
+            f"/api/sessions/{bot}",
+            content=('{"metadata": ' + metadata + "}").encode(),
+            headers={**ADMIN, "Content-Type": "application/json"},
+        )
+        assert [e["field"] for e in assert_problem(patched, 422)["errors"]] == ["metadata"]
+        listed = await api.client.get("/api/sessions", headers=ADMIN)
+        assert listed.status_code == 200
+
+
+async def test_a_poisoned_row_stored_before_the_check_never_breaks_the_list(tmp_path: Path):
+    async with running_with(make_settings(tmp_path)) as api:
+        alice = await api.new_user("alice")
+        poisoned = (await api.new_session(alice.headers, start=False))["id"]
+        healthy = (await api.new_session(start=False, metadata={"plan": "pro"}))["id"]
+        for value in ({"x": float("inf")}, {"x": "\ud800"}):
+            await api.manager.store.save_fields(poisoned, metadata=value)
+            api.manager.sessions[poisoned].record.metadata = value
+            listed = await api.client.get("/api/sessions", headers=ADMIN)
+            assert listed.status_code == 200, listed.text
+            by_id = {s["id"]: s for s in listed.json()["sessions"]}
+            assert by_id[poisoned]["metadata"] == {}
+            assert by_id[healthy]["metadata"] == {"plan": "pro"}
+            assert (await api.get(poisoned, alice.headers))["metadata"] == {}

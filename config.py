@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     max_body_bytes: int = Field(default=65_536, ge=1024)
     max_header_bytes: int = Field(default=16_384, ge=4096)
+    auth_max_failures: int = Field(default=30, ge=1)
+    auth_failure_window: Duration = timedelta(minutes=1)
+    # Who may set X-Forwarded-For/-Proto: unset means the platform's edge on Railway, Render,
+    # Koyeb and Fly (their proxies are the only way in and have no fixed address), else
+    # 127.0.0.1 only. uvicorn reads the same variable.
+    forwarded_allow_ips: str | None = None
     header_read_timeout: Duration = timedelta(seconds=10)
 
     # Bot manager
@@ -266,6 +272,7 @@ class Settings(BaseSettings):
         "webhook_timeout",
         "database_check_interval",
         "header_read_timeout",
+        "auth_failure_window",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
@@ -334,6 +341,12 @@ class Settings(BaseSettings):
     ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         items = (v for v in re.split(r"[\s,]+", self.webhook_allowed_networks) if v)
         return tuple(ipaddress.ip_network(item, strict=False) for item in items)
+
+    @property
+    def trusted_proxies(self) -> str:
+        if self.forwarded_allow_ips:
+            return self.forwarded_allow_ips.strip()
+        return "127.0.0.1" if self.platform is Platform.UNKNOWN else "*"
 
     @property
     def alert_url_list(self) -> list[str]:

@@ -39,6 +39,7 @@ from services.alerts import AlertConfigError, Alerter
 from services.clock import Clock, SystemClock
 from services.database import Database, DatabaseError
 from services.dbhealth import DatabaseMonitor
+from services.filemodes import private_dir
 from services.health import HealthState
 from services.keepalive import KeepAlive, keepalive_config, warn_about_sleep_threshold
 from services.logging import setup_logging
@@ -51,9 +52,11 @@ from services.scheduler import Scheduler
 from services.secretbox import load_secret_box
 from web.app_routes import all_routes
 from web.auth import Authenticator, dashboard_secret_key, ensure_admin_token
+from web.authlimit import FailedAuthLimiter
 from web.bodylimit import BodySizeLimit
 from web.errors import EXCEPTION_HANDLERS
 from web.middleware import RequestCounter
+from web.securityheaders import SecurityHeaders
 from web.serverprotocol import protocol_with_head_timeout
 from web.websession import SessionSigner
 
@@ -83,6 +86,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        private_dir(settings.data_dir)
         db = Database(settings.sqlalchemy_url)
         await db.migrate()
         database = DatabaseMonitor(db, clock, alerter)
@@ -253,11 +257,15 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
             Middleware(RequestCounter, metrics=metrics),
+            Middleware(SecurityHeaders),
             Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
         ],
     )
     app.state.settings = settings
     app.state.address_policy = address_policy
+    app.state.auth_limiter = FailedAuthLimiter(
+        settings.auth_max_failures, settings.auth_failure_window.total_seconds(), clock.monotonic
+    )
     app.state.resolver = resolver
     app.state.listening = asyncio.Event()
     app.state.metrics = metrics
@@ -406,7 +414,7 @@ def main() -> int:
         log_config=None,
         access_log=settings.access_log,
         proxy_headers=True,
-        forwarded_allow_ips="*",
+        forwarded_allow_ips=settings.trusted_proxies,
         server_header=False,
         # Longer than the platform proxies' idle timeouts (often 60 s): with uvicorn's 5 s,
         # a proxy (or a client) reusing a connection just as we close it gets a reset, a 502.

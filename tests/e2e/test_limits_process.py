@@ -10,6 +10,7 @@ import select
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -153,3 +154,29 @@ def test_half_sent_requests_are_closed_after_the_header_read_timeout(server: Ser
             conn.close()
     # A whole request in good time still works.
     assert server.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["untrusted-peer", "trusted-proxy"])
+def test_forwarding_headers_count_only_from_forwarded_allow_ips(tmp_path: Path, trusted: bool):
+    env = {
+        "ADMIN_TOKEN": ADMIN,
+        "ACCESS_LOG": "true",
+        "AUTH_MAX_FAILURES": "3",
+        # The test's client is 127.0.0.1: a proxy we trust, or a peer we do not.
+        "FORWARDED_ALLOW_IPS": "127.0.0.1" if trusted else "10.9.9.9",
+    }
+    with ServerProcess(tmp_path / "data", env) as server:
+        server.wait_ready()
+        answers = []
+        for i in range(4):
+            forwarded = {"X-Forwarded-For": f"6.6.6.{i + 1}", "Authorization": "Bearer wk_x"}
+            answers.append(server.get("/api/sessions", headers=forwarded).status_code)
+        server.wait_for_log("/api/sessions", count=4)
+        if trusted:
+            # Each forwarded client is its own address: none has failed three times.
+            assert answers == [401, 401, 401, 401]
+            assert "6.6.6.1" in server.log
+        else:
+            # The header is anyone's to send: all four are 127.0.0.1, limited after three.
+            assert answers == [401, 401, 401, 429]
+            assert "6.6.6." not in server.log

@@ -7,6 +7,7 @@ exits with status 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from datetime import timedelta
@@ -149,6 +150,14 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     secret_key: SecretStr | None = None
     max_body_bytes: int = Field(default=65_536, ge=1024)
+    max_header_bytes: int = Field(default=16_384, ge=4096)
+    auth_max_failures: int = Field(default=30, ge=1)
+    auth_failure_window: Duration = timedelta(minutes=1)
+    # Who may set X-Forwarded-For/-Proto: unset means the platform's edge on Railway, Render,
+    # Koyeb and Fly (their proxies are the only way in and have no fixed address), else
+    # 127.0.0.1 only. uvicorn reads the same variable.
+    forwarded_allow_ips: str | None = None
+    header_read_timeout: Duration = timedelta(seconds=10)
 
     # Bot manager
     bot_engine: str = "whatsapp"
@@ -181,6 +190,9 @@ class Settings(BaseSettings):
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     webhook_allow_private: bool = False
+    # Private networks webhooks may reach anyway (a trusted service on the platform's
+    # private network), as CIDRs separated by commas: 10.250.0.0/16,fd12::/64.
+    webhook_allowed_networks: str = ""
     webhook_timeout: Duration = timedelta(seconds=10)
 
     # WhatsApp engine
@@ -210,6 +222,19 @@ class Settings(BaseSettings):
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters (use a long random string)")
+        return value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in (v for v in re.split(r"[\s,]+", value) if v):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"'{item}' is not a network; expected CIDRs like 10.0.0.0/8, separated "
+                    "by commas"
+                ) from None
         return value
 
     @field_validator("chromium_path")
@@ -254,6 +279,8 @@ class Settings(BaseSettings):
         "outbox_lease",
         "webhook_timeout",
         "database_check_interval",
+        "header_read_timeout",
+        "auth_failure_window",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
@@ -342,6 +369,19 @@ class Settings(BaseSettings):
             if name and name.strip():
                 return " ".join(name.split())
         return "wakeful"
+
+    @property
+    def webhook_allowed_network_list(
+        self,
+    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        items = (v for v in re.split(r"[\s,]+", self.webhook_allowed_networks) if v)
+        return tuple(ipaddress.ip_network(item, strict=False) for item in items)
+
+    @property
+    def trusted_proxies(self) -> str:
+        if self.forwarded_allow_ips:
+            return self.forwarded_allow_ips.strip()
+        return "127.0.0.1" if self.platform is Platform.UNKNOWN else "*"
 
     @property
     def alert_url_list(self) -> list[str]:

@@ -42,18 +42,26 @@ from services.alerts import AlertConfigError, Alerter
 from services.clock import Clock, SystemClock
 from services.database import Database, DatabaseError
 from services.dbhealth import DatabaseMonitor
+from services.filemodes import private_dir
 from services.health import HealthState
 from services.incidents import IncidentStore
 from services.keepalive import KeepAlive, keepalive_config, warn_about_sleep_threshold
 from services.logging import setup_logging
 from services.metrics import Metrics, SystemSampler
+from services.netguard import AddressPolicy, default_resolver
 from services.pingstore import PingStore
+from services.pinned import PinnedTransport
+from services.resolver import Resolver
 from services.scheduler import Scheduler
 from services.secretbox import load_secret_box
 from web.app_routes import all_routes
 from web.auth import Authenticator, dashboard_secret_key, ensure_admin_token
+from web.authlimit import FailedAuthLimiter
+from web.bodylimit import BodySizeLimit
 from web.errors import EXCEPTION_HANDLERS
 from web.middleware import RequestCounter
+from web.securityheaders import SecurityHeaders
+from web.serverprotocol import protocol_with_head_timeout
 from web.websession import SessionSigner
 
 log = logger.bind(component="server")
@@ -66,9 +74,16 @@ def create_app(
     *,
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    resolver: Resolver | None = None,
 ) -> Starlette:
-    """Build the app. `clock` and `transport` are for tests (a fake clock, a mock peer)."""
+    """Build the app. `clock`, `transport` and `resolver` are for tests (a fake clock, a mock
+    peer for the keep-alive, a DNS server of the test's own for webhook hosts)."""
     clock = clock or SystemClock()
+    resolver = resolver or default_resolver()
+    address_policy = AddressPolicy(
+        allow_private=settings.webhook_allow_private,
+        allowed=settings.webhook_allowed_network_list,
+    )
     metrics = Metrics(VERSION)
     metrics.declare(
         states=[state.value for state in SessionState],
@@ -82,6 +97,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        private_dir(settings.data_dir)
         db = Database(settings.sqlalchemy_url)
         await db.migrate()
         alerter.use_store(IncidentStore(db))
@@ -148,6 +164,9 @@ def create_app(
         )
         manager.add_listener(sender)
         deliveries = DeliveryStore(db)
+        webhook_client = httpx.AsyncClient(
+            transport=PinnedTransport(address_policy, resolver), follow_redirects=False
+        )
         webhooks = Webhooks(
             deliveries,
             config=WebhookConfig(
@@ -159,7 +178,7 @@ def create_app(
                 ),
             ),
             policy=retry,
-            client=client,
+            client=webhook_client,
             secrets_box=secret_box,
             clock=clock,
             metrics=metrics,
@@ -245,15 +264,25 @@ def create_app(
             for task in background:
                 task.cancel()
             await asyncio.wait(background, timeout=1)
+            await webhook_client.aclose()
             await _shutdown(settings, scheduler, manager, alerter, client, db)
 
     app = Starlette(
         routes=all_routes(),
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(RequestCounter, metrics=metrics)],
+        middleware=[
+            Middleware(RequestCounter, metrics=metrics),
+            Middleware(SecurityHeaders),
+            Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
+        ],
     )
     app.state.settings = settings
+    app.state.address_policy = address_policy
+    app.state.auth_limiter = FailedAuthLimiter(
+        settings.auth_max_failures, settings.auth_failure_window.total_seconds(), clock.monotonic
+    )
+    app.state.resolver = resolver
     app.state.listening = asyncio.Event()
     app.state.metrics = metrics
     app.state.health = health
@@ -395,10 +424,13 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         lifespan="on",
+        # h11, for its bound on a request's head; ours adds a bound on the time it may take.
+        http=protocol_with_head_timeout(settings.header_read_timeout.total_seconds()),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         log_config=None,
         access_log=settings.access_log,
         proxy_headers=True,
-        forwarded_allow_ips="*",
+        forwarded_allow_ips=settings.trusted_proxies,
         server_header=False,
         # Longer than the platform proxies' idle timeouts (often 60 s): with uvicorn's 5 s,
         # a proxy (or a client) reusing a connection just as we close it gets a reset, a 502.

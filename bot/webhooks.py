@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from loguru import logger
@@ -41,7 +42,7 @@ from bot.outbox import RetryPolicy, claimable, retry_delay
 from services.clock import Clock
 from services.database import Database, UTCDateTime, metadata, shielded
 from services.metrics import Metrics
-from services.netguard import BlockedAddressError, check_url
+from services.netguard import BlockedAddressError
 from services.redaction import redact_userinfo as redact_userinfo  # used by web too
 from services.secretbox import SecretBox, SecretUnreadableError
 
@@ -51,7 +52,11 @@ RETRYABLE_STATUS = frozenset({408, 429})
 # or query often is the receiver's credential), so it stays out of the database and is read
 # from the configuration when the delivery is sent.
 GLOBAL_URL_MARK = "WEBHOOK_URL"
-BATCH = 20
+# Deliveries in progress at once: in all, and to one receiver (scheme, host and port), so a
+# slow or failing receiver holds its own few slots and never another user's.
+MAX_IN_FLIGHT = 64
+PER_RECEIVER = 4
+HEADS = 200  # receivers looked at per round
 
 log = logger.bind(component="webhooks")
 
@@ -145,28 +150,37 @@ class DeliveryStore:
             await conn.execute(insert(webhook_deliveries), rows)
 
     @shielded
-    async def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[Delivery]:
+    async def due_heads(self, now: datetime, limit: int) -> list[tuple[int, str, str]]:
+        """The oldest claimable delivery of each receiver URL: (seq, target, url).
+
+        One per URL, so a receiver with a thousand queued deliveries is one candidate among
+        the others, not the whole batch."""
         c = webhook_deliveries.c
-        claimed: list[Delivery] = []
+        first = func.min(c.seq)
+        query = (
+            select(first.label("seq"), c.target, c.url)
+            .where(claimable(webhook_deliveries, now))
+            .group_by(c.target, c.url)
+            .order_by(first)
+            .limit(limit)
+        )
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(int(r.seq), str(r.target), str(r.url)) for r in rows]
+
+    @shielded
+    async def claim(self, seq: int, now: datetime, lease_until: datetime) -> Delivery | None:
+        c = webhook_deliveries.c
         async with self.db.engine.begin() as conn:
-            rows = (
-                await conn.execute(
-                    select(c.seq)
-                    .where(claimable(webhook_deliveries, now))
-                    .order_by(c.seq)
-                    .limit(limit)
-                )
-            ).all()
-            for row in rows:
-                won = await conn.execute(
-                    update(webhook_deliveries)
-                    .where(c.seq == row.seq, claimable(webhook_deliveries, now))
-                    .values(status="sending", lease_until=lease_until, attempts=c.attempts + 1)
-                )
-                if won.rowcount == 1:
-                    found = await conn.execute(select(webhook_deliveries).where(c.seq == row.seq))
-                    claimed.append(_delivery(found.one()))
-        return claimed
+            won = await conn.execute(
+                update(webhook_deliveries)
+                .where(c.seq == seq, claimable(webhook_deliveries, now))
+                .values(status="sending", lease_until=lease_until, attempts=c.attempts + 1)
+            )
+            if won.rowcount != 1:
+                return None
+            found = await conn.execute(select(webhook_deliveries).where(c.seq == seq))
+            return _delivery(found.one())
 
     @shielded
     async def finish(self, /, delivery_id: str, **values: Any) -> None:
@@ -234,6 +248,8 @@ class Webhooks:
         self.metrics = metrics
         self.rand = rand
         self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[str, int] = {}
 
     # Queueing ------------------------------------------------------------------------
 
@@ -280,36 +296,106 @@ class Webhooks:
     # Delivering ----------------------------------------------------------------------
 
     async def run(self, secret_of: Callable[[str], str | None]) -> None:
-        """The delivery loop: one step at a time, sleeping until the next due one."""
+        """The delivery loop: start what is due (each delivery its own task, at most
+        PER_RECEIVER at a time to one receiver), sleep until the next is due or one ends."""
         errors = 0
-        while True:
-            self._wake.clear()  # before looking: a wake-up during the look is kept
-            try:
-                if await self.deliver_once(secret_of):
-                    errors = 0
+        try:
+            while True:
+                self._wake.clear()  # before looking: a wake-up during the look is kept
+                try:
+                    started, held_back = await self._dispatch(secret_of)
+                    if started:
+                        errors = 0
+                        continue
+                    due = await self.store.next_due()
+                except Exception as exc:  # the database away for a moment: back off, go on
+                    errors += 1
+                    pause = min(2.0 ** (errors - 1), 30.0)
+                    log.warning("Webhook delivery loop error ({}); retrying in {:.0f}s", exc, pause)
+                    await asyncio.sleep(pause)
                     continue
-                due = await self.store.next_due()
-            except Exception as exc:  # the database away for a moment: back off, go on
-                errors += 1
-                pause = min(2.0 ** (errors - 1), 30.0)
-                log.warning("Webhook delivery loop error ({}); retrying in {:.0f}s", exc, pause)
-                await asyncio.sleep(pause)
-                continue
-            errors = 0
-            wait = 30.0
-            if due is not None:
-                wait = min(max((due - self.clock.now()).total_seconds(), 0.02), 30.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                errors = 0
+                wait = 30.0
+                if due is not None:
+                    wait = min(max((due - self.clock.now()).total_seconds(), 0.02), 30.0)
+                if held_back:
+                    # Due, but their receivers are busy: a delivery ending wakes us sooner.
+                    wait = max(wait, 1.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
 
     async def deliver_once(self, secret_of: Callable[[str], str | None]) -> bool:
-        """Claim the due deliveries (a batch) and send them; True if there were any."""
+        """Start the due deliveries and wait for them; True if there were any (tests' step)."""
+        started, _ = await self._dispatch(secret_of)
+        if started:
+            await asyncio.gather(*started)
+        return bool(started)
+
+    async def _dispatch(
+        self, secret_of: Callable[[str], str | None]
+    ) -> tuple[list[asyncio.Task[None]], bool]:
+        """Claim and start what may start now; also say whether due ones were held back."""
+        room = MAX_IN_FLIGHT - len(self._tasks)
+        if room <= 0:
+            return [], True
         now = self.clock.now()
-        batch = await self.store.claim_due(now, now + self.policy.lease, BATCH)
-        if not batch:
-            return False
-        await asyncio.gather(*(self._deliver(d, secret_of) for d in batch))
-        return True
+        started: list[asyncio.Task[None]] = []
+        held_back = False
+        for seq, target, url in await self.store.due_heads(now, HEADS):
+            if len(started) >= room:
+                held_back = True
+                break
+            key = self._receiver_key(target, url)
+            if self._in_flight.get(key, 0) >= PER_RECEIVER:
+                held_back = True
+                continue
+            delivery = await self.store.claim(seq, now, now + self.policy.lease)
+            if delivery is None:
+                continue  # another worker took it
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+            task = asyncio.get_running_loop().create_task(
+                self._deliver_isolated(delivery, key, secret_of)
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            started.append(task)
+        return started, held_back
+
+    def _receiver_key(self, target: str, url: str) -> str:
+        """Who receives: deliveries to one host and port share its PER_RECEIVER slots."""
+        if target == "global" and url == GLOBAL_URL_MARK:
+            return "global"
+        try:
+            parts = urlsplit(url)
+            return f"{parts.scheme}://{parts.hostname}:{parts.port}"
+        except ValueError:
+            return url
+
+    async def _deliver_isolated(
+        self, delivery: Delivery, key: str, secret_of: Callable[[str], str | None]
+    ) -> None:
+        """One delivery, whatever happens in it: an error ends this delivery (retried, then
+        dead), never the loop or another delivery."""
+        try:
+            await self._deliver(delivery, secret_of)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.bind(session=delivery.session_id).warning(
+                "Webhook {} failed unexpectedly: {}", delivery.id, exc
+            )
+            with contextlib.suppress(Exception):  # if this fails too, the lease runs out
+                await self._retry(delivery, None, f"{type(exc).__name__}: {exc}"[:300])
+        finally:
+            left = self._in_flight.get(key, 1) - 1
+            if left > 0:
+                self._in_flight[key] = left
+            else:
+                self._in_flight.pop(key, None)
+            self._wake.set()
 
     def _secret_for(self, delivery: Delivery, secret_of: Callable[[str], str | None]) -> str:
         if delivery.target == "global":
@@ -333,8 +419,7 @@ class Webhooks:
             return
         try:
             secret = self._secret_for(delivery, secret_of)
-            await check_url(url, allow_private=self.config.allow_private)
-        except (SecretUnreadableError, BlockedAddressError) as exc:
+        except SecretUnreadableError as exc:
             await self._give_up(delivery, None, f"refused: {exc}")
             return
         body = delivery.payload.encode()
@@ -347,18 +432,31 @@ class Webhooks:
             "X-Wakeful-Timestamp": timestamp,
             "X-Wakeful-Signature": sign(secret, timestamp, body),
         }
+        deadline = min(self.config.timeout, self.policy.lease.total_seconds() * 0.8)
         try:
-            response = await self.client.post(
-                url,
-                content=body,
-                headers=headers,
-                timeout=self.config.timeout,
-                follow_redirects=False,
-            )
+            # One deadline for the whole exchange (a receiver dripping a byte at a time never
+            # trips a per-read timeout). The response body is never read: the status is all
+            # a delivery needs. The client's transport checks the address and connects to
+            # exactly that one (services.pinned); a refusal there is permanent.
+            async with asyncio.timeout(deadline):
+                async with self.client.stream(
+                    "POST",
+                    url,
+                    content=body,
+                    headers=headers,
+                    timeout=self.config.timeout,
+                    follow_redirects=False,
+                ) as response:
+                    status = response.status_code
+        except BlockedAddressError as exc:
+            await self._give_up(delivery, None, f"refused: {exc}")
+            return
+        except TimeoutError:
+            await self._retry(delivery, None, f"no complete answer within {deadline:g}s")
+            return
         except httpx.HTTPError as exc:
             await self._retry(delivery, None, f"{type(exc).__name__}: {exc}"[:300] or "network")
             return
-        status = response.status_code
         if 200 <= status < 300:
             self.metrics.webhook_deliveries.labels(result="delivered").inc()
             await self.store.finish(

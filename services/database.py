@@ -22,6 +22,8 @@ from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
+from services.filemodes import private_database
+
 CONNECT_TIMEOUT = 10.0
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -144,7 +146,7 @@ class Database:
         """Bring the schema to the newest revision (a no-op when it is already there)."""
         try:
             if self._sqlite_path is not None:
-                self._sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+                private_database(self._sqlite_path)
             async with self.engine.begin() as conn:
                 if self.dialect == "postgresql":
                     # Two replicas starting together must not both run the same migration.

@@ -2,27 +2,77 @@
 
 A webhook URL is a request the server makes on a user's behalf; aimed at loopback, a private
 network or the cloud metadata address (link-local), it would reach services no user should.
-Checked when the URL is saved and again at every delivery, after DNS (a name can be
-re-pointed at an internal address later).
+Checked when the URL is saved, and at every delivery by the transport that then connects to
+exactly the address it checked (`services.pinned`): a name re-pointed between the check and
+the connection (DNS rebinding) cannot slip through.
+
+The non-public ranges are listed explicitly (RFC 6890's special-purpose registries and their
+successors), not left to `ipaddress.is_global`, which passes IPv4-compatible IPv6
+(`[::7f00:1]`), local-use NAT64 (`64:ff9b:1::/48`) and `192.0.0.192` (a cloud's metadata).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from services.resolver import IPAddress, ResolveError, Resolver, SystemResolver
 
 
 class BlockedAddressError(Exception):
     """The URL is not allowed; the message says why, for the person who gave it."""
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _nets(kind: str, *cidrs: str) -> list[tuple[Network, str]]:
+    return [(ipaddress.ip_network(cidr), kind) for cidr in cidrs]
+
+
+# Checked in order; the first match names the kind in the refusal.
+NON_PUBLIC: list[tuple[Network, str]] = [
+    *_nets("loopback", "127.0.0.0/8", "::1/128"),
+    *_nets("link-local (cloud metadata)", "169.254.0.0/16", "fe80::/10"),
+    *_nets("multicast", "224.0.0.0/4", "ff00::/8"),
+    *_nets(
+        "private",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",  # shared address space (carrier NAT; some clouds' metadata)
+        "fc00::/7",  # unique local
+        "fec0::/10",  # the old site-local
+    ),
+    *_nets(
+        "special-purpose",
+        "0.0.0.0/8",
+        "192.0.0.0/24",  # IETF protocol assignments (192.0.0.192: a cloud's metadata)
+        "192.0.2.0/24",
+        "192.31.196.0/24",
+        "192.52.193.0/24",
+        "192.88.99.0/24",
+        "192.175.48.0/24",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "240.0.0.0/4",  # reserved, and 255.255.255.255
+        "::/96",  # unspecified and IPv4-compatible (deprecated: ::7f00:1 is 127.0.0.1)
+        "64:ff9b:1::/48",  # local-use NAT64: translates into the operator's own network
+        "100::/64",
+        "2001::/23",  # IETF protocol assignments (Teredo, ORCHID, ...)
+        "2001:db8::/32",
+        "3fff::/20",
+        "5f00::/16",
+    ),
+]
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one stands for (mapped, 6to4, NAT64), if any."""
+    """The IPv4 address an IPv6 one stands for (mapped, 6to4, well-known NAT64), if any."""
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
     if address.sixtofour is not None:
@@ -32,27 +82,47 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
     return None
 
 
-def _refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+def refusal(address: IPAddress) -> str | None:
+    """The kind of non-public address this is, or None for a public one."""
     if isinstance(address, ipaddress.IPv6Address):
         embedded = _embedded_ipv4(address)
         if embedded is not None:
             address = embedded
-    if address.is_loopback:
-        return "loopback"
-    if address.is_link_local:
-        return "link-local (cloud metadata)"
-    if address.is_multicast:
-        return "multicast"
-    # Private, shared (100.64/10, where some clouds keep metadata), reserved, unspecified,
-    # and IPv6's old site-local range...
-    site_local = isinstance(address, ipaddress.IPv6Address) and address.is_site_local
-    if not address.is_global or site_local:
-        return "private"
-    return None
+    for network, kind in NON_PUBLIC:
+        if address.version == network.version and address in network:
+            return kind
+    # A belt to the list's braces: anything Python knows as not global is refused too.
+    return None if address.is_global else "special-purpose"
 
 
-async def check_url(url: str, *, allow_private: bool) -> None:
-    """Raise BlockedAddressError unless `url` is http(s) to public addresses only."""
+@dataclass(frozen=True)
+class AddressPolicy:
+    """Which addresses requests may reach: public ones, plus `allowed` networks (a trusted
+    private network), or anything at all with `allow_private`."""
+
+    allow_private: bool = False
+    allowed: Sequence[Network] = ()
+
+    def refusal(self, address: IPAddress) -> str | None:
+        if self.allow_private or any(
+            address.version == net.version and address in net for net in self.allowed
+        ):
+            return None
+        return refusal(address)
+
+
+_DEFAULT_RESOLVER: SystemResolver | None = None
+
+
+def default_resolver() -> SystemResolver:
+    global _DEFAULT_RESOLVER
+    if _DEFAULT_RESOLVER is None:
+        _DEFAULT_RESOLVER = SystemResolver()
+    return _DEFAULT_RESOLVER
+
+
+def url_target(url: str) -> tuple[str, int]:
+    """The host and port of an http(s) URL, or BlockedAddressError saying what is wrong."""
     parts = urlsplit(url)
     try:
         port = parts.port
@@ -63,28 +133,41 @@ async def check_url(url: str, *, allow_private: bool) -> None:
     host = parts.hostname
     if not host:
         raise BlockedAddressError("the URL has no host")
-    if allow_private:
-        return
+    return host, port or (443 if parts.scheme == "https" else 80)
+
+
+async def approved_addresses(
+    host: str, port: int, policy: AddressPolicy, resolver: Resolver | None = None, key: str = ""
+) -> list[IPAddress]:
+    """Resolve `host` once and return its addresses if every one is allowed."""
     try:
-        literal = ipaddress.ip_address(host)
+        addresses: list[IPAddress] = [ipaddress.ip_address(host)]
     except ValueError:
-        literal = None
-    if literal is not None:
-        addresses = [literal]
-    else:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host,
-                port or (443 if parts.scheme == "https" else 80),
-                type=socket.SOCK_STREAM,
-            )
-        except (OSError, UnicodeError) as exc:
-            raise BlockedAddressError(f"the host '{host}' does not resolve ({exc})") from None
-        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+            addresses = await (resolver or default_resolver()).resolve(host, port, key)
+        except ResolveError as exc:
+            raise BlockedAddressError(str(exc)) from None
     for address in addresses:
-        kind = _refusal(address)
+        kind = policy.refusal(address)
         if kind is not None:
             raise BlockedAddressError(
                 f"'{host}' is a {kind} address ({address}); webhooks may only reach public "
                 "addresses (WEBHOOK_ALLOW_PRIVATE=true lifts this for trusted setups)"
             )
+    return addresses
+
+
+async def check_url(
+    url: str,
+    *,
+    allow_private: bool,
+    policy: AddressPolicy | None = None,
+    resolver: Resolver | None = None,
+    key: str = "",
+) -> None:
+    """Raise BlockedAddressError unless `url` is http(s) to allowed addresses only."""
+    host, port = url_target(url)
+    policy = policy or AddressPolicy(allow_private=allow_private)
+    if policy.allow_private:
+        return
+    await approved_addresses(host, port, policy, resolver, key)

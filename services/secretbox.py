@@ -50,7 +50,7 @@ def load_secret_box(encryption_key: str | None, data_dir: Path) -> SecretBox:
         return SecretBox(encryption_key, "SESSION_ENCRYPTION_KEY")
     path = data_dir / KEY_FILE
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_urlsafe(32))

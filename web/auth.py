@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
 from loguru import logger
 from starlette.requests import Request
@@ -19,10 +20,17 @@ from config import Settings
 from services.clock import Clock
 from services.secretbox import SecretBox, SecretUnreadableError
 from web.errors import Problem
-from web.websession import CSRF_HEADER, SAFE_METHODS, SessionSigner, csrf_matches
+from web.websession import (
+    CSRF_HEADER,
+    SAFE_METHODS,
+    BrowserSession,
+    SessionSigner,
+    csrf_matches,
+)
 
 log = logger.bind(component="auth")
 ADMIN_HASH_KEY = "admin_token_sha256"
+SIGNED_OUT_PREFIX = "signed_out:"
 TOKEN_PREFIX = "wk_"  # noqa: S105 - a prefix that makes leaked tokens greppable
 
 
@@ -77,10 +85,28 @@ class Authenticator:
             return None
         return await self.principal_for(hash_token(token))
 
-    async def _from_cookie(self, request: Request) -> Principal | None:
-        if self.signer is None or "authorization" in request.headers:
+    async def browser_session(self, request: Request) -> BrowserSession | None:
+        """The dashboard's session from the cookie, unless it expired or was signed out."""
+        if self.signer is None:
             return None
         session = self.signer.read(request)
+        if session is None:
+            return None
+        if await self._store.get_secret(SIGNED_OUT_PREFIX + session.sid) is not None:
+            return None
+        return session
+
+    async def end_browser_session(self, session: BrowserSession, now: datetime) -> None:
+        """Signing out ends the session here, not only in the browser: a copy of the cookie
+        is refused from now on."""
+        await self._store.put_secret_if_absent(
+            SIGNED_OUT_PREFIX + session.sid, str(session.expires), now
+        )
+
+    async def _from_cookie(self, request: Request) -> Principal | None:
+        if "authorization" in request.headers:
+            return None
+        session = await self.browser_session(request)
         if session is None:
             return None
         if request.method not in SAFE_METHODS and not csrf_matches(

@@ -21,6 +21,8 @@ from starlette.templating import Jinja2Templates
 from services.metrics import SystemSampler
 from web.api import keepalive_document
 from web.auth import Authenticator, Principal, hash_token
+from web.authlimit import FailedAuthLimiter, client_address
+from web.bodylimit import BodyTooLargeError
 from web.websession import (
     COOKIE,
     CSRF_FIELD,
@@ -36,11 +38,20 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 LATENCY_POINTS = 60
 
 
+FORM_MAX_BYTES = 4096
+
+
 async def _form(request: Request) -> dict[str, str]:
-    """The two small url-encoded forms (sign in, sign out): read without a multipart parser."""
-    body = await request.body()
-    if len(body) > 4096:
-        return {}
+    """The two small url-encoded forms (sign in, sign out): read without a multipart parser,
+    and never more than FORM_MAX_BYTES of it (anyone may post to /login)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > FORM_MAX_BYTES:
+            raise BodyTooLargeError(FORM_MAX_BYTES)
+        chunks.append(chunk)
+    body = b"".join(chunks)
     pairs = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     return {name: values[0] for name, values in pairs.items()}
 
@@ -52,9 +63,7 @@ def _auth(request: Request) -> Authenticator:
 
 async def _signed_in(request: Request) -> tuple[Principal, BrowserSession] | None:
     auth = _auth(request)
-    if auth.signer is None:
-        return None
-    session = auth.signer.read(request)
+    session = await auth.browser_session(request)
     if session is None:
         return None
     who = await auth.principal_for(session.token_hash)
@@ -102,8 +111,18 @@ async def login(request: Request) -> Response:
         return await login_form(request, "The form expired; please sign in again.", 403)
     token = str(form.get("token", "")).strip()
     auth = _auth(request)
+    limiter: FailedAuthLimiter = request.app.state.auth_limiter
+    client = client_address(request)
+    wait = limiter.retry_after(client)
+    if wait is not None:
+        response = await login_form(
+            request, f"Too many failed sign-ins from this address; try again in {wait}s.", 429
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
     who = await auth.principal_for(hash_token(token)) if 0 < len(token) <= 200 else None
     if who is None or auth.signer is None:
+        limiter.failed(client)
         return await login_form(request, "That token is not valid.", 401)
     value, _ = auth.signer.new_session(hash_token(token))
     response = RedirectResponse("/", status_code=303)
@@ -117,6 +136,8 @@ async def logout(request: Request) -> Response:
     signed = await _signed_in(request)
     if signed is not None and not csrf_matches(signed[1].csrf, str(form.get(CSRF_FIELD, ""))):
         return Response("The form is missing its CSRF token; reload the page.", status_code=403)
+    if signed is not None:
+        await _auth(request).end_browser_session(signed[1], request.app.state.manager.clock.now())
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from config import VERSION
 from web.auth import Authenticator, Principal
+from web.authlimit import FailedAuthLimiter, client_address
 from web.errors import Problem
 
 Access = Literal["public", "user", "admin"]
@@ -47,8 +48,18 @@ def _guard(route: ApiRoute) -> Handler:
 
     async def guarded(request: Request) -> Response:
         auth: Authenticator = request.app.state.auth
+        limiter: FailedAuthLimiter = request.app.state.auth_limiter
+        client = client_address(request)
+        wait = limiter.retry_after(client)
+        if wait is not None:
+            raise Problem(
+                429,
+                f"Too many failed authentications from this address; try again in {wait}s.",
+                headers={"Retry-After": str(wait)},
+            )
         who = await auth.authenticate(request)
         if who is None:
+            limiter.failed(client)
             raise Problem(
                 401,
                 "Send a valid token as `Authorization: Bearer <token>` or `X-Api-Key: <token>`.",
@@ -118,6 +129,7 @@ _ERROR_DESCRIPTIONS = {
     403: "Not allowed with this token",
     404: "Not found, or not this token's",
     413: "The body is larger than MAX_BODY_BYTES",
+    429: "Too many failed authentications from this address; see Retry-After",
     415: "The body is not JSON",
     422: "A field or query parameter is not valid (each one named in `errors`)",
     503: "The database is unreachable; try again after Retry-After seconds",
@@ -163,7 +175,7 @@ def openapi_document(api: list[ApiRoute]) -> dict[str, Any]:
         if route.query:
             errors |= {422}  # a query parameter out of its range or not one of its choices
         if route.access != "public":
-            errors |= {401}
+            errors |= {401, 429}
         if route.access == "admin":
             errors |= {403}
         if _path_params(route.path):

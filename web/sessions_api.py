@@ -19,6 +19,7 @@ from bot.store import ADMIN_OWNER, DuplicateNameError
 from bot.webhooks import EVENTS, new_secret, redact_userinfo
 from web.errors import Problem
 from web.routing import ApiRoute, principal
+from web.strictjson import shown as shown_json
 from web.validation import (
     MAX_OFFSET,
     Fields,
@@ -134,7 +135,7 @@ def _session_document(request: Request, session: BotSession) -> dict[str, Any]:
         "browserMemoryMb": _browser_memory_mb(session),
         "webhookUrl": redact_userinfo(record.webhook_url) if record.webhook_url else None,
         "webhookEvents": (list(EVENTS) if record.webhook_events is None else record.webhook_events),
-        "metadata": record.metadata,
+        "metadata": shown_json(record.metadata),
         "createdAt": record.created_at.isoformat(),
         "startedAt": _iso(record.started_at),
     }

@@ -11,9 +11,11 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from starlette.requests import ClientDisconnect, Request
 
 from web.errors import Problem
+from web.strictjson import strict_json_problem
 
 
 async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -128,6 +130,21 @@ class Fields:
         if parts.scheme not in ("http", "https") or not host:
             self.error(name, "expected an http:// or https:// URL with a host")
             return None
+        # urlsplit quietly drops tabs and newlines (as browsers do); httpx refuses them, and
+        # other characters, only when sending. Refuse here what could never be sent.
+        if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            self.error(name, "must not contain spaces, tabs, newlines or control characters")
+            return None
+        return value
+
+    def requestable_url(self, name: str, value: str) -> str | None:
+        """`value` if httpx can send a request to it (checked when it is saved, not when a
+        delivery fails on it), else a field error."""
+        try:
+            httpx.Request("POST", value)
+        except (httpx.InvalidURL, ValueError, UnicodeError) as exc:
+            self.error(name, f"not a URL that can be requested ({exc})")
+            return None
         return value
 
     def mapping(self, name: str, max_bytes: int = 4096) -> dict[str, Any]:
@@ -136,6 +153,10 @@ class Fields:
             return {}
         if not isinstance(value, dict):
             self.error(name, f"expected an object, got {type(value).__name__}")
+            return {}
+        problem = strict_json_problem(value)
+        if problem is not None:
+            self.error(name, f"must be strict JSON: this {problem}")
             return {}
         if len(json.dumps(value)) > max_bytes:
             self.error(name, f"at most {max_bytes} bytes once encoded as JSON")

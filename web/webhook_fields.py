@@ -6,6 +6,7 @@ from starlette.requests import Request
 
 from bot.webhooks import EVENTS
 from services.netguard import BlockedAddressError, check_url
+from web.routing import principal
 from web.validation import Fields, stripped_pattern
 
 _PORT = r"(?:[0-9]{0,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
@@ -33,13 +34,20 @@ async def webhook_url(fields: Fields, request: Request) -> str | None:
     url = fields.url("webhookUrl")
     if url is None:
         return None
-    allow = request.app.state.settings.webhook_allow_private
+    state = request.app.state
     try:
-        await check_url(url, allow_private=allow)
+        # Lookups are accounted per caller: one user's slow DNS holds only their own share.
+        await check_url(
+            url,
+            allow_private=False,
+            policy=state.address_policy,
+            resolver=state.resolver,
+            key=f"caller:{principal(request).label}",
+        )
     except BlockedAddressError as exc:
         fields.error("webhookUrl", str(exc))
         return None
-    return url
+    return fields.requestable_url("webhookUrl", url)
 
 
 def webhook_events(fields: Fields) -> list[str] | None:

@@ -32,6 +32,7 @@ class BrowserSession:
     token_hash: str
     csrf: str
     expires: int
+    sid: str  # names the session so signing out can end it on the server (web.auth)
 
 
 class SessionSigner:
@@ -56,8 +57,15 @@ class SessionSigner:
         return data if isinstance(data, dict) else None
 
     def new_session(self, token_hash: str) -> tuple[str, BrowserSession]:
-        session = BrowserSession(token_hash, secrets.token_urlsafe(24), int(time.time()) + LIFETIME)
-        value = self.dumps({"h": session.token_hash, "c": session.csrf, "e": session.expires})
+        session = BrowserSession(
+            token_hash,
+            secrets.token_urlsafe(24),
+            int(time.time()) + LIFETIME,
+            secrets.token_urlsafe(16),
+        )
+        value = self.dumps(
+            {"h": session.token_hash, "c": session.csrf, "e": session.expires, "s": session.sid}
+        )
         return value, session
 
     def read(self, request: Request) -> BrowserSession | None:
@@ -68,15 +76,18 @@ class SessionSigner:
         if data is None:
             return None
         try:
-            session = BrowserSession(str(data["h"]), str(data["c"]), int(data["e"]))
+            session = BrowserSession(
+                str(data["h"]), str(data["c"]), int(data["e"]), str(data["s"])[:40]
+            )
         except (KeyError, TypeError, ValueError):
             return None
         return session if session.expires > time.time() else None
 
 
 def secure_request(request: Request) -> bool:
-    forwarded = request.headers.get("x-forwarded-proto", "")
-    return request.url.scheme == "https" or forwarded.split(",")[0].strip() == "https"
+    # uvicorn has applied X-Forwarded-Proto to the scheme if, and only if, the sender is a
+    # trusted proxy (FORWARDED_ALLOW_IPS); the raw header is anyone's to set.
+    return request.url.scheme == "https"
 
 
 def set_cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> None:

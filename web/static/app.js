@@ -269,3 +269,11 @@ const wakeful = (() => {
 
   return { overview, botPage, adminPage, api };
 })();
+
+// Each page names itself on <body> (no inline script: the Content-Security-Policy forbids it).
+(() => {
+  const { page, botId } = document.body.dataset;
+  if (page === "overview") wakeful.overview();
+  else if (page === "bot") wakeful.botPage(botId);
+  else if (page === "admin") wakeful.adminPage();
+})();

@@ -114,14 +114,18 @@ async def test_link_by_qr_then_connected_with_history(make):
     await page.emit(EventKind.QR, qr="2@first")
     await h.wait_state(bot, S.SCAN_QR)
     assert bot.qr == "2@first"
-    await page.emit(EventKind.AUTHENTICATED)
+    await page.emit(EventKind.AUTHENTICATED, fresh=True)
+    await h.wait_state(bot, S.SYNCING)
+    assert bot.qr is None  # linked: the QR is gone and its timeout with it
+    await page.emit(EventKind.SYNC, percent=40)
+    assert bot.sync_progress == 40
     await page.emit(EventKind.READY, me="15551234567")
     await h.wait_state(bot, S.CONNECTED)
     assert bot.record.linked_as == "15551234567"
-    assert bot.qr is None
-    assert await h.states(bot) == ["IDLE", "CONNECTING", "SCAN_QR", "CONNECTING", "CONNECTED"]
+    assert bot.sync_progress is None
+    assert await h.states(bot) == ["IDLE", "CONNECTING", "SCAN_QR", "SYNCING", "CONNECTED"]
     assert [e for _, e, _ in h.events].count("session.status") == 4
-    assert any("State: CONNECTING → CONNECTED" in line for line in h.logs)
+    assert any("State: SYNCING → CONNECTED" in line for line in h.logs)
 
 
 async def test_qr_events_are_debounced(make):

@@ -500,7 +500,7 @@ async def test_a_created_bot_connects_and_keeps_its_history(api: Api, alice: Use
         "IDLE",
         "CONNECTING",
         "SCAN_QR",
-        "CONNECTING",
+        "SYNCING",
         "CONNECTED",
     ]
     assert steps[0] == (None, "IDLE", "created")
@@ -874,7 +874,7 @@ async def test_session_figures_in_metrics_and_health(api: Api, alice: User):
         for s in families["bot_session_transitions"].samples
         if s.name == "bot_session_transitions_total"
     }
-    assert entered == {"CONNECTING": 2, "SCAN_QR": 1, "CONNECTED": 1}
+    assert entered == {"CONNECTING": 1, "SCAN_QR": 1, "SYNCING": 1, "CONNECTED": 1}
     assert "bot_session_transitions_total{" in text
 
     health = (await api.client.get("/health")).json()

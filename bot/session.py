@@ -423,6 +423,10 @@ class BotSession:
             await self.emit("qr", {"qr": self.qr})
         elif kind is EventKind.PAIR_CODE:
             self.pair_code = str(data.get("code", ""))
+            if self.record.state is S.SCAN_QR:
+                # A new code is a new chance to type it: the wait counts from the latest.
+                self._first_qr_at = now
+                self._set_timer(self._qr_deadline(generation))
         elif kind is EventKind.AUTHENTICATED:
             # The phone has linked: the QR timeout stops counting, the sync has its own bound.
             # (A page that restores a link it had is CONNECTING until ready, as before.)

@@ -155,6 +155,21 @@ async def test_qr_not_scanned_in_time_disconnects_and_backs_off(make):
     assert h.engine.starts.count(bot.id) == 2
 
 
+async def test_each_new_pairing_code_restarts_the_wait_for_the_link(make):
+    h = await make(replace(FAST, qr_timeout=timedelta(seconds=1)))
+    bot = await h.create()
+    page = await h.live(bot)
+    await page.emit(EventKind.QR, qr="2@first")
+    await h.wait_state(bot, S.SCAN_QR)
+    for code in ("AAAA1111", "BBBB2222", "CCCC3333"):
+        await asyncio.sleep(0.6)  # well within the timeout of the code before
+        await page.emit(EventKind.PAIR_CODE, code=code)
+        assert bot.pair_code == code
+    assert bot.state is S.SCAN_QR  # 1.8 s after the QR, a moment after the latest code
+    await h.wait_state(bot, S.DISCONNECTED, within=3)
+    assert "QR code not scanned" in (bot.record.state_reason or "")
+
+
 async def test_crash_reconnects_through_backoff(make):
     h = await make()
     bot = await h.create()

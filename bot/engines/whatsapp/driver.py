@@ -110,6 +110,11 @@ def driver_options(settings: Settings) -> DriverOptions:
         memory_check_every=settings.memory_check_interval,
         backup_delay=settings.profile_backup_delay,
         backup_every=settings.profile_backup_interval,
+        # A pairing code is replaced before the bot would stop waiting for it (QR_TIMEOUT
+        # counts from the latest code), and at the latest when WhatsApp's lifetime ends.
+        bridge=BridgeTimings(
+            pair_refresh_ms=min(180_000, int(settings.qr_timeout.total_seconds() * 900))
+        ),
     )
 
 

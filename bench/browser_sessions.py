@@ -65,7 +65,7 @@ from playwright.async_api import BrowserContext, Playwright, async_playwright  #
 from playwright.async_api import Error as PlaywrightError  # noqa: E402
 
 from bot.engines.base import EngineError, EngineEvent, EventKind  # noqa: E402
-from bot.engines.simulator import WHATSAPP_URL, Simulator, SimulatorError  # noqa: E402
+from bot.engines.simulator import WHATSAPP_URL, Behaviour, Simulator, SimulatorError  # noqa: E402
 from bot.engines.whatsapp.browser import (  # noqa: E402
     DEBIAN_CHROMIUM,
     DEBIAN_HEADLESS_SHELL,
@@ -337,7 +337,9 @@ async def measure_defaults(
     settle: float,
     running: Running,
 ) -> RoundFigures:
-    simulator = Simulator(qr_every=QR_EVERY)
+    # Bare Playwright launches, without the bot's browser identity: the simulator's
+    # unsupported-browser page for HeadlessChrome is off, the page is what is measured.
+    simulator = Simulator(qr_every=QR_EVERY, behaviour=Behaviour(headless_check=False))
     slots = asyncio.Semaphore(START_CONCURRENCY)
     trees: dict[str, psutil.Process | None] = {}
 

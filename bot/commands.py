@@ -90,5 +90,7 @@ class ChatCommands:
             )
             return
         message_id = data.get("id")
-        await self._reply(session, sender, reply, f"cmd:{message_id}" if message_id else None)
+        # In the chat it came from: a group's command is answered in the group.
+        chat = str(data.get("chat") or sender)
+        await self._reply(session, chat, reply, f"cmd:{message_id}" if message_id else None)
         bound.info("Answering {} from {}", command, sender)

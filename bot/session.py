@@ -51,6 +51,9 @@ HEARTBEAT_TIMEOUT = 10.0
 FAIL_RETRY_SECONDS = 5.0
 # Activity is written to the database at most this often (it changes on every message).
 ACTIVITY_WRITE_EVERY = timedelta(seconds=60)
+# A first sync may take minutes; one that reports no progress for this long is stuck.
+SYNC_STALL_SECONDS = 300.0
+BRIDGE_OUTDATED = "WhatsApp Web changed; the bridge needs an update"
 
 
 class ConcurrentChangeError(Exception):
@@ -121,6 +124,7 @@ class BotSession:
         "qr",
         "qr_at",
         "record",
+        "sync_progress",
     )
 
     def __init__(self, record: SessionRecord, ctx: SessionContext) -> None:
@@ -144,6 +148,7 @@ class BotSession:
         self.qr: str | None = None
         self.qr_at: datetime | None = None
         self.pair_code: str | None = None
+        self.sync_progress: int | None = None  # percent, while SYNCING
 
     @property
     def id(self) -> str:
@@ -418,11 +423,26 @@ class BotSession:
             await self.emit("qr", {"qr": self.qr})
         elif kind is EventKind.PAIR_CODE:
             self.pair_code = str(data.get("code", ""))
-        elif kind is EventKind.AUTHENTICATED:
             if self.record.state is S.SCAN_QR:
+                # A new code is a new chance to type it: the wait counts from the latest.
+                self._first_qr_at = now
+                self._set_timer(self._qr_deadline(generation))
+        elif kind is EventKind.AUTHENTICATED:
+            # The phone has linked: the QR timeout stops counting, the sync has its own bound.
+            # (A page that restores a link it had is CONNECTING until ready, as before.)
+            fresh = self.record.state is S.SCAN_QR or bool(data.get("fresh"))
+            if fresh and self.record.state in (S.SCAN_QR, S.CONNECTING):
                 self._clear_qr()
                 self._cancel_timer()
-                await self._transition(S.CONNECTING, "linked; loading chats")
+                self.sync_progress = 0
+                await self._transition(S.SYNCING, "linked; syncing chats")
+                self._set_timer(self._sync_deadline(generation))
+        elif kind is EventKind.SYNC:
+            if self.record.state is S.SYNCING:
+                self.sync_progress = int(data.get("percent") or 0)
+                self._set_timer(self._sync_deadline(generation))
+        elif kind is EventKind.BRIDGE_OUTDATED:
+            await self._bridge_outdated(data)
         elif kind is EventKind.READY:
             await self._on_ready(generation, data, now)
         elif kind is EventKind.MESSAGE:
@@ -436,8 +456,14 @@ class BotSession:
             await self._fail(f"crash: {data.get('reason', 'unknown')}")
 
     async def _on_ready(self, generation: int, data: dict[str, Any], now: datetime) -> None:
-        if self.record.state not in (S.CONNECTING, S.SCAN_QR):
+        if self.record.state not in (S.CONNECTING, S.SCAN_QR, S.SYNCING):
             return
+        self.sync_progress = None
+        self._ctx.alerter.resolve(
+            f"session:{self.id}:bridge",
+            f"bot '{self.record.name}' ({self.id}) works with WhatsApp Web again",
+            title=f"bot {self.record.name} recovered",
+        )
         self._clear_qr()
         self._cancel_timer()
         if self._trial:
@@ -463,12 +489,13 @@ class BotSession:
     async def _on_socket_state(self, state: str) -> None:
         state = state.upper()
         # A page that opens unpaired is asking for a QR; only a connected one was unlinked.
-        unlinked = state in ("UNPAIRED", "UNPAIRED_IDLE") and self.record.state is S.CONNECTED
+        linked = self.record.state in (S.CONNECTED, S.SYNCING)
+        unlinked = state in ("UNPAIRED", "UNPAIRED_IDLE") and linked
         if unlinked or state == "UNLAUNCHED_LOGOUT":
             await self._on_phone_logout(f"socket state {state}")
-        elif state == "CONFLICT" and self.record.state is S.CONNECTED:
+        elif state == "CONFLICT" and linked:
             await self._fail("conflict: WhatsApp Web was opened in another browser")
-        elif state in ("TIMEOUT", "DEPRECATED_VERSION", "PROXYBLOCK", "SMB_TOS_BLOCK"):
+        elif state in ("TIMEOUT", "DEPRECATED_VERSION", "PROXYBLOCK", "TOS_BLOCK", "SMB_TOS_BLOCK"):
             await self._fail(f"socket state {state}")
 
     async def _on_phone_logout(self, reason: str) -> None:
@@ -484,6 +511,27 @@ class BotSession:
             want_running=False,
             linked_as=None,
         )
+
+    async def _sync_deadline(self, generation: int) -> None:
+        await asyncio.sleep(SYNC_STALL_SECONDS)
+        if generation == self._generation and self.record.state is S.SYNCING:
+            await self._fail(f"the first sync made no progress for {SYNC_STALL_SECONDS:.0f}s")
+
+    async def _bridge_outdated(self, data: dict[str, Any]) -> None:
+        """Retrying cannot help: the bot waits, SUSPENDED, for an update of wakeful."""
+        if self.record.state not in RUNNING_STATES:
+            return
+        version = data.get("version") or "version unknown"
+        reason = f"{BRIDGE_OUTDATED}: missing {data.get('missing')} (WhatsApp Web {version})"
+        self._generation += 1
+        self._cancel_timers()
+        await self._close_engine()
+        self._ctx.alerter.alert(
+            f"session:{self.id}:bridge",
+            f"bot '{self.record.name}' ({self.id}): {reason}",
+            title=BRIDGE_OUTDATED,
+        )
+        await self._transition(S.SUSPENDED, reason, want_running=False, next_retry_at=None)
 
     # Failure path: backoff, breaker, give up -----------------------------------------
 

@@ -9,6 +9,7 @@ class SessionState(StrEnum):
     IDLE = "IDLE"  # created, not started
     CONNECTING = "CONNECTING"  # browser starting, page loading, restoring
     SCAN_QR = "SCAN_QR"  # waiting for the phone: a QR or pairing code is available
+    SYNCING = "SYNCING"  # linked: WhatsApp Web is loading the account's chats
     CONNECTED = "CONNECTED"
     DISCONNECTED = "DISCONNECTED"  # waiting for the next reconnect attempt
     SUSPENDED = "SUSPENDED"  # circuit open or attempts exhausted: needs time or a person
@@ -20,7 +21,7 @@ class SessionState(StrEnum):
 S = SessionState
 
 # Where a browser is running or being brought back: what cleanup and shutdown close.
-RUNNING_STATES = frozenset({S.CONNECTING, S.SCAN_QR, S.CONNECTED, S.DISCONNECTED})
+RUNNING_STATES = frozenset({S.CONNECTING, S.SCAN_QR, S.SYNCING, S.CONNECTED, S.DISCONNECTED})
 # Where a person (or the owner) may start the session again.
 STARTABLE_STATES = frozenset(
     {S.IDLE, S.STOPPED, S.EXPIRED, S.SUSPENDED, S.LOGGED_OUT, S.DISCONNECTED}
@@ -29,10 +30,31 @@ STARTABLE_STATES = frozenset(
 TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
     S.IDLE: frozenset({S.CONNECTING}),
     S.CONNECTING: frozenset(
-        {S.SCAN_QR, S.CONNECTED, S.DISCONNECTED, S.SUSPENDED, S.LOGGED_OUT, S.STOPPED, S.EXPIRED}
+        {
+            S.SCAN_QR,
+            S.SYNCING,
+            S.CONNECTED,
+            S.DISCONNECTED,
+            S.SUSPENDED,
+            S.LOGGED_OUT,
+            S.STOPPED,
+            S.EXPIRED,
+        }
     ),
     S.SCAN_QR: frozenset(
-        {S.CONNECTING, S.CONNECTED, S.DISCONNECTED, S.SUSPENDED, S.LOGGED_OUT, S.STOPPED, S.EXPIRED}
+        {
+            S.CONNECTING,
+            S.SYNCING,
+            S.CONNECTED,
+            S.DISCONNECTED,
+            S.SUSPENDED,
+            S.LOGGED_OUT,
+            S.STOPPED,
+            S.EXPIRED,
+        }
+    ),
+    S.SYNCING: frozenset(
+        {S.CONNECTED, S.DISCONNECTED, S.SUSPENDED, S.LOGGED_OUT, S.STOPPED, S.EXPIRED}
     ),
     S.CONNECTED: frozenset({S.DISCONNECTED, S.SUSPENDED, S.LOGGED_OUT, S.STOPPED, S.EXPIRED}),
     S.DISCONNECTED: frozenset({S.CONNECTING, S.SUSPENDED, S.LOGGED_OUT, S.STOPPED, S.EXPIRED}),

@@ -52,6 +52,7 @@ SESSION_SCHEMA: dict[str, Any] = {
         "reconnectAttempts": {"type": "integer"},
         "errorCount": {"type": "integer"},
         "connectedForSeconds": {"type": ["number", "null"]},
+        "syncProgress": {"type": ["integer", "null"]},
         "history": {"type": "array", "items": {"type": "object"}},
     },
 }
@@ -132,6 +133,8 @@ def _session_document(request: Request, session: BotSession) -> dict[str, Any]:
             _iso(record.next_retry_at) if record.state in (S.DISCONNECTED, S.SUSPENDED) else None
         ),
         "qrAvailable": session.qr is not None,
+        # Linked, loading the account's chats: how far (percent), as WhatsApp Web reports it.
+        "syncProgress": session.sync_progress if record.state is S.SYNCING else None,
         "browserMemoryMb": _browser_memory_mb(session),
         "webhookUrl": redact_userinfo(record.webhook_url) if record.webhook_url else None,
         "webhookEvents": (list(EVENTS) if record.webhook_events is None else record.webhook_events),

@@ -15,12 +15,20 @@ from typing import Any, Protocol
 class EventKind(StrEnum):
     QR = "qr"  # data: {"qr": str}
     PAIR_CODE = "pair_code"  # data: {"code": str}
+    # data: {"fresh": bool}: the phone has linked (fresh: on this page, by a scan or a code);
+    # the first sync follows
     AUTHENTICATED = "authenticated"
+    SYNC = "sync"  # data: {"percent": int}, the sync's progress after linking
     READY = "ready"  # data: {"me": str} (the linked account, when known)
-    MESSAGE = "message"  # data: {"id", "from", "body", "timestamp"}
+    # data: {"id", "chat", "from", "phone", "lid", "isGroup", "author", "type", "body",
+    # "timestamp"}: `from` is the sender's phone-number id when known, else its LID
+    MESSAGE = "message"
     STATE = "state"  # data: {"state": "CONNECTED" | "OPENING" | "CONFLICT" | ...}
     LOGOUT = "logout"  # data: {"reason": str}
     CRASH = "crash"  # data: {"reason": str}; the session is gone, the manager restarts it
+    # data: {"missing": str, "stage": str, "version": str | None}: WhatsApp Web changed and
+    # the bridge cannot work with it; retrying will not help, an update of wakeful will
+    BRIDGE_OUTDATED = "bridge_outdated"
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,14 +114,18 @@ async def test_link_by_qr_then_connected_with_history(make):
     await page.emit(EventKind.QR, qr="2@first")
     await h.wait_state(bot, S.SCAN_QR)
     assert bot.qr == "2@first"
-    await page.emit(EventKind.AUTHENTICATED)
+    await page.emit(EventKind.AUTHENTICATED, fresh=True)
+    await h.wait_state(bot, S.SYNCING)
+    assert bot.qr is None  # linked: the QR is gone and its timeout with it
+    await page.emit(EventKind.SYNC, percent=40)
+    assert bot.sync_progress == 40
     await page.emit(EventKind.READY, me="15551234567")
     await h.wait_state(bot, S.CONNECTED)
     assert bot.record.linked_as == "15551234567"
-    assert bot.qr is None
-    assert await h.states(bot) == ["IDLE", "CONNECTING", "SCAN_QR", "CONNECTING", "CONNECTED"]
+    assert bot.sync_progress is None
+    assert await h.states(bot) == ["IDLE", "CONNECTING", "SCAN_QR", "SYNCING", "CONNECTED"]
     assert [e for _, e, _ in h.events].count("session.status") == 4
-    assert any("State: CONNECTING → CONNECTED" in line for line in h.logs)
+    assert any("State: SYNCING → CONNECTED" in line for line in h.logs)
 
 
 async def test_qr_events_are_debounced(make):
@@ -149,6 +153,21 @@ async def test_qr_not_scanned_in_time_disconnects_and_backs_off(make):
     # The backoff timer starts it again on its own.
     await h.wait_state(bot, S.CONNECTING)
     assert h.engine.starts.count(bot.id) == 2
+
+
+async def test_each_new_pairing_code_restarts_the_wait_for_the_link(make):
+    h = await make(replace(FAST, qr_timeout=timedelta(seconds=1)))
+    bot = await h.create()
+    page = await h.live(bot)
+    await page.emit(EventKind.QR, qr="2@first")
+    await h.wait_state(bot, S.SCAN_QR)
+    for code in ("AAAA1111", "BBBB2222", "CCCC3333"):
+        await asyncio.sleep(0.6)  # well within the timeout of the code before
+        await page.emit(EventKind.PAIR_CODE, code=code)
+        assert bot.pair_code == code
+    assert bot.state is S.SCAN_QR  # 1.8 s after the QR, a moment after the latest code
+    await h.wait_state(bot, S.DISCONNECTED, within=3)
+    assert "QR code not scanned" in (bot.record.state_reason or "")
 
 
 async def test_crash_reconnects_through_backoff(make):

@@ -22,6 +22,7 @@ EXPECTED: dict[SessionState, set[SessionState]] = {
     S.IDLE: {S.CONNECTING},
     S.CONNECTING: {
         S.SCAN_QR,
+        S.SYNCING,
         S.CONNECTED,
         S.DISCONNECTED,
         S.SUSPENDED,
@@ -31,6 +32,7 @@ EXPECTED: dict[SessionState, set[SessionState]] = {
     },
     S.SCAN_QR: {
         S.CONNECTING,
+        S.SYNCING,
         S.CONNECTED,
         S.DISCONNECTED,
         S.SUSPENDED,
@@ -38,6 +40,7 @@ EXPECTED: dict[SessionState, set[SessionState]] = {
         S.STOPPED,
         S.EXPIRED,
     },
+    S.SYNCING: {S.CONNECTED, S.DISCONNECTED, S.SUSPENDED, S.LOGGED_OUT, S.STOPPED, S.EXPIRED},
     S.CONNECTED: {S.DISCONNECTED, S.SUSPENDED, S.LOGGED_OUT, S.STOPPED, S.EXPIRED},
     S.DISCONNECTED: {S.CONNECTING, S.SUSPENDED, S.LOGGED_OUT, S.STOPPED, S.EXPIRED},
     S.SUSPENDED: {S.CONNECTING, S.LOGGED_OUT, S.STOPPED},
@@ -49,8 +52,8 @@ EXPECTED: dict[SessionState, set[SessionState]] = {
 ALL_PAIRS = list(itertools.product(list(SessionState), repeat=2))
 
 
-def test_there_are_nine_states():
-    assert len(SessionState) == 9
+def test_there_are_ten_states():
+    assert len(SessionState) == 10
     assert set(EXPECTED) == set(SessionState)
 
 
@@ -104,4 +107,5 @@ def test_every_startable_state_can_connect(state):
 
 
 def test_running_states_are_exactly_the_browser_states():
-    assert frozenset({S.CONNECTING, S.SCAN_QR, S.CONNECTED, S.DISCONNECTED}) == RUNNING_STATES
+    browser_states = {S.CONNECTING, S.SCAN_QR, S.SYNCING, S.CONNECTED, S.DISCONNECTED}
+    assert frozenset(browser_states) == RUNNING_STATES

@@ -503,7 +503,7 @@ async def test_a_created_bot_connects_and_keeps_its_history(api: Api, alice: Use
         "IDLE",
         "CONNECTING",
         "SCAN_QR",
-        "CONNECTING",
+        "SYNCING",
         "CONNECTED",
     ]
     assert steps[0] == (None, "IDLE", "created")
@@ -884,8 +884,9 @@ async def test_session_figures_in_metrics_and_health(api: Api, alice: User):
     }
     # Every state has its series from the start (at 0 until entered).
     assert {state: n for state, n in entered.items() if n} == {
-        "CONNECTING": 2,
+        "CONNECTING": 1,
         "SCAN_QR": 1,
+        "SYNCING": 1,
         "CONNECTED": 1,
     }
     assert entered["EXPIRED"] == 0

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from bot.engines.base import EngineEvent, EventKind
-from bot.engines.simulator import Simulator
+from bot.engines.simulator import Behaviour, Simulator
 from bot.engines.whatsapp.browser import ChromiumChoice
-from bot.engines.whatsapp.driver import DriverOptions, WhatsAppEngine
+from bot.engines.whatsapp.driver import BridgeTimings, DriverOptions, WhatsAppEngine
 from bot.engines.whatsapp.profile import ProfileVault
 from config import DEFAULT_USER_AGENT
 from tests.support import chromium_for_tests
@@ -43,8 +43,14 @@ class Events:
         return self.of(kind)[count - 1]
 
 
+# The bridge gives up on a missing module after 60 s of a quiet module list on the real site;
+# the simulator defines its modules within a second or two.
+TEST_BRIDGE = BridgeTimings(give_up_ms=4000)
+
+
 def options(profiles: Path, **values: Any) -> DriverOptions:
     values.setdefault("chromium", ChromiumChoice(Path(chromium_for_tests()), "tests"))
+    values.setdefault("bridge", TEST_BRIDGE)
     return DriverOptions(profiles_dir=profiles, user_agent=DEFAULT_USER_AGENT, **values)
 
 
@@ -60,9 +66,12 @@ async def make_engine(tmp_path: Path) -> AsyncIterator[MakeEngine]:
         qr_every: float = 20.0,
         vault: ProfileVault | None = None,
         simulator: Simulator | None = None,
+        behaviour: Behaviour | None = None,
         **values: Any,
     ) -> WhatsAppEngine:
-        sim = simulator or Simulator(qr_every=timedelta(seconds=qr_every), record_dir=tmp_path)
+        sim = simulator or Simulator(
+            qr_every=timedelta(seconds=qr_every), record_dir=tmp_path, behaviour=behaviour
+        )
         engine = WhatsAppEngine(
             options(tmp_path / "profiles", **values), vault=vault, simulator=sim
         )

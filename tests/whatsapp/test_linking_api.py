@@ -141,8 +141,8 @@ async def test_link_by_qr_and_the_qr_route_says_so(demo: Api):
     moves = [(frm, to) for frm, to, _ in history(body)]
     assert moves[-3:] == [
         ("CONNECTING", "SCAN_QR"),
-        ("SCAN_QR", "CONNECTING"),
-        ("CONNECTING", "CONNECTED"),
+        ("SCAN_QR", "SYNCING"),
+        ("SYNCING", "CONNECTED"),
     ]
     problem = assert_problem(await demo.client.get(f"/api/sessions/{bot}/qr", headers=ADMIN), 404)
     assert f"already linked as {body['linkedAs']}" in problem["detail"]
@@ -220,11 +220,14 @@ async def test_ping_and_status_answer_in_the_chat(demo: Api):
     bot = await linked_bot(demo)
     await simulate(demo, bot, "message", **{"from": "+15550001234", "body": "!ping"})
     (pong,) = await wait_sent(demo, bot, 1)
-    assert (pong["to"], pong["body"]) == ("15550001234@c.us", "pong")
+    # The sender's account is LID-migrated: the answer goes to its LID chat.
+    simulator = demo.manager.engine.simulator  # type: ignore[union-attr]
+    lid = await simulator.lid_of(bot, "15550001234")
+    assert (pong["to"], pong["body"]) == (lid, "pong")
 
     await simulate(demo, bot, "message", **{"from": "+15550009999", "body": "  !STATUS "})
     status = (await wait_sent(demo, bot, 2))[1]
-    assert status["to"] == "15550009999@c.us"
+    assert status["to"] == await simulator.lid_of(bot, "15550009999")
     assert "CONNECTED" in status["body"]
     assert "connected for 0m" in status["body"]
     assert "keep-alive: off (no public URL is known" in status["body"]

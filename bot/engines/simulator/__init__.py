@@ -1,10 +1,12 @@
 """A local stand-in for web.whatsapp.com, for the tests and for demo mode.
 
 The real driver and the real bridge run against it in real Chromium: `attach()` routes
-`https://web.whatsapp.com/` in a bot's browser context to the simulated page, which serves
-the module surface the bridge reads (see `whatsapp.js`). This class plays the phone and
-WhatsApp's servers: it scans QR codes, enters pairing codes, sends messages to the bot, logs
-out, makes conflicts and drops, crashes the page, and records every message the bot sent.
+`https://web.whatsapp.com/` in a bot's browser context to the simulated page, which behaves
+like WhatsApp Web does today as the maintained clients see it (see `whatsapp.js`, and
+`Behaviour` for what the tests can switch). This class plays the phone and WhatsApp's
+servers: it scans QR codes, enters pairing codes, sends messages to the bot (from LID
+contacts, in groups, status updates, notifications, revoked ones), logs out, makes
+conflicts and drops, crashes the page, and records every message the bot sent.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import hashlib
 import json
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from loguru import logger
 from playwright.async_api import BrowserContext, Error, Page, Route
 
 HERE = Path(__file__).resolve().parent
-SIMULATOR_VERSION = "2.3000.0-simulator"
+SIMULATOR_VERSION = "2.3000.1044999999"
 SENT_BINDING = "__wakefulSimSent"
 # The record file keeps everything; memory keeps the latest (a demo left running for weeks).
 KEEP_SENT_IN_MEMORY = 10_000
@@ -45,11 +47,78 @@ class SentMessage:
     to: str
     body: str
     at: str
+    sender: str | None = None  # the `from` the bot put on the message
+    participant: str | None = None  # the key's participant (groups)
+    expected_sender: str | None = None  # what WhatsApp Web itself would have put there
+    ephemeral_duration: int = 0  # the message's disappearing timer
+    chat_ephemeral_duration: int = 0  # the chat's
+    result: str = "OK"  # the messageSendResult the page answered
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    """How the simulated WhatsApp Web behaves. The defaults are what the real site does
+    today; each older or stranger behaviour can be switched on by a test."""
+
+    debug: str = "never"  # window.Debug: "never" (gated), "late" (after the sync), "early"
+    loader_delay_ms: int = 300  # when `__d` / `require` appear
+    module_every_ms: int = 250  # modules are defined a few at a time, this far apart
+    withhold: tuple[str, ...] = ()  # modules that never appear (WhatsApp renamed them)
+    adv_module: str = "WAWebUserPrefsMultiDevice"  # where the ADV secret lives
+    lid_contacts: bool = True  # contacts are LID-migrated: senders and chats by LID
+    minified_keys: bool = True  # message keys keep their serialized form minified
+    sync_ms: int = 1500  # the first history sync after a link
+    resync_ms: int = 300  # the sync of an already linked page
+    pair_code_ttl_ms: int = 195_000  # a pairing code's lifetime (3.25 min)
+    headless_check: bool = True  # the unsupported-browser page for HeadlessChrome
+    logout_signal: str = "logout_from_bridge"  # the Cmd event a phone's unlink arrives as
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def page_config(self, qr_every_ms: int) -> dict[str, Any]:
+        return {
+            "qrEvery": qr_every_ms,
+            "qrRefs": 6,
+            "version": SIMULATOR_VERSION,
+            "debug": self.debug,
+            "loaderDelay": self.loader_delay_ms,
+            "moduleEvery": self.module_every_ms,
+            "withhold": list(self.withhold),
+            "advModule": self.adv_module,
+            "lidContacts": self.lid_contacts,
+            "minifiedKeys": self.minified_keys,
+            "syncMs": self.sync_ms,
+            "resyncMs": self.resync_ms,
+            "pairCodeTtl": self.pair_code_ttl_ms,
+            "headlessCheck": self.headless_check,
+            "logoutSignal": self.logout_signal,
+            **self.extra,
+        }
+
+
+UNSUPPORTED_PAGE = (
+    "<!doctype html><title>WhatsApp Web: unsupported browser</title>"
+    '<div id="unsupported">WhatsApp works with Google Chrome 85+. To use WhatsApp, update '
+    "Chrome or use Mozilla Firefox, Safari, Microsoft Edge or Opera.</div>"
+)
+
+
+def _says_headless(headers: dict[str, str]) -> bool:
+    return any(
+        "headlesschrome" in headers.get(name, "").lower() for name in ("user-agent", "sec-ch-ua")
+    )
 
 
 class Simulator:
-    def __init__(self, *, qr_every: timedelta, record_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        qr_every: timedelta,
+        record_dir: Path | None = None,
+        behaviour: Behaviour | None = None,
+    ) -> None:
         self._qr_every_ms = max(int(qr_every.total_seconds() * 1000), 50)
+        # Read at every page load: a test may change it between starts.
+        self.behaviour = behaviour or Behaviour()
         self._pages: dict[str, Page] = {}
         self._sent: deque[SentMessage] = deque(maxlen=KEEP_SENT_IN_MEMORY)
         self._record = record_dir / "simulator-sent.jsonl" if record_dir else None
@@ -82,7 +151,11 @@ class Simulator:
         path = urlsplit(request.url).path
         try:
             if path == "/" and request.method == "GET":
-                config = {"qrEvery": self._qr_every_ms, "qrRefs": 6, "version": SIMULATOR_VERSION}
+                headers = await request.all_headers()
+                if self.behaviour.headless_check and _says_headless(headers):
+                    await route.fulfill(status=200, content_type="text/html", body=UNSUPPORTED_PAGE)
+                    return
+                config = self.behaviour.page_config(self._qr_every_ms)
                 body = self._page_html.replace("__CONFIG__", json.dumps(config))
                 await route.fulfill(status=200, content_type="text/html", body=body)
             elif path == "/__sim/whatsapp.js":
@@ -95,12 +168,22 @@ class Simulator:
             log.debug("Simulator: request {} not answered: {}", path, exc)
 
     def _record_sent(self, session_id: str, data: dict[str, Any]) -> None:
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            return None if value is None else str(value)
+
         message = SentMessage(
             session_id=session_id,
             id=str(data.get("id", "")),
             to=str(data.get("to", "")),
             body=str(data.get("body", "")),
             at=datetime.now(UTC).isoformat(),
+            sender=text("from"),
+            participant=text("participant"),
+            expected_sender=text("expectedFrom"),
+            ephemeral_duration=int(data.get("ephemeralDuration") or 0),
+            chat_ephemeral_duration=int(data.get("chatEphemeralDuration") or 0),
+            result=str(data.get("result") or "OK"),
         )
         self._sent.append(message)
         if self._record is not None:
@@ -135,16 +218,57 @@ class Simulator:
         return phone
 
     async def incoming(
-        self, session_id: str, sender: str, body: str, *, encrypted: bool = False
+        self,
+        session_id: str,
+        sender: str,
+        body: str,
+        *,
+        encrypted: bool = False,
+        kind: str = "chat",
+        group: str | None = None,
     ) -> str:
-        sender = sender.lstrip("+")
-        wid = sender if "@" in sender else f"{sender}@c.us"
+        """A message from `sender` (a phone number: it arrives by its LID, as WhatsApp sends
+        them today; or a full id). `kind`: chat, status, gp2, notification_template,
+        e2e_notification or revoked; `group`: the group it was written in."""
         message_id: str = await self._call(
             session_id,
-            "([f, b, e]) => window.__waSim.incoming(f, b, e)",
-            [wid, body, encrypted],
+            "args => window.__waSim.incoming(args)",
+            {
+                "from": sender.lstrip("+"),
+                "body": body,
+                "encrypted": encrypted,
+                "kind": kind,
+                "group": group,
+            },
         )
         return message_id
+
+    async def lid_of(self, session_id: str, phone: str) -> str:
+        """The LID WhatsApp knows this phone number's account by."""
+        lid: str = await self._call(session_id, "p => window.__waSim.lidOf(p)", phone.lstrip("+"))
+        return lid
+
+    async def set_send_result(self, session_id: str, recipient: str, result: str | None) -> None:
+        """What WhatsApp answers to sends to `recipient` (a phone number, LID or group id):
+        "OK", an `ERROR_*` value, or None for the default ("OK")."""
+        await self._call(
+            session_id,
+            "([r, v]) => window.__waSim.setSendResult(r, v)",
+            [recipient.lstrip("+"), result],
+        )
+
+    async def set_disappearing(self, session_id: str, chat: str, seconds: int) -> str:
+        """Turn on disappearing messages in a chat; returns the chat's id."""
+        chat_id: str = await self._call(
+            session_id,
+            "([c, s]) => window.__waSim.setDisappearing(c, s)",
+            [chat.lstrip("+"), seconds],
+        )
+        return chat_id
+
+    async def set_stream_mode(self, session_id: str, mode: str) -> None:
+        """WhatsApp's stream mode: MAIN, QR, SYNCING, DEPRECATED_VERSION, TOS_BLOCK, ..."""
+        await self._call(session_id, "m => window.__waSim.setStreamMode(m)", mode)
 
     async def phone_logout(self, session_id: str) -> None:
         await self._call(session_id, "window.__waSim.phoneLogout()")

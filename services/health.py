@@ -11,6 +11,7 @@ why whenever it is not `pass`; the top-level `output` sums those up.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -124,6 +125,12 @@ def _members(values: dict[str, Any], lead: str = "") -> str:
 
 
 def _scalar(value: Any) -> str:
+    kind = type(value)
+    if kind is str:
+        # Times, units, ids: nothing to escape, so no json.dumps.
+        return f'"{value}"' if _PLAIN.fullmatch(value) else json.dumps(value)
+    if kind is int or kind is float:
+        return repr(value)
     if value is True:
         return "true"
     if value is False:
@@ -133,3 +140,6 @@ def _scalar(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     return json.dumps(value)
+
+
+_PLAIN = re.compile(r"[\w .:+\-]*", re.ASCII)

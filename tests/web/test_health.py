@@ -146,3 +146,24 @@ async def test_shutting_down_is_a_fail_with_its_output(tmp_path: Path) -> None:
     assert body["status"] == "fail"
     assert body["output"] == "shutting down"
     assert body["links"] == LINKS
+
+
+def test_the_hand_written_json_escapes_what_it_must() -> None:
+    """render() writes plain strings without json.dumps: anything that needs escaping (a
+    quote, a backslash, a line break, non-ASCII) still comes out as valid, equal JSON."""
+    import json
+
+    from services.health import HealthState
+    from tests.support import FakeClock
+
+    clock = FakeClock(datetime.fromisoformat("2026-11-30T03:00:00+00:00"))
+    state = HealthState(clock, clock.now())
+    tricky = 'say "hi" \\ back\nslash — ✓'
+    state.checks["odd:responseTime"] = lambda: (
+        "warn",
+        {"componentType": "component", "output": tricky, "observedValue": 1.5, "flag": True},
+    )
+    status, rendered = state.render()
+    expected_status, expected = state.document()
+    assert (status, json.loads(rendered)) == (expected_status, expected)
+    assert expected["checks"]["odd:responseTime"][0]["output"] == tricky

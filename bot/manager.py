@@ -139,7 +139,11 @@ class BotManager:
                 )
         # Still "running" in storage means the last process died under them (SIGKILL, out
         # of memory). Say so now, before anyone reads a CONNECTED that no browser backs.
-        orphans = [(s.id, s.state) for s in self.sessions.values() if s.state in RUNNING_STATES]
+        orphans = [
+            (s.id, s.state, s.record.epoch)
+            for s in self.sessions.values()
+            if s.state in RUNNING_STATES
+        ]
         if orphans:
             now = self.clock.now()
             reason = "the process ended while it was running"
@@ -283,7 +287,7 @@ class BotManager:
                     *(s.close_for_shutdown() for s in sessions), return_exceptions=True
                 )
                 moves = [
-                    (session.id, state)
+                    (session.id, state, session.record.epoch)
                     for session, state in zip(sessions, left, strict=True)
                     if isinstance(state, SessionState)
                 ]

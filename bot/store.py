@@ -119,6 +119,10 @@ class DuplicateNameError(Exception):
     pass
 
 
+class LimitReachedError(Exception):
+    """The user already has as many bots as allowed (counted in the database)."""
+
+
 @dataclass(slots=True)
 class SessionRecord:
     """One bot session as stored; the in-memory session keeps one of these up to date."""
@@ -253,9 +257,30 @@ class BotStore:
     # Sessions --------------------------------------------------------------------------
 
     @shielded
-    async def insert_session(self, record: SessionRecord, reason: str) -> None:
+    async def insert_session(
+        self, record: SessionRecord, reason: str, limit: int | None = None
+    ) -> None:
+        """Store a new bot; with `limit`, only while its user has fewer bots than that,
+        counted in the same transaction (every node creating for that user waits its turn
+        on the user's row), so the limit holds across processes."""
         try:
             async with self.db.engine.begin() as conn:
+                if limit is not None and record.user_id is not None:
+                    # A no-op write on the user's row before counting: it holds the row
+                    # (Postgres) or the database (SQLite) until this transaction ends, so
+                    # concurrent creates for one user, on any node, count one after another.
+                    await conn.execute(
+                        update(users).where(users.c.id == record.user_id).values(id=users.c.id)
+                    )
+                    count = (
+                        await conn.execute(
+                            select(func.count())
+                            .select_from(bot_sessions)
+                            .where(bot_sessions.c.user_id == record.user_id)
+                        )
+                    ).scalar_one()
+                    if int(count) >= limit:
+                        raise LimitReachedError(limit)
                 await conn.execute(insert(bot_sessions).values(record.row()))
                 await conn.execute(
                     insert(session_transitions).values(

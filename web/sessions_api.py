@@ -79,6 +79,11 @@ async def session_json(
     # Under the state lock, so a change stored while the history is read cannot show its
     # row in the history beside the state from before it.
     async with session.state_lock:
+        if not session.held():
+            # Another node may run it (or just changed it): the database is the truth.
+            fresh = await manager(request).store.get_session(session.id)
+            if fresh is not None:
+                session.replace_record(fresh)
         document = _session_document(request, session)
         history = await manager(request).store.history(session.id, HISTORY_LIMIT)
     document["history"] = [t.as_json() for t in history]
@@ -99,6 +104,12 @@ def _session_document(request: Request, session: BotSession) -> dict[str, Any]:
         "health": record.health,
         "isConnected": connected,
         "linkedAs": record.linked_as,
+        # The node running it (its lease live), or null: none runs it.
+        "node": (
+            record.owner_node
+            if record.owner_node and record.lease_until and record.lease_until >= now
+            else None
+        ),
         "reconnectAttempts": record.reconnect_attempts,
         "errorCount": record.error_count,
         "connectedForSeconds": (

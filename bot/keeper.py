@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from bot.ownership import NodeRecord
 from bot.session import BotSession, ConcurrentChangeError
 from bot.states import IllegalTransitionError
 from config import format_duration
@@ -30,6 +31,8 @@ class ClusterKeeper:
         self.node = manager.node
         self._adopting: asyncio.Task[None] | None = None
         self._booted = False
+        # The live nodes as last read (for /api/metrics and /metrics: no query per scrape).
+        self.nodes: list[NodeRecord] = []
         # Bots another node changed outside their state (webhook, secret, metadata).
         self._changed: set[str] = set()
         self.node.on_message.append(self._heard)
@@ -62,6 +65,8 @@ class ClusterKeeper:
         if not self.node.draining:
             self.adopt()
         await self.node.beat(self.manager.held_count())
+        now = self.manager.clock.now()
+        self.nodes = [n for n in await self.node.store.nodes() if n.alive(now)]
 
     async def renew(self) -> None:
         """Extend our leases; a bot missing from the answer was taken by another node."""

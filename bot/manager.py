@@ -132,6 +132,7 @@ class BotManager:
         self.last_cleanup: dict[str, Any] | None = None
         self.last_sweep: dict[str, Any] | None = None
         metrics.session_counts = self.counts_by_state
+        metrics.node_bots = self.bots_by_node
         vault = getattr(engine, "vault", None)
         if vault is not None and hasattr(vault, "fence"):
             vault.fence = self.epoch_held
@@ -210,6 +211,31 @@ class BotManager:
 
     def count_for(self, user_id: str | None) -> int:
         return sum(1 for s in self.sessions.values() if s.record.user_id == user_id)
+
+    def bots_by_node(self) -> dict[str, int]:
+        found = {node.id: node.bots for node in self.keeper.nodes}
+        found[self.node.id] = self.held_count()  # ours, exact
+        return found
+
+    def cluster_summary(self) -> dict[str, Any]:
+        """This node, and every live node as last read from the registry."""
+        capacity = self.node.config.capacity
+        return {
+            "node": self.node.id,
+            "nodes": [
+                {
+                    "id": node.id,
+                    "bots": self.held_count() if node.id == self.node.id else node.bots,
+                    "capacity": node.capacity,
+                    "room": node.room(),
+                    "draining": node.draining,
+                    "startedAt": node.started_at.isoformat(),
+                    "seenAt": node.seen_at.isoformat(),
+                }
+                for node in self.keeper.nodes
+            ]
+            or [{"id": self.node.id, "bots": self.held_count(), "capacity": capacity}],
+        }
 
     def counts_by_state(self) -> dict[str, int]:
         return dict(self.ctx.state_counts)

@@ -313,6 +313,8 @@ class BotSession:
         next boot brings the bot back; an owner's stop (or cleanup) clears it. The lease
         is released, unless `keep_lease` (a restart: no other node may take it between)."""
         check_transition(self.record.state, target)
+        if self.owned_elsewhere():
+            raise OwnedElsewhereError(self.id, self.record.owner_node)
         self._generation += 1
         self._cancel_timers()
         await self._close_engine()
@@ -332,6 +334,8 @@ class BotSession:
     async def logout(self, reason: str) -> None:
         """Unlink from the phone; the profile is deleted, a new link needs a new QR."""
         check_transition(self.record.state, S.LOGGED_OUT)
+        if self.owned_elsewhere():
+            raise OwnedElsewhereError(self.id, self.record.owner_node)
         self._generation += 1
         self._cancel_timers()
         if self._engine_session is None:

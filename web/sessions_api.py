@@ -12,7 +12,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bot.manager import BotManager, SessionLimitError
-from bot.session import BotSession, ConcurrentChangeError, EngineUnavailableError
+from bot.session import (
+    BotSession,
+    ConcurrentChangeError,
+    EngineUnavailableError,
+    OwnedElsewhereError,
+)
 from bot.states import RUNNING_STATES, STARTABLE_STATES, TRANSITIONS, IllegalTransitionError
 from bot.states import SessionState as S
 from bot.store import ADMIN_OWNER, DuplicateNameError
@@ -223,6 +228,14 @@ async def create_session(request: Request) -> Response:
 
 
 def _conflict(exc: IllegalTransitionError | ConcurrentChangeError, action: str) -> Problem:
+    if isinstance(exc, OwnedElsewhereError):
+        where = f"node {exc.node}" if exc.node else "another node"
+        return Problem(
+            409,
+            f"The bot runs on {where}, so it cannot be {action} through this one; try again "
+            "through that node, or once it has handed the bot over.",
+            node=exc.node,
+        )
     if isinstance(exc, ConcurrentChangeError):
         return Problem(409, f"The session changed while it was being {action}; try again.")
     current = exc.current

@@ -234,3 +234,89 @@ def test_a_sigkilled_node_loses_its_bots_to_the_survivor_once_the_leases_expire(
     tmp_path: Path, database: str
 ):
     deploy(tmp_path, database, signal.SIGKILL)
+
+
+def scripted_env(database_url: str) -> dict[str, str]:
+    return {
+        "ADMIN_TOKEN": ADMIN,
+        "SESSION_ENCRYPTION_KEY": KEY,
+        "DATABASE_URL": database_url,
+        "BOT_ENGINE": "tests.engines:auto_engine",
+        "BOT_START_STAGGER": "100ms",
+        "NODE_LEASE": "6s",
+        "NODE_RENEW_INTERVAL": "2s",
+        "MAX_SESSIONS_PER_USER": "3",
+    }
+
+
+def test_bots_created_or_deleted_through_one_node_are_seen_by_the_other_at_once(
+    tmp_path: Path, database: str
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = scripted_env(database)
+    with (
+        ServerProcess(tmp_path / "a", env) as a,
+        ServerProcess(tmp_path / "b", env) as b,
+    ):
+        a.wait_ready(timeout=60)
+        b.wait_ready(timeout=60)
+        node_a, node_b = node_of(a), node_of(b)
+        user = call(a, "POST", "/api/users", json={"name": "ann"}).json()
+        token = {"Authorization": f"Bearer {user['token']}"}
+
+        # Created (not started) through A: B answers for it at once, and starts it itself.
+        created = call(a, "POST", "/api/sessions", json={"name": "shop", "start": False})
+        assert created.status_code == 201, created.text
+        shop = created.json()["id"]
+        wait_until(
+            lambda: call(b, "GET", f"/api/sessions/{shop}").status_code == 200,
+            10,
+            "B to see the bot created through A",
+        )
+        assert call(b, "GET", "/api/sessions").json()["total"] == 1
+        started = call(b, "POST", f"/api/sessions/{shop}/start")
+        assert started.status_code == 200, started.text
+        wait_state(b, shop, "CONNECTED", node=node_b)
+        wait_state(a, shop, "CONNECTED", node=node_b)
+        # A bot B runs cannot be stopped over B's head through A: a clear 409, nothing moved.
+        refused = call(a, "POST", f"/api/sessions/{shop}/stop")
+        assert refused.status_code == 409, refused.text
+        assert node_b in refused.json()["detail"]
+        wait_state(b, shop, "CONNECTED", node=node_b)
+
+        # Deleted through A while B runs it: gone on both, B's browser closed.
+        assert call(a, "DELETE", f"/api/sessions/{shop}").status_code == 204
+        wait_until(
+            lambda: call(b, "GET", f"/api/sessions/{shop}").status_code == 404,
+            10,
+            "B to forget the bot deleted through A",
+        )
+        b.wait_for_log(f"[{shop}] Lost the lease on this bot", timeout=10)
+        assert stored(database, "SELECT id FROM bot_sessions") == []
+
+        # MAX_SESSIONS_PER_USER=3 holds across both nodes under concurrent creates.
+        def create(n: int) -> int:
+            server = a if n % 2 else b
+            return httpx.post(
+                server.base_url + "/api/sessions",
+                headers=token,
+                json={"name": f"bot{n}", "start": False},
+                timeout=30,
+            ).status_code
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            codes = list(pool.map(create, range(8)))
+        assert sorted(codes) == [201, 201, 201, 409, 409, 409, 409, 409], codes
+        count = stored(database, "SELECT count(*) FROM bot_sessions")[0][0]
+        assert count == 3
+        for server in (a, b):
+
+            def lists_three(server: ServerProcess = server) -> bool:
+                listed = httpx.get(server.base_url + "/api/sessions", headers=token, timeout=10)
+                return bool(listed.json()["total"] == 3)
+
+            wait_until(lists_three, 10, "both nodes to list the three bots")
+        assert node_a != node_b
+        assert a.stop(signal.SIGTERM, timeout=30) == 0
+        assert b.stop(signal.SIGTERM, timeout=30) == 0

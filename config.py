@@ -180,6 +180,11 @@ class Settings(BaseSettings):
     session_max_age: Duration = timedelta(days=7)
     session_cleanup_interval: Duration = timedelta(hours=1)
     health_check_interval: Duration = timedelta(minutes=15)
+    # Several processes, one truth (bot.ownership): how long a node's hold on a bot lasts
+    # without renewal, and how often it renews (a few renewals fit in one lease).
+    node_lease: Duration = timedelta(seconds=15)
+    node_renew_interval: Duration = timedelta(seconds=3)
+    bots_per_node: int | None = Field(default=None, ge=1)
 
     # Outbox and webhooks
     send_rate: int = Field(default=20, ge=0)
@@ -281,6 +286,8 @@ class Settings(BaseSettings):
         "database_check_interval",
         "header_read_timeout",
         "auth_failure_window",
+        "node_lease",
+        "node_renew_interval",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
@@ -444,13 +451,24 @@ def load_settings(**overrides: Any) -> Settings:
         if "keep_alive_timeout" not in settings.model_fields_set:
             # Only the default is in the way (a short interval for a trial): fit it in.
             settings.keep_alive_timeout = settings.keep_alive_interval / 2
-            return _check_webhook(_check_database_scheme(settings))
+            return _check_lease(_check_webhook(_check_database_scheme(settings)))
         raise ConfigError(
             "Invalid configuration: KEEP_ALIVE_TIMEOUT="
             f"{format_duration(settings.keep_alive_timeout)} must be shorter than "
             f"KEEP_ALIVE_INTERVAL={format_duration(settings.keep_alive_interval)}"
         )
-    return _check_webhook(_check_database_scheme(settings))
+    return _check_lease(_check_webhook(_check_database_scheme(settings)))
+
+
+def _check_lease(settings: Settings) -> Settings:
+    if settings.node_renew_interval * 2 > settings.node_lease:
+        raise ConfigError(
+            "Invalid configuration: NODE_RENEW_INTERVAL="
+            f"{format_duration(settings.node_renew_interval)} must be at most half of "
+            f"NODE_LEASE={format_duration(settings.node_lease)} (a lease must survive a "
+            "missed renewal)"
+        )
+    return settings
 
 
 def _check_webhook(settings: Settings) -> Settings:

@@ -25,11 +25,13 @@ from loguru import logger
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from bot.cluster import ClusterConfig, Node
 from bot.commands import ChatCommands
 from bot.engines import engine_factory, load_engine
 from bot.manager import BotManager, manager_config_from, policy_from
 from bot.outbox import STATUSES as OUTBOX_STATUSES
 from bot.outbox import OutboxStore, RetryPolicy
+from bot.ownership import OwnershipStore
 from bot.policy import CleanupReason
 from bot.qrcodes import QrLogPrinter
 from bot.sender import OutboxSender
@@ -126,7 +128,17 @@ def create_app(
             log.warning("Could not load keep-alive history: {}", exc)
         store = BotStore(db)
         app.state.auth = Authenticator(await ensure_admin_token(settings, store, clock), store)
+        node = Node(
+            OwnershipStore(db),
+            clock,
+            ClusterConfig(
+                lease=settings.node_lease,
+                renew_every=settings.node_renew_interval,
+                capacity=settings.bots_per_node,
+            ),
+        )
         manager = BotManager(
+            node=node,
             store=store,
             engine=load_engine(settings, db),
             policy=policy_from(settings),
@@ -163,6 +175,13 @@ def create_app(
             rand=random.random,
         )
         manager.add_listener(sender)
+
+        def heard(message: str) -> None:
+            # Another node queued a message for a bot this node runs.
+            if message.startswith("outbox:"):
+                sender.wake(message.removeprefix("outbox:"))
+
+        node.on_message.append(heard)
         deliveries = DeliveryStore(db)
         webhook_client = httpx.AsyncClient(
             transport=PinnedTransport(address_policy, resolver), follow_redirects=False
@@ -354,6 +373,10 @@ class WakefulServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._health.draining = True
+        manager = getattr(self._app.state, "manager", None)
+        if manager is not None:
+            # From the signal on, this node adopts no more bots: it is handing its own over.
+            manager.node.draining = True
         if self._watchdog is None:
             bound = self._settings.shutdown_timeout.total_seconds()
             self._watchdog = threading.Timer(bound + 1.0, self._force_exit)

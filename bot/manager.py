@@ -15,12 +15,15 @@ from typing import Any
 
 from loguru import logger
 
+from bot.cluster import Node
 from bot.engines.base import Engine
+from bot.keeper import ClusterKeeper
+from bot.ownership import OwnershipStore
 from bot.policy import HealthLevel, Policy, cleanup_verdict
 from bot.session import BotSession, ConcurrentChangeError, Listener, SessionContext
 from bot.states import RUNNING_STATES, IllegalTransitionError, SessionState
-from bot.store import BotStore, DuplicateNameError, SessionRecord
-from config import Settings, format_duration
+from bot.store import BotStore, DuplicateNameError, LimitReachedError, SessionRecord
+from config import Settings
 from services.alerts import Alerter
 from services.clock import Clock
 from services.metrics import Metrics
@@ -98,8 +101,11 @@ class BotManager:
         metrics: Metrics,
         config: ManagerConfig,
         rand: Callable[[], float] = random.random,
+        node: Node | None = None,
     ) -> None:
         self.store = store
+        # A manager always runs as a node, if only a cluster of one (SQLite, one process).
+        self.node = node or Node(OwnershipStore(store.db), clock)
         self.engine = engine
         self.policy = policy
         self.clock = clock
@@ -114,14 +120,22 @@ class BotManager:
             start_slots=asyncio.Semaphore(config.start_concurrency),
             start_timeout=config.start_timeout.total_seconds(),
             random=rand,
+            node=self.node,
         )
         self.sessions: dict[str, BotSession] = {}
         # One creation at a time per owner, so concurrent requests cannot pass the limit.
         self._create_locks: dict[str | None, asyncio.Lock] = {}
-        self._restore_task: asyncio.Task[None] | None = None
+        # Deleted through this node: never re-added by a look that raced the delete.
+        self.deleted: set[str] = set()
+        self.keeper = ClusterKeeper(self)
+        self._keeper_task: asyncio.Task[None] | None = None
         self.last_cleanup: dict[str, Any] | None = None
         self.last_sweep: dict[str, Any] | None = None
         metrics.session_counts = self.counts_by_state
+        metrics.node_bots = self.bots_by_node
+        vault = getattr(engine, "vault", None)
+        if vault is not None and hasattr(vault, "fence"):
+            vault.fence = self.epoch_held
 
     def add_listener(self, listener: Listener) -> None:
         """Be told of every session's events (status, QR, incoming messages)."""
@@ -129,23 +143,53 @@ class BotManager:
 
     # Registry --------------------------------------------------------------------------
 
+    def epoch_held(self, session_id: str) -> int | None:
+        """The epoch under which this node runs the bot; None when it does not run it."""
+        session = self.sessions.get(session_id)
+        return session.record.epoch if session is not None and session.held() else None
+
+    def held_count(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.held())
+
     async def load(self) -> None:
         """Read every session from the store; re-adopt open incidents without re-alerting."""
+        if not self.node.joined:
+            await self.node.join()
         for record in await self.store.all_sessions():
             self.sessions[record.id] = BotSession(record, self.ctx)
             if record.health == HealthLevel.CRITICAL.value:
                 self.ctx.alerter.adopt(
                     f"session:{record.id}", record.state_changed_at, record.state_reason or ""
                 )
-        # Still "running" in storage means the last process died under them (SIGKILL, out
-        # of memory). Say so now, before anyone reads a CONNECTED that no browser backs.
-        orphans = [(s.id, s.state) for s in self.sessions.values() if s.state in RUNNING_STATES]
-        if orphans:
-            now = self.clock.now()
-            reason = "the process ended while it was running"
-            moved = await self.store.stop_many(orphans, S.STOPPED, reason, now)
-            for session_id in moved:
-                self.sessions[session_id].mark_stopped(reason, now)
+        # Still "running" in storage with no live lease means the node that ran them died
+        # (SIGKILL, out of memory). Say so now, before anyone reads a CONNECTED that no
+        # browser backs. A bot another live node holds is that node's: left alone.
+        now = self.clock.now()
+        for session in list(self.sessions.values()):
+            lease = session.record.lease_until
+            if session.state not in RUNNING_STATES:
+                continue
+            if session.record.owner_node is not None and lease is not None and lease >= now:
+                continue
+            try:
+                await session.settle_orphan()
+            except (IllegalTransitionError, ConcurrentChangeError) as exc:
+                log.bind(session=session.id).debug("Orphan not settled: {}", exc)
+
+    def add(self, record: SessionRecord) -> BotSession:
+        """A bot this node learned of from the database (created through another node)."""
+        session = BotSession(record, self.ctx)
+        self.sessions[record.id] = session
+        return session
+
+    async def forget(self, session: BotSession, why: str) -> None:
+        """A bot deleted through another node: gone here too (its local profile as well)."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        self.ctx.count_move(session.state, None)
+        await session.destroy()
+        self.ctx.alerter.forget(f"session:{session.id}")
+        log.bind(session=session.id).info("Bot session '{}' {}", session.record.name, why)
 
     def visible(self, session_id: str, owner: str | None) -> BotSession | None:
         """The session if `owner` may see it (None = admin); another's is as good as absent."""
@@ -167,6 +211,31 @@ class BotManager:
 
     def count_for(self, user_id: str | None) -> int:
         return sum(1 for s in self.sessions.values() if s.record.user_id == user_id)
+
+    def bots_by_node(self) -> dict[str, int]:
+        found = {node.id: node.bots for node in self.keeper.nodes}
+        found[self.node.id] = self.held_count()  # ours, exact
+        return found
+
+    def cluster_summary(self) -> dict[str, Any]:
+        """This node, and every live node as last read from the registry."""
+        capacity = self.node.config.capacity
+        return {
+            "node": self.node.id,
+            "nodes": [
+                {
+                    "id": node.id,
+                    "bots": self.held_count() if node.id == self.node.id else node.bots,
+                    "capacity": node.capacity,
+                    "room": node.room(),
+                    "draining": node.draining,
+                    "startedAt": node.started_at.isoformat(),
+                    "seenAt": node.seen_at.isoformat(),
+                }
+                for node in self.keeper.nodes
+            ]
+            or [{"id": self.node.id, "bots": self.held_count(), "capacity": capacity}],
+        }
 
     def counts_by_state(self) -> dict[str, int]:
         return dict(self.ctx.state_counts)
@@ -205,8 +274,9 @@ class BotManager:
         metadata: dict[str, Any],
         webhook: dict[str, Any],
     ) -> BotSession:
-        if user_id is not None and self.count_for(user_id) >= self.config.max_sessions_per_user:
-            raise SessionLimitError(self.config.max_sessions_per_user)
+        limit = self.config.max_sessions_per_user
+        if user_id is not None and self.count_for(user_id) >= limit:
+            raise SessionLimitError(limit)
         if any(
             s.record.user_id == user_id and s.record.name == name for s in self.sessions.values()
         ):
@@ -223,9 +293,12 @@ class BotManager:
             metadata=metadata,
             **webhook,
         )
-        await self.store.insert_session(record, "created")
-        session = BotSession(record, self.ctx)
-        self.sessions[record.id] = session
+        try:
+            await self.store.insert_session(record, "created", limit=limit)
+        except LimitReachedError:
+            raise SessionLimitError(limit) from None
+        session = self.add(record)
+        await self.node.notify("created")
         log.bind(session=record.id).info("Bot session '{}' created", name)
         return session
 
@@ -233,9 +306,11 @@ class BotManager:
         """False when it was already deleted (two deletes racing: one wins)."""
         if self.sessions.pop(session.id, None) is None:
             return False
+        self.deleted.add(session.id)
         self.ctx.count_move(session.state, None)
         await session.destroy()
         await self.store.delete_session(session.id)
+        await self.node.notify("deleted")
         self.ctx.alerter.forget(f"session:{session.id}")
         log.bind(session=session.id).info("Bot session '{}' deleted", session.record.name)
         return True
@@ -249,41 +324,25 @@ class BotManager:
     # Boot and shutdown -----------------------------------------------------------------
 
     def restore_in_background(self) -> None:
-        self._restore_task = asyncio.get_running_loop().create_task(self._restore())
-
-    async def _restore(self) -> None:
-        """Restart what was running when the process stopped or crashed: staggered, and
-        under the start cap, so a boot does not open fifty browsers at once."""
-        wanted = [s for s in self.sessions.values() if s.record.want_running]
-        if not wanted or self.engine is None:
-            return
-        log.info(
-            "Restoring {} bot session(s), {} apart",
-            len(wanted),
-            format_duration(self.config.start_stagger),
-        )
-        for index, session in enumerate(wanted):
-            if index:
-                await asyncio.sleep(self.config.start_stagger.total_seconds())
-            try:
-                await session.start("restored at boot")
-            except (IllegalTransitionError, ConcurrentChangeError) as exc:
-                log.bind(session=session.id).warning("Not restored: {}", exc)
+        """Start the node's loop: its first step restores what should run and nobody runs
+        (staggered, under the start cap); later steps renew, mirror and adopt."""
+        self._keeper_task = asyncio.get_running_loop().create_task(self.keeper.run())
+        self._keeper_task.set_name("cluster keeper")
 
     async def shutdown(self, within: float) -> None:
-        """Stop every session and store its state, within `within` seconds."""
-        if self._restore_task is not None:
-            self._restore_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._restore_task
-        sessions = list(self.sessions.values())
+        """Hand over: take no more bots, close the browsers this node runs (each takes its
+        last profile backup under its epoch), store their state under that epoch, then
+        release the leases (the other nodes hear of it at once and adopt the bots)."""
+        self.node.draining = True
+        await self.keeper.stop()
+        sessions = [s for s in self.sessions.values() if s.held()]
         try:
             async with asyncio.timeout(within):
                 left = await asyncio.gather(
                     *(s.close_for_shutdown() for s in sessions), return_exceptions=True
                 )
                 moves = [
-                    (session.id, state)
+                    (session.id, state, session.record.epoch)
                     for session, state in zip(sessions, left, strict=True)
                     if isinstance(state, SessionState)
                 ]
@@ -298,6 +357,17 @@ class BotManager:
                         session.mark_stopped("shutdown", now)
         except TimeoutError:
             log.error("Bot sessions did not all stop within {:.1f}s", within)
+        if self._keeper_task is not None:
+            self._keeper_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._keeper_task
+        try:
+            released = await self.node.leave()
+            if released:
+                log.info("Released {} bot session(s) to the other nodes", len(released))
+        except Exception as exc:
+            log.warning("Could not release the leases ({}); they expire by themselves", exc)
+        await self.node.close()
         # Cancel what is left (timers, heartbeats, launches) and wait for it to unwind, so no
         # task is still holding a database connection when the engine is disposed.
         leftovers = [task for task in self.ctx.tasks if task is not asyncio.current_task()]
@@ -327,7 +397,8 @@ class BotManager:
         }
         for session in list(self.sessions.values()):
             record = session.record
-            if record.state not in RUNNING_STATES:
+            # Another node's bot (mirrored here) is that node's to clean up.
+            if record.state not in RUNNING_STATES or session.owned_elsewhere():
                 continue
             checked += 1
             verdict = cleanup_verdict(
@@ -369,6 +440,8 @@ class BotManager:
         }
         for session in list(self.sessions.values()):
             record = session.record
+            if session.owned_elsewhere():
+                continue  # another node runs it, and sweeps it
             try:
                 due = record.next_retry_at is None or record.next_retry_at <= now
                 if record.state is S.DISCONNECTED and due:

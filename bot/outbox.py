@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    exists,
     func,
     insert,
     or_,
@@ -33,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from bot.store import bot_sessions
 from services.database import Database, UTCDateTime, metadata, shielded
 
 STATUSES = ("queued", "sending", "sent", "dead")
@@ -222,12 +224,20 @@ class OutboxStore:
         return found
 
     @shielded
-    async def claim(self, session_id: str, now: datetime, lease: timedelta) -> OutboxMessage | None:
+    async def claim(
+        self, session_id: str, now: datetime, lease: timedelta, epoch: int | None = None
+    ) -> OutboxMessage | None:
         """The oldest due message of this bot, leased to the caller; None if none is due.
 
         Guarded like every concurrent writer here: `UPDATE … WHERE <still claimable>` and the
-        row count says whether this caller won it."""
+        row count says whether this caller won it. With `epoch`, only while the bot is still
+        under that epoch: a node that lost the bot claims nothing more for it."""
         c = outbox_messages.c
+        fence = (
+            []
+            if epoch is None
+            else [exists().where(bot_sessions.c.id == session_id, bot_sessions.c.epoch == epoch)]
+        )
         for _ in range(5):
             async with self.db.engine.begin() as conn:
                 row = (
@@ -242,7 +252,7 @@ class OutboxStore:
                     return None
                 claimed = await conn.execute(
                     update(outbox_messages)
-                    .where(c.seq == row.seq, claimable(outbox_messages, now))
+                    .where(c.seq == row.seq, claimable(outbox_messages, now), *fence)
                     .values(
                         status="sending",
                         lease_until=now + lease,

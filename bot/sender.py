@@ -136,9 +136,12 @@ class OutboxSender:
     async def send_once(self, session: BotSession) -> bool:
         """Claim this bot's oldest due message and send it. True if one was handled."""
         handle = session.engine_session
-        if handle is None or session.state is not SessionState.CONNECTED:
+        if handle is None or session.state is not SessionState.CONNECTED or not session.held():
             return False
-        message = await self.store.claim(session.id, self.clock.now(), self.policy.lease)
+        # Under the epoch this node runs the bot with: once another node took it, nothing.
+        message = await self.store.claim(
+            session.id, self.clock.now(), self.policy.lease, epoch=session.record.epoch
+        )
         if message is None:
             return False
         started = time.monotonic()

@@ -17,6 +17,7 @@ from typing import Any
 
 from loguru import logger
 
+from bot.cluster import Node
 from bot.engines.base import Engine, EngineEvent, EngineSession, EventKind
 from bot.policy import (
     Breaker,
@@ -54,10 +55,20 @@ ACTIVITY_WRITE_EVERY = timedelta(seconds=60)
 # A first sync may take minutes; one that reports no progress for this long is stuck.
 SYNC_STALL_SECONDS = 300.0
 BRIDGE_OUTDATED = "WhatsApp Web changed; the bridge needs an update"
+ORPHAN_REASON = "the process ended while it was running"
 
 
 class ConcurrentChangeError(Exception):
     """Another writer (a replica, or an engine event) moved the session first."""
+
+
+class OwnedElsewhereError(ConcurrentChangeError):
+    """Another node runs this bot (it holds a live lease on it)."""
+
+    def __init__(self, session_id: str, node: str | None) -> None:
+        where = f"node {node}" if node else "another node"
+        super().__init__(f"bot {session_id} is run by {where}")
+        self.node = node
 
 
 class NotLinkingError(Exception):
@@ -85,6 +96,7 @@ class SessionContext:
     start_slots: asyncio.Semaphore
     start_timeout: float
     random: Callable[[], float]
+    node: Node
     listeners: list[Listener] = field(default_factory=list)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     # Sessions per state, kept up to date on every move: /health reads it on every request.
@@ -118,6 +130,7 @@ class BotSession:
         "_last_heartbeat_write",
         "_launch_task",
         "_lock",
+        "_start_lock",
         "_timer",
         "_trial",
         "pair_code",
@@ -136,6 +149,7 @@ class BotSession:
         # ignored, so a late event from a closed browser cannot move the new one.
         self._generation = 0
         self._lock: asyncio.Lock | None = None  # made on first use: most sessions sit idle
+        self._start_lock: asyncio.Lock | None = None
         self._timer: asyncio.Task[Any] | None = None
         self._heartbeat_task: asyncio.Task[Any] | None = None
         self._launch_task: asyncio.Task[Any] | None = None
@@ -178,16 +192,26 @@ class BotSession:
 
     # Transitions -----------------------------------------------------------------------
 
-    async def _transition(self, target: SessionState, reason: str, **values: Any) -> None:
+    async def _transition(
+        self, target: SessionState, reason: str, *, release: bool = False, **values: Any
+    ) -> None:
+        """Store and apply a move, under the epoch this node holds (a stale one moves
+        nothing). `release`: the bot no longer runs here; its lease is given up."""
         async with self._get_lock():
             current = self.record.state
             check_transition(current, target)
+            if self.owned_elsewhere():
+                raise OwnedElsewhereError(self.id, self.record.owner_node)
             now = self._ctx.clock.now()
             moved = await self._ctx.store.transition(
-                self.id, current, target, reason, now, **values
+                self.id, current, target, reason, now, epoch=self.record.epoch, **values
             )
             if not moved:
                 raise ConcurrentChangeError(f"session {self.id} changed while moving to {target}")
+            if release and self.held():
+                self.record.owner_node = None
+                self.record.lease_until = None
+                await self._ctx.node.release(self.id, self.record.epoch)
             self.record.state = target
             self._ctx.count_move(current, target)
             self.record.state_reason = reason
@@ -229,7 +253,7 @@ class BotSession:
         if level.value == previous:
             return False
         self.record.health = level.value
-        await self._ctx.store.save_fields(self.id, health=level.value)
+        await self._ctx.store.save_fields(self.id, epoch=self.record.epoch, health=level.value)
         key = f"session:{self.id}"
         label = f"bot '{self.record.name}' ({self.id})"
         if level is HealthLevel.CRITICAL:
@@ -251,7 +275,18 @@ class BotSession:
         """Start (or start again) on a person's request: counters and breaker are reset."""
         if self._ctx.engine is None:
             raise EngineUnavailableError
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        # One start at a time: a second waits, then finds the bot started (a 409).
+        async with self._start_lock:
+            await self._start(reason)
+
+    async def _start(self, reason: str) -> None:
+        if self.held() and self.record.state not in STARTABLE_STATES:
+            raise IllegalTransitionError(self.record.state, S.CONNECTING)
+        await self._take()
         if self.record.state not in STARTABLE_STATES:
+            await self._give_up()
             raise IllegalTransitionError(self.record.state, S.CONNECTING)
         self._generation += 1
         self._cancel_timers()
@@ -271,27 +306,41 @@ class BotSession:
         )
         self._spawn_launch()
 
-    async def stop(self, reason: str, *, by_owner: bool, target: SessionState = S.STOPPED) -> None:
+    async def stop(
+        self,
+        reason: str,
+        *,
+        by_owner: bool,
+        target: SessionState = S.STOPPED,
+        keep_lease: bool = False,
+    ) -> None:
         """Close the browser and store the state. Shutdown keeps `want_running`, so the
-        next boot brings the bot back; an owner's stop (or cleanup) clears it."""
+        next boot brings the bot back; an owner's stop (or cleanup) clears it. The lease
+        is released, unless `keep_lease` (a restart: no other node may take it between)."""
         check_transition(self.record.state, target)
+        if self.owned_elsewhere():
+            raise OwnedElsewhereError(self.id, self.record.owner_node)
         self._generation += 1
         self._cancel_timers()
         await self._close_engine()
         want = False if by_owner else self.record.want_running
-        await self._transition(target, reason, want_running=want, next_retry_at=None)
+        await self._transition(
+            target, reason, release=not keep_lease, want_running=want, next_retry_at=None
+        )
 
     async def expire(self, reason: str) -> None:
         await self.stop(reason, by_owner=True, target=S.EXPIRED)
 
     async def restart(self, reason: str) -> None:
         if self.record.state in RUNNING_STATES:
-            await self.stop(reason, by_owner=False)
+            await self.stop(reason, by_owner=False, keep_lease=True)
         await self.start(reason)
 
     async def logout(self, reason: str) -> None:
         """Unlink from the phone; the profile is deleted, a new link needs a new QR."""
         check_transition(self.record.state, S.LOGGED_OUT)
+        if self.owned_elsewhere():
+            raise OwnedElsewhereError(self.id, self.record.owner_node)
         self._generation += 1
         self._cancel_timers()
         if self._engine_session is None:
@@ -305,7 +354,9 @@ class BotSession:
                 self._log().warning("Logout through the page failed: {}", exc)
         await self._close_engine()
         await self._forget_profile()
-        await self._transition(S.LOGGED_OUT, reason, want_running=False, linked_as=None)
+        await self._transition(
+            S.LOGGED_OUT, reason, release=True, want_running=False, linked_as=None
+        )
 
     async def close_for_shutdown(self) -> SessionState | None:
         """Process shutdown: close the browser, keep `want_running` so the next boot brings
@@ -333,6 +384,76 @@ class BotSession:
         await self._close_engine()
         await self._forget_profile()
 
+    # Ownership (bot.ownership) ---------------------------------------------------------
+
+    def held(self) -> bool:
+        """This node holds the bot's lease (it runs, or is about to run, its browser)."""
+        return self.record.owner_node == self._ctx.node.id
+
+    def owned_elsewhere(self) -> bool:
+        owner = self.record.owner_node
+        return owner is not None and owner != self._ctx.node.id
+
+    def replace_record(self, fresh: SessionRecord) -> None:
+        """The bot as stored now (read from the database): what another node did to it."""
+        self._ctx.count_move(self.record.state, fresh.state)
+        self.record = fresh
+
+    async def _take(self) -> None:
+        """Acquire the lease before a browser starts (epoch + 1). A bot its last node left
+        running (that node died, or stopped renewing) is first recorded as stopped."""
+        was_held = self.held()
+        fresh = await self._ctx.node.acquire(self.id)
+        if fresh is None:
+            current = await self._ctx.store.get_session(self.id)
+            if current is not None:
+                self.replace_record(current)
+            raise OwnedElsewhereError(self.id, current.owner_node if current else None)
+        if was_held:
+            self.record.epoch, self.record.lease_until = fresh.epoch, fresh.lease_until
+            self.record.owner_node = fresh.owner_node
+            return
+        self.replace_record(fresh)
+        self._clear_qr()
+        if fresh.state in RUNNING_STATES:
+            await self._transition(S.STOPPED, ORPHAN_REASON, next_retry_at=None)
+
+    async def _give_up(self) -> None:
+        if self.held():
+            epoch = self.record.epoch
+            self.record.owner_node = None
+            self.record.lease_until = None
+            await self._ctx.node.release(self.id, epoch)
+
+    async def settle_orphan(self) -> bool:
+        """At boot: a bot stored as running whose node is gone (no live lease) is recorded
+        as stopped before anyone reads a CONNECTED that no browser backs. True if moved."""
+        fresh = await self._ctx.node.acquire(self.id)
+        if fresh is None:
+            return False
+        self.replace_record(fresh)
+        try:
+            if fresh.state not in RUNNING_STATES:
+                return False
+            await self._transition(S.STOPPED, ORPHAN_REASON, next_retry_at=None)
+            return True
+        finally:
+            await self._give_up()
+
+    async def lose(self, why: str) -> None:
+        """The lease is gone (another node took the bot, or this one cannot prove it still
+        holds it): stop acting at once. The browser is closed; nothing is written, since
+        the state is the new owner's to write (and a stale epoch would be refused)."""
+        self._generation += 1
+        self._cancel_timers()
+        self.record.owner_node = None
+        self.record.lease_until = None
+        running = self._engine_session is not None
+        await self._close_engine()
+        self._log().warning(
+            "Lost the lease on this bot ({}); {}", why, "browser closed" if running else "idle"
+        )
+
     async def request_pair_code(self, phone: str) -> str:
         """An 8-character code to type on the phone instead of scanning the QR."""
         if self.record.state is not S.SCAN_QR or self._engine_session is None:
@@ -356,7 +477,9 @@ class BotSession:
         last = self._last_activity_write
         if last is None or now - last >= ACTIVITY_WRITE_EVERY:
             self._last_activity_write = now
-            await self._ctx.store.save_fields(self.id, last_activity_at=now)
+            await self._ctx.store.save_fields(
+                self.id, epoch=self.record.epoch, last_activity_at=now
+            )
 
     # Engine events ---------------------------------------------------------------------
 
@@ -508,6 +631,7 @@ class BotSession:
         await self._transition(
             S.LOGGED_OUT,
             f"{PHONE_LOGOUT_PREFIX} ({reason})",
+            release=True,
             want_running=False,
             linked_as=None,
         )
@@ -574,7 +698,10 @@ class BotSession:
         verdict = breaker_verdict(
             policy, self._error_times, self._breaker_opened_at, self._trial, now
         )
-        common = {"error_count": errors, "last_disconnected_at": self._disconnected_at(now)}
+        common: dict[str, Any] = {
+            "error_count": errors,
+            "last_disconnected_at": self._disconnected_at(now),
+        }
         if verdict.state is Breaker.LOCKED:
             self._trial = False
             self._ctx.alerter.alert(
@@ -586,6 +713,7 @@ class BotSession:
             await self._transition(
                 S.SUSPENDED,
                 f"{reason}; circuit breaker trial failed: restart it by hand",
+                release=True,
                 want_running=False,
                 next_retry_at=None,
                 reconnect_attempts=attempts,
@@ -613,6 +741,7 @@ class BotSession:
             await self._transition(
                 S.SUSPENDED,
                 f"{reason}; gave up after {policy.max_reconnect_attempts} reconnect attempts",
+                release=True,
                 want_running=False,
                 next_retry_at=None,
                 reconnect_attempts=attempts,
@@ -719,7 +848,9 @@ class BotSession:
                 last = self._last_heartbeat_write
                 if last is None or now - last >= policy.heartbeat_stale_after / 2:
                     try:
-                        await self._ctx.store.save_fields(self.id, last_heartbeat_at=now)
+                        await self._ctx.store.save_fields(
+                            self.id, epoch=self.record.epoch, last_heartbeat_at=now
+                        )
                         self._last_heartbeat_write = now
                     except Exception as exc:
                         # The database being away must not end the heartbeats: the bot is

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     ForeignKey,
+    Index,
     Integer,
     String,
     Table,
@@ -72,7 +73,13 @@ bot_sessions = Table(
     Column("error_count", Integer, nullable=False, default=0),
     Column("health", String(20), nullable=False, default="inactive"),
     Column("linked_as", String(100), nullable=True),
+    # Who runs it (bot.ownership): the node, until when, and the fencing epoch that grows
+    # with every new owner. A write about the bot names the epoch it was decided under.
+    Column("owner_node", String(40), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("epoch", Integer, nullable=False, default=0),
     UniqueConstraint("owner_key", "name", name="uq_bot_sessions_owner_name"),
+    Index("ix_bot_sessions_owner_node", "owner_node"),
 )
 
 session_transitions = Table(
@@ -112,6 +119,10 @@ class DuplicateNameError(Exception):
     pass
 
 
+class LimitReachedError(Exception):
+    """The user already has as many bots as allowed (counted in the database)."""
+
+
 @dataclass(slots=True)
 class SessionRecord:
     """One bot session as stored; the in-memory session keeps one of these up to date."""
@@ -138,6 +149,9 @@ class SessionRecord:
     error_count: int = 0
     health: str = "inactive"
     linked_as: str | None = None
+    owner_node: str | None = None
+    lease_until: datetime | None = None
+    epoch: int = 0
 
     def state_reason_is_phone(self) -> bool:
         return (self.state_reason or "").startswith(PHONE_LOGOUT_PREFIX)
@@ -190,6 +204,12 @@ class UserRecord:
     created_at: datetime
 
 
+def _fenced(epoch: int | None) -> list[Any]:
+    """The guard a write about a bot carries: the epoch its writer holds. A writer whose
+    epoch is stale (another node took the bot since) changes nothing."""
+    return [] if epoch is None else [bot_sessions.c.epoch == epoch]
+
+
 class BotStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -237,9 +257,30 @@ class BotStore:
     # Sessions --------------------------------------------------------------------------
 
     @shielded
-    async def insert_session(self, record: SessionRecord, reason: str) -> None:
+    async def insert_session(
+        self, record: SessionRecord, reason: str, limit: int | None = None
+    ) -> None:
+        """Store a new bot; with `limit`, only while its user has fewer bots than that,
+        counted in the same transaction (every node creating for that user waits its turn
+        on the user's row), so the limit holds across processes."""
         try:
             async with self.db.engine.begin() as conn:
+                if limit is not None and record.user_id is not None:
+                    # A no-op write on the user's row before counting: it holds the row
+                    # (Postgres) or the database (SQLite) until this transaction ends, so
+                    # concurrent creates for one user, on any node, count one after another.
+                    await conn.execute(
+                        update(users).where(users.c.id == record.user_id).values(id=users.c.id)
+                    )
+                    count = (
+                        await conn.execute(
+                            select(func.count())
+                            .select_from(bot_sessions)
+                            .where(bot_sessions.c.user_id == record.user_id)
+                        )
+                    ).scalar_one()
+                    if int(count) >= limit:
+                        raise LimitReachedError(limit)
                 await conn.execute(insert(bot_sessions).values(record.row()))
                 await conn.execute(
                     insert(session_transitions).values(
@@ -260,16 +301,30 @@ class BotStore:
         return [SessionRecord.from_row(row) for row in rows]
 
     @shielded
-    async def save_fields(self, /, session_id: str, **values: Any) -> None:
-        """Write fields that are not the state (activity, heartbeat, counters)."""
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        async with self.db.engine.connect() as conn:
+            row = (
+                await conn.execute(select(bot_sessions).where(bot_sessions.c.id == session_id))
+            ).first()
+        return SessionRecord.from_row(row) if row else None
+
+    @shielded
+    async def save_fields(
+        self, /, session_id: str, *, epoch: int | None = None, **values: Any
+    ) -> bool:
+        """Write fields that are not the state (activity, heartbeat, counters). With
+        `epoch`, only while the bot is still under that epoch; False when refused."""
         if "metadata" in values:
             values["metadata"] = json.dumps(values["metadata"], separators=(",", ":"))
         if values.get("webhook_events") is not None:
             values["webhook_events"] = json.dumps(values["webhook_events"])
         async with self.db.engine.begin() as conn:
-            await conn.execute(
-                update(bot_sessions).where(bot_sessions.c.id == session_id).values(**values)
+            result = await conn.execute(
+                update(bot_sessions)
+                .where(bot_sessions.c.id == session_id, *_fenced(epoch))
+                .values(**values)
             )
+        return bool(result.rowcount == 1)
 
     @shielded
     async def transition(
@@ -280,13 +335,20 @@ class BotStore:
         target: SessionState,
         reason: str,
         at: datetime,
+        *,
+        epoch: int | None = None,
         **values: Any,
     ) -> bool:
-        """Move the state if it is still `expected`; False when another writer moved it."""
+        """Move the state if it is still `expected` (and, with `epoch`, the bot still under
+        that epoch); False when another writer moved it or took the bot."""
         async with self.db.engine.begin() as conn:
             result = await conn.execute(
                 update(bot_sessions)
-                .where(bot_sessions.c.id == session_id, bot_sessions.c.state == expected.value)
+                .where(
+                    bot_sessions.c.id == session_id,
+                    bot_sessions.c.state == expected.value,
+                    *_fenced(epoch),
+                )
                 .values(
                     state=target.value,
                     state_reason=reason[:500],
@@ -309,23 +371,31 @@ class BotStore:
 
     @shielded
     async def stop_many(
-        self, moves: list[tuple[str, SessionState]], target: SessionState, reason: str, at: datetime
+        self,
+        moves: list[tuple[str, SessionState, int]],
+        target: SessionState,
+        reason: str,
+        at: datetime,
     ) -> set[str]:
         """Move many sessions at once (shutdown): one transaction, guarded per row like
-        `transition`. Returns the ids that moved."""
+        `transition` (state and epoch). Returns the ids that moved."""
         moved: set[str] = set()
         if not moves:
             return moved
-        by_state: dict[SessionState, list[str]] = {}
-        for session_id, state in moves:
-            by_state.setdefault(state, []).append(session_id)
+        by_guard: dict[tuple[SessionState, int], list[str]] = {}
+        for session_id, state, epoch in moves:
+            by_guard.setdefault((state, epoch), []).append(session_id)
         async with self.db.engine.begin() as conn:
-            for state, ids in by_state.items():
+            for (state, epoch), ids in by_guard.items():
                 for start in range(0, len(ids), 500):
                     chunk = ids[start : start + 500]
                     result = await conn.execute(
                         update(bot_sessions)
-                        .where(bot_sessions.c.id.in_(chunk), bot_sessions.c.state == state.value)
+                        .where(
+                            bot_sessions.c.id.in_(chunk),
+                            bot_sessions.c.state == state.value,
+                            bot_sessions.c.epoch == epoch,
+                        )
                         .values(
                             state=target.value,
                             state_reason=reason,
@@ -343,7 +413,7 @@ class BotStore:
                     "to_state": target.value,
                     "reason": reason,
                 }
-                for session_id, state in moves
+                for session_id, state, _ in moves
                 if session_id in moved
             ]
             if rows:

@@ -193,6 +193,18 @@ class DeliveryStore:
             )
 
     @shielded
+    async def requeue_dead(self, session_id: str, now: datetime) -> int:
+        """This bot's dead deliveries, due again now with a fresh count of attempts."""
+        c = webhook_deliveries.c
+        async with self.db.engine.begin() as conn:
+            done = await conn.execute(
+                update(webhook_deliveries)
+                .where(c.session_id == session_id, c.target == "bot", c.status == "dead")
+                .values(status="queued", attempts=0, due_at=now, lease_until=None)
+            )
+        return int(done.rowcount)
+
+    @shielded
     async def next_due(self) -> datetime | None:
         c = webhook_deliveries.c
         query = select(func.min(c.due_at)).where(c.status == "queued")
@@ -294,6 +306,10 @@ class Webhooks:
         }
 
     # Delivering ----------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Look for due deliveries now (some were just queued again)."""
+        self._wake.set()
 
     async def run(self, secret_of: Callable[[str], str | None]) -> None:
         """The delivery loop: start what is due (each delivery its own task, at most

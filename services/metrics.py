@@ -140,6 +140,17 @@ class Metrics:
                 lambda: {**dict.fromkeys(self.known_states, 0), **self.session_counts()},
             )
         )
+        # Bots each live node of the cluster runs, as this node last read the registry.
+        self.node_bots: Callable[[], dict[str, int]] = dict
+        self.registry.register(
+            _CountsCollector(
+                GaugeMetricFamily,
+                "cluster_node_bots",
+                "Bots run by each live node of the cluster",
+                "node",
+                lambda: self.node_bots(),
+            )
+        )
         # Plain integers on the request path (/health included); Prometheus reads them at
         # scrape time. One event loop thread increments them, so no lock is needed.
         self.http_counts = dict.fromkeys(STATUS_CLASSES, 0)

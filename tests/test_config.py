@@ -99,6 +99,11 @@ def test_url_precedence():
             {"keep_alive_interval": "1s", "keep_alive_timeout": "2s"},
             "KEEP_ALIVE_TIMEOUT=2s must be shorter than KEEP_ALIVE_INTERVAL=1s",
         ),
+        (
+            {"node_lease": "5s", "node_renew_interval": "3s"},
+            "NODE_RENEW_INTERVAL=3s must be at most half of NODE_LEASE=5s",
+        ),
+        ({"bots_per_node": "0"}, "BOTS_PER_NODE='0': expected a number greater than or equal to 1"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_variable(values: dict[str, object], line: str):

@@ -121,6 +121,7 @@ async def metrics_json(request: Request) -> Response:
                 "sendingWorkers": request.app.state.sender.active,
             },
             "webhookDeliveries": lambda: webhooks,
+            "cluster": lambda: request.app.state.manager.cluster_summary(),
         },
     )
     return JSONResponse(document, headers=NO_STORE)

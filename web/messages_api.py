@@ -131,6 +131,9 @@ async def send_message(request: Request) -> Response:
         return JSONResponse(message.as_json(), status_code=200)
     sender: OutboxSender = request.app.state.sender
     sender.wake(session.id)
+    if not session.held():
+        # Another node runs the bot: its worker is told at once (Postgres NOTIFY).
+        await manager(request).node.notify(f"outbox:{session.id}")
     return JSONResponse(
         message.as_json(),
         status_code=202,

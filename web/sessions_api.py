@@ -12,7 +12,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bot.manager import BotManager, SessionLimitError
-from bot.session import BotSession, ConcurrentChangeError, EngineUnavailableError
+from bot.session import (
+    BotSession,
+    ConcurrentChangeError,
+    EngineUnavailableError,
+    OwnedElsewhereError,
+)
 from bot.states import RUNNING_STATES, STARTABLE_STATES, TRANSITIONS, IllegalTransitionError
 from bot.states import SessionState as S
 from bot.store import ADMIN_OWNER, DuplicateNameError
@@ -99,6 +104,11 @@ async def session_json(
     # Under the state lock, so a change stored while the history is read cannot show its
     # row in the history beside the state from before it.
     async with session.state_lock:
+        if not session.held():
+            # Another node may run it (or just changed it): the database is the truth.
+            fresh = await manager(request).store.get_session(session.id)
+            if fresh is not None:
+                session.replace_record(fresh)
         document = _session_document(request, session)
         history = await manager(request).store.history(session.id, HISTORY_LIMIT)
     document["history"] = [t.as_json() for t in history]
@@ -119,6 +129,12 @@ def _session_document(request: Request, session: BotSession) -> dict[str, Any]:
         "health": record.health,
         "isConnected": connected,
         "linkedAs": record.linked_as,
+        # The node running it (its lease live), or null: none runs it.
+        "node": (
+            record.owner_node
+            if record.owner_node and record.lease_until and record.lease_until >= now
+            else None
+        ),
         "reconnectAttempts": record.reconnect_attempts,
         "errorCount": record.error_count,
         "connectedForSeconds": (
@@ -239,6 +255,14 @@ async def create_session(request: Request) -> Response:
 
 
 def _conflict(exc: IllegalTransitionError | ConcurrentChangeError, action: str) -> Problem:
+    if isinstance(exc, OwnedElsewhereError):
+        where = f"node {exc.node}" if exc.node else "another node"
+        return Problem(
+            409,
+            f"The bot runs on {where}, so it cannot be {action} through this one; try again "
+            "through that node, or once it has handed the bot over.",
+            node=exc.node,
+        )
     if isinstance(exc, ConcurrentChangeError):
         return Problem(409, f"The session changed while it was being {action}; try again.")
     current = exc.current

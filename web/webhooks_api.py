@@ -55,6 +55,7 @@ async def update_session(request: Request) -> Response:
         await manager(request).store.save_fields(session.id, **changes)
         for name, value in changes.items():
             setattr(session.record, name, value)
+        await manager(request).node.notify(f"changed:{session.id}")
         named = sorted(k for k in changes if k != "webhook_secret")
         await audit(request, "session.update", session.id, ", ".join(named))
     document = await session_json(request, session)
@@ -69,11 +70,21 @@ async def rotate_secret(request: Request) -> Response:
     sealed = secret_box(request).seal(secret)
     await manager(request).store.save_fields(session.id, webhook_secret=sealed)
     session.record.webhook_secret = sealed
+    await manager(request).node.notify(f"changed:{session.id}")
     await audit(request, "session.webhook_secret.rotate", session.id, None)
     return JSONResponse(
         {"webhookSecret": secret, "note": "Shown this once; deliveries are signed with it now."},
         headers={"Cache-Control": "no-store"},
     )
+
+
+async def retry_dead_deliveries(request: Request) -> Response:
+    session = find(request)
+    store: DeliveryStore = request.app.state.deliveries
+    count = await store.requeue_dead(session.id, manager(request).clock.now())
+    request.app.state.webhooks.wake()
+    await audit(request, "deliveries.retry_dead", session.id, str(count))
+    return JSONResponse({"requeued": count})
 
 
 async def list_deliveries(request: Request) -> Response:
@@ -107,5 +118,12 @@ WEBHOOK_ROUTES = [
         "The newest 100 webhook deliveries of this bot, with their last HTTP status",
         query={"status": {"type": "string", "enum": list(DELIVERY_STATUSES)}},
         responses={200: ("Deliveries", {"type": "object"})},
+    ),
+    ApiRoute(
+        "POST",
+        "/api/sessions/{session_id}/deliveries/retry-dead",
+        retry_dead_deliveries,
+        "Queue this bot's dead webhook deliveries again (due now, attempts counted afresh)",
+        responses={200: ("How many", {"type": "object"})},
     ),
 ]

@@ -122,7 +122,7 @@ async def test_stop_many_moves_only_rows_still_in_the_state_seen(store: BotStore
         await store.insert_session(record(f"bot_00000000000{n}", f"b{n}"), "created")
         await store.transition(f"bot_00000000000{n}", S.IDLE, S.CONNECTING, "start", T0)
     await store.transition("bot_000000000002", S.CONNECTING, S.SCAN_QR, "qr", T0)
-    moves = [(f"bot_00000000000{n}", S.CONNECTING) for n in range(3)]
+    moves = [(f"bot_00000000000{n}", S.CONNECTING, 0) for n in range(3)]
     moved = await store.stop_many(moves, S.STOPPED, "shutdown", T0 + timedelta(seconds=5))
     assert moved == {"bot_000000000000", "bot_000000000001"}
     states = {r.id: r.state for r in await store.all_sessions()}

@@ -324,6 +324,33 @@ async def test_a_4xx_is_permanent_and_listed_dead(api: Api, receiver: Receiver):
     assert len(receiver.requests) == 1
 
 
+async def test_dead_deliveries_are_queued_again_on_request_and_delivered(
+    api: Api, receiver: Receiver
+):
+    receiver.status = 410
+    created = await api.new_session(webhookUrl=receiver.url(), webhookEvents=["message.sent"])
+    bot = created["id"]
+    await api.wait_for(bot, "CONNECTED")
+    await send(api, bot, to="+15550001111", text="hi")
+
+    async def listed(status: str) -> list[dict[str, Any]] | None:
+        listing = await api.client.get(
+            f"/api/sessions/{bot}/deliveries?status={status}", headers=ADMIN
+        )
+        found: list[dict[str, Any]] = listing.json()["deliveries"]
+        return found or None
+
+    (dead,) = await eventually(lambda: listed("dead"), "a dead delivery")
+    receiver.status = 200  # the receiver is fixed
+    retried = await api.client.post(f"/api/sessions/{bot}/deliveries/retry-dead", headers=ADMIN)
+    assert retried.status_code == 200 and retried.json() == {"requeued": 1}
+    (delivered,) = await eventually(lambda: listed("delivered"), "the delivery delivered")
+    assert delivered["id"] == dead["id"] and delivered["attempts"] == 1
+    assert len(receiver.requests) == 2
+    again = await api.client.post(f"/api/sessions/{bot}/deliveries/retry-dead", headers=ADMIN)
+    assert again.json() == {"requeued": 0}
+
+
 async def test_rotating_the_secret_signs_with_the_new_one(api: Api, receiver: Receiver):
     created = await api.new_session(webhookUrl=receiver.url(), webhookEvents=["message.sent"])
     bot = created["id"]

@@ -891,6 +891,11 @@ async def test_session_figures_in_metrics_and_health(api: Api, alice: User):
     }
     assert entered["EXPIRED"] == 0
     assert "bot_session_transitions_total{" in text
+    # This process is a node of a cluster of one, running the one started bot.
+    cluster = (await api.client.get("/api/metrics")).json()["cluster"]
+    assert [(n["id"], n["bots"]) for n in cluster["nodes"]] == [(cluster["node"], 1)]
+    node_bots = {s.labels["node"]: s.value for s in families["cluster_node_bots"].samples}
+    assert node_bots == {cluster["node"]: 1}
 
     health = (await api.client.get("/health")).json()
     assert health["sessions"]["CONNECTED"] == 1

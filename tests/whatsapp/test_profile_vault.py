@@ -165,3 +165,37 @@ async def test_delete_and_cascade(vault: ProfileVault, tmp_path: Path):
     await vault.backup(BOT, tmp_path / "p", T0)
     await BotStore(vault.db).delete_session(BOT)
     assert await vault.stored_digest(BOT) is None
+
+
+async def test_a_backup_under_a_stale_epoch_is_refused_and_keeps_the_newer_one(
+    vault: ProfileVault, tmp_path: Path
+):
+    """A node that lost the bot (another took it: epoch + 1) must not overwrite the new
+    owner's backup with its own older copy, not even at its shutdown."""
+    from bot.ownership import OwnershipStore
+
+    leases = OwnershipStore(vault.db)
+    old = await leases.acquire(BOT, "node-a", T0, timedelta(seconds=15))
+    assert old is not None
+    epochs = {BOT: old.epoch}
+    vault.fence = epochs.get
+    assert await vault.backup(BOT, fake_profile(tmp_path / "old"), T0) is not None
+
+    new = await leases.acquire(BOT, "node-b", T0 + timedelta(seconds=20), timedelta(seconds=15))
+    assert new is not None and new.epoch == old.epoch + 1
+    newer = fake_profile(tmp_path / "new")
+    (newer / "Default" / "Local Storage" / "leveldb" / "000009.ldb").write_bytes(b"newer")
+    new_owner = ProfileVault(vault.db, KEY)
+    new_owner.fence = {BOT: new.epoch}.get
+    assert await new_owner.backup(BOT, newer, T0 + timedelta(seconds=21)) is not None
+    digest = await vault.stored_digest(BOT)
+
+    stale = fake_profile(tmp_path / "stale")
+    (stale / "Default" / "Local Storage" / "leveldb" / "000010.ldb").write_bytes(b"stale")
+    assert await vault.backup(BOT, stale, T0 + timedelta(seconds=22)) is None
+    assert await vault.stored_digest(BOT) == digest
+    # A process that does not run the bot at all writes nothing either.
+    nobody: dict[str, int] = {}
+    vault.fence = nobody.get
+    assert await vault.backup(BOT, stale, T0 + timedelta(seconds=23)) is None
+    assert await vault.stored_digest(BOT) == digest

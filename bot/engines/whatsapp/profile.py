@@ -16,6 +16,7 @@ import io
 import shutil
 import tarfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,9 +34,12 @@ from sqlalchemy import (
     String,
     Table,
     delete,
+    insert,
     select,
+    update,
 )
 
+from bot.store import bot_sessions
 from services.database import Database, UTCDateTime, metadata, shielded
 
 ESSENTIAL = ("Default/IndexedDB", "Default/Local Storage")
@@ -136,6 +140,10 @@ class ProfileVault:
     def __init__(self, db: Database, key: str | None) -> None:
         self.db = db
         self._key = key
+        # The epoch under which this process runs a bot (None: it does not run it). Set by
+        # the bot manager; a backup is written only under the epoch the bot still has, so a
+        # node that lost a bot cannot overwrite the new owner's newer backup with its own.
+        self.fence: Callable[[str], int | None] | None = None
 
     @property
     def encrypts(self) -> bool:
@@ -146,9 +154,17 @@ class ProfileVault:
         packed = await asyncio.to_thread(pack, profile, self._key)
         if packed is None:
             return None
+        epoch = None if self.fence is None else self.fence(session_id)
+        if self.fence is not None and epoch is None:
+            log.bind(session=session_id).info("Profile backup skipped: another node runs the bot")
+            return None
         if await self.stored_digest(session_id) == packed.digest:
             return None
-        await self._save(session_id, packed, now)
+        if not await self._save(session_id, packed, now, epoch):
+            log.bind(session=session_id).warning(
+                "Profile backup refused: another node took the bot (epoch {} is stale)", epoch
+            )
+            return None
         return len(packed.blob)
 
     @shielded
@@ -159,7 +175,10 @@ class ProfileVault:
         return digest
 
     @shielded
-    async def _save(self, session_id: str, packed: Packed, now: datetime) -> None:
+    async def _save(
+        self, session_id: str, packed: Packed, now: datetime, epoch: int | None = None
+    ) -> bool:
+        """Store (replace) the backup; with `epoch`, only while the bot has that epoch."""
         values = {
             "data": packed.blob,
             "digest": packed.digest,
@@ -168,13 +187,25 @@ class ProfileVault:
             "saved_at": now,
         }
         async with self.db.engine.begin() as conn:
+            if epoch is not None:
+                # A no-op write on the bot's row, under the epoch: it holds the row until
+                # this transaction ends, so a new owner's acquire (epoch + 1) lands either
+                # before it (the backup is refused) or after the backup is stored.
+                held = await conn.execute(
+                    update(bot_sessions)
+                    .where(bot_sessions.c.id == session_id, bot_sessions.c.epoch == epoch)
+                    .values(epoch=bot_sessions.c.epoch)
+                )
+                if held.rowcount != 1:
+                    return False
             updated = await conn.execute(
                 profile_backups.update()
                 .where(profile_backups.c.session_id == session_id)
                 .values(**values)
             )
             if updated.rowcount == 0:
-                await conn.execute(profile_backups.insert().values(session_id=session_id, **values))
+                await conn.execute(insert(profile_backups).values(session_id=session_id, **values))
+        return True
 
     @shielded
     async def _load(self, session_id: str) -> tuple[bytes, bool] | None:

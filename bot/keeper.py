@@ -1,0 +1,171 @@
+"""The node's one background loop: renew the leases it holds (and stop acting for any it
+lost), mirror what other nodes did to the bots it does not run, and adopt the bots nobody
+runs (boot restore, a node that left or died). One step, then a wait that another node's
+notice cuts short (Postgres NOTIFY; on SQLite the wait is the poll)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from bot.ownership import NodeRecord
+from bot.session import BotSession, ConcurrentChangeError
+from bot.states import IllegalTransitionError
+from config import format_duration
+from services.dbhealth import is_database_unavailable
+
+if TYPE_CHECKING:
+    from bot.manager import BotManager
+
+log = logger.bind(component="cluster")
+# Without a fixed BOTS_PER_NODE, adopt at most this many per step (the next step takes more).
+ADOPT_BATCH = 100
+
+
+class ClusterKeeper:
+    def __init__(self, manager: BotManager) -> None:
+        self.manager = manager
+        self.node = manager.node
+        self._adopting: asyncio.Task[None] | None = None
+        self._booted = False
+        # The live nodes as last read (for /api/metrics and /metrics: no query per scrape).
+        self.nodes: list[NodeRecord] = []
+        # Bots another node changed outside their state (webhook, secret, metadata).
+        self._changed: set[str] = set()
+        self.node.on_message.append(self._heard)
+
+    def _heard(self, message: str) -> None:
+        if message.startswith("changed:"):
+            self._changed.add(message.removeprefix("changed:"))
+
+    async def run(self) -> None:
+        node = self.node
+        await node.listen()
+        every = node.config.renew_every.total_seconds()
+        while True:
+            node.wakeup.clear()
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_database_unavailable(exc):
+                    log.debug("Cluster step failed: {}", exc)
+                else:
+                    log.opt(exception=exc).warning("Cluster step failed: {}", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(node.wakeup.wait(), every)
+
+    async def step(self) -> None:
+        await self.renew()
+        await self.sync()
+        if not self.node.draining:
+            self.adopt()
+        await self.node.beat(self.manager.held_count())
+        now = self.manager.clock.now()
+        self.nodes = [n for n in await self.node.store.nodes() if n.alive(now)]
+
+    async def renew(self) -> None:
+        """Extend our leases; a bot missing from the answer was taken by another node."""
+        sessions = self.manager.sessions
+        try:
+            held, until = await self.node.renew()
+        except Exception:
+            if not self.node.can_prove_hold():
+                for session in [s for s in sessions.values() if s.held()]:
+                    await session.lose("the lease could not be renewed in time")
+            raise
+        for session in list(sessions.values()):
+            if session.held():
+                if session.id in held:
+                    session.record.lease_until = until
+                else:
+                    await session.lose("another node took it")
+            elif session.id in held:
+                # Given up here (renewals failed for too long) while the database, away,
+                # still named this node: release it, so that it can be adopted again.
+                await self.node.release(session.id, held[session.id])
+
+    async def sync(self) -> None:
+        """Bring the bots this node does not run up to date with the database: created or
+        deleted through another node, started, stopped or moved by their owner node."""
+        manager = self.manager
+        # Known before the look: a bot created here while the look runs is not "deleted".
+        known = set(manager.sessions)
+        changed, self._changed = self._changed, set()
+        stored = await self.node.store.owners()
+        for session_id in [i for i in known if i not in stored and i in manager.sessions]:
+            gone = manager.sessions[session_id]
+            if gone.held():
+                await gone.lose("it was deleted through another node")
+            await manager.forget(gone, "deleted through another node")
+        for session_id, (owner, _, epoch, state) in stored.items():
+            if session_id in manager.deleted:
+                continue
+            session = manager.sessions.get(session_id)
+            if session is not None and session.held() and session_id not in changed:
+                continue
+            if session is not None and session_id not in changed:
+                record = session.record
+                # Not the lease's expiry: it moves with every renewal, and means nothing here.
+                if (record.owner_node, record.epoch, record.state.value) == (owner, epoch, state):
+                    continue
+            fresh = await manager.store.get_session(session_id)
+            if fresh is None:
+                continue
+            if session is None:
+                manager.add(fresh)
+            elif not session.held():
+                session.replace_record(fresh)
+            elif session_id in changed:
+                # Ours: only what an owner may change through any node, not the lifecycle.
+                for name in ("webhook_url", "webhook_events", "webhook_secret", "metadata"):
+                    setattr(session.record, name, getattr(fresh, name))
+
+    def adopt(self) -> None:
+        if self.manager.engine is None:
+            return
+        if self._adopting is not None and not self._adopting.done():
+            return
+        reason = "taken over from another node" if self._booted else "restored at boot"
+        self._booted = True
+        self._adopting = asyncio.get_running_loop().create_task(self._adopt(reason))
+
+    async def _adopt(self, reason: str) -> None:
+        manager, node = self.manager, self.node
+        capacity = node.config.capacity
+        room = ADOPT_BATCH if capacity is None else capacity - manager.held_count()
+        if room <= 0:
+            return
+        records = await node.store.adoptable(manager.clock.now(), room)
+        if not records:
+            return
+        log.info(
+            "Adopting {} bot session(s) ({}), {} apart",
+            len(records),
+            reason,
+            format_duration(manager.config.start_stagger),
+        )
+        for index, record in enumerate(records):
+            if node.draining:
+                return
+            if index:
+                await asyncio.sleep(manager.config.start_stagger.total_seconds())
+            session: BotSession | None = manager.sessions.get(record.id)
+            if session is None:
+                session = manager.add(record)
+            elif not session.held():
+                session.replace_record(record)
+            try:
+                await session.start(reason)
+            except (IllegalTransitionError, ConcurrentChangeError) as exc:
+                log.bind(session=record.id).info("Not adopted: {}", exc)
+
+    async def stop(self) -> None:
+        if self._adopting is not None:
+            self._adopting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._adopting

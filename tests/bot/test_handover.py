@@ -1,0 +1,167 @@
+"""Two nodes (two bot managers, each with its own node id and engine) on one database, in one
+process: ownership decides who runs a bot. Real store, scripted engines, real timers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from bot.cluster import ClusterConfig, Node
+from bot.engines.base import EventKind
+from bot.manager import BotManager, ManagerConfig
+from bot.ownership import OwnershipStore
+from bot.session import BotSession, OwnedElsewhereError
+from bot.states import SessionState
+from bot.store import BotStore
+from services.alerts import Alerter
+from services.clock import SystemClock
+from services.database import Database
+from services.metrics import Metrics
+from tests.bot.test_lifecycle import FAST
+from tests.engines import ScriptedEngine
+
+S = SessionState
+CLUSTER = ClusterConfig(lease=timedelta(seconds=1), renew_every=timedelta(milliseconds=200))
+
+
+async def until(predicate: Callable[[], bool], within: float = 10) -> None:
+    async with asyncio.timeout(within):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def nodes(database_url: str) -> AsyncIterator[Callable[..., Any]]:
+    db = Database(database_url)
+    await db.migrate()
+    managers: list[BotManager] = []
+
+    async def build(name: str, engine: ScriptedEngine | None = None) -> BotManager:
+        clock = SystemClock()
+        manager = BotManager(
+            store=BotStore(db),
+            engine=engine or ScriptedEngine(auto=True),
+            policy=FAST,
+            clock=clock,
+            alerter=Alerter([], clock),
+            metrics=Metrics(),
+            config=ManagerConfig(start_stagger=timedelta(0)),
+            rand=lambda: 0.5,
+            node=Node(OwnershipStore(db), clock, CLUSTER, node_id=name),
+        )
+        await manager.load()
+        manager.restore_in_background()
+        managers.append(manager)
+        return manager
+
+    yield build
+    for manager in managers:
+        if not manager.node.draining:
+            await manager.shutdown(within=5)
+    await db.dispose()
+
+
+async def connected_bot(manager: BotManager, name: str) -> BotSession:
+    session = await manager.create(
+        user_id=None, name=name, webhook_url=None, metadata={}, start=True
+    )
+    engine = manager.engine
+    assert isinstance(engine, ScriptedEngine)
+    await until(lambda: session.id in engine.live)
+    await engine.live[session.id].emit(EventKind.READY, me="15550001111")
+    await until(lambda: session.state is S.CONNECTED)
+    return session
+
+
+async def test_a_new_node_never_starts_a_running_bot_and_adopts_it_on_release(nodes):
+    a = await nodes("node-a")
+    running = await connected_bot(a, "sales")
+    b_engine = ScriptedEngine(auto=True)
+    b_engine.linked.add(running.id)
+    b = await nodes("node-b", b_engine)
+    # B sees the bot (and who runs it), and starts nothing for a few renewals.
+    await until(lambda: running.id in b.sessions)
+    await asyncio.sleep(0.6)
+    assert b_engine.starts == []
+    mirror = b.sessions[running.id]
+    assert (mirror.state, mirror.record.owner_node) == (S.CONNECTED, "node-a")
+    # B's owner actions on a bot A runs are refused (not written over A's state).
+    with pytest.raises(OwnedElsewhereError):
+        await mirror.stop("stopped by its owner", by_owner=True)
+    with pytest.raises(OwnedElsewhereError):
+        await mirror.start("started by its owner")
+    assert running.state is S.CONNECTED
+
+    await a.shutdown(within=5)  # SIGTERM: closes the browser, stores STOPPED, releases
+    assert a.engine is not None and running.id not in b_engine.live
+    adopted = b.sessions[running.id]
+    await until(lambda: adopted.held() and adopted.state is S.CONNECTED)
+    assert adopted.record.epoch > running.record.epoch
+    history = [t.reason for t in await b.store.history(running.id, 5)]
+    assert history[:3] == [
+        "connected as 15550001111",
+        "taken over from another node",
+        "shutdown",
+    ]
+
+
+async def test_a_node_that_loses_its_lease_stops_the_browser_and_writes_nothing(nodes):
+    a = await nodes("node-a")
+    running = await connected_bot(a, "sales")
+    engine = a.engine
+    assert isinstance(engine, ScriptedEngine)
+    page = engine.live[running.id]
+    # Another node takes the bot behind A's back (as after a pause longer than the lease).
+    leases = OwnershipStore(a.store.db)
+    taken = None
+    async with asyncio.timeout(10):
+        while taken is None:
+            # Only once A's lease has run out: A keeps renewing, so expire it by hand.
+            await a.store.save_fields(running.id, lease_until=a.clock.now() - timedelta(1))
+            taken = await leases.acquire(running.id, "node-z", a.clock.now(), CLUSTER.lease)
+    await until(lambda: page.stopped)
+    assert not running.held()
+    await page.emit(EventKind.CRASH, reason="late event from the closed browser")
+    stored = await a.store.get_session(running.id)
+    assert stored is not None
+    assert (stored.state, stored.owner_node, stored.epoch) == (
+        S.CONNECTED,
+        "node-z",
+        taken.epoch,
+    )
+
+
+async def test_the_per_user_limit_holds_across_nodes_under_concurrent_creates(nodes):
+    from datetime import UTC, datetime
+
+    from bot.manager import SessionLimitError
+    from bot.store import UserRecord
+
+    a = await nodes("node-a")
+    b = await nodes("node-b")
+    a.config = b.config = ManagerConfig(start_stagger=timedelta(0), max_sessions_per_user=3)
+    await a.store.create_user(UserRecord("usr_000000000001", "ann", datetime.now(UTC)), "f" * 64)
+
+    async def create(manager: BotManager, n: int) -> bool:
+        try:
+            await manager.create(
+                user_id="usr_000000000001",
+                name=f"bot{n}",
+                webhook_url=None,
+                metadata={},
+                start=False,
+            )
+        except SessionLimitError:
+            return False
+        return True
+
+    made = await asyncio.gather(*(create(a if n % 2 else b, n) for n in range(8)))
+    assert sum(made) == 3
+    stored = [s for s in await a.store.all_sessions() if s.user_id == "usr_000000000001"]
+    assert len(stored) == 3
+    # Each node sees all three (created through either), at once on the next look.
+    await until(lambda: len(a.sessions) == 3 and len(b.sessions) == 3)

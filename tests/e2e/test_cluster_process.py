@@ -1,0 +1,322 @@
+"""Several processes, one truth: two real `python server.py` nodes on one Postgres database,
+as a platform's deploy runs them (the new one starts and passes its health check before the
+old one gets its signal), in demo mode with real Chromium and the simulator.
+
+What a user would notice: after the deploy every linked bot is CONNECTED on the new node
+without a new QR; no message is lost or sent twice; the new node never starts a bot while the
+old one still runs it; both APIs and the database agree on who runs each bot."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.support import (
+    ServerProcess,
+    chromium_for_tests,
+    fresh_postgres_database,
+    wait_until,
+)
+
+POSTGRES_URL = os.environ.get("TEST_DATABASE_URL")
+ADMIN = "admin-token-for-cluster-001"
+KEY = "cluster-session-encryption-key-01"
+WAIT = 45.0
+SCAN_LINE = "Scan this QR code"
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})")
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    if POSTGRES_URL is None:
+        pytest.fail("this test needs Postgres: set TEST_DATABASE_URL (.ci/run does)")
+    with fresh_postgres_database(POSTGRES_URL, "wakeful_cluster") as name:
+        url = make_url(POSTGRES_URL).set(drivername="postgresql", database=name)
+        yield url.render_as_string(hide_password=False)
+
+
+def node_env(database_url: str, **extra: str) -> dict[str, str]:
+    return {
+        "ADMIN_TOKEN": ADMIN,
+        "SESSION_ENCRYPTION_KEY": KEY,
+        "DATABASE_URL": database_url,
+        "BOT_ENGINE": "whatsapp",
+        "WHATSAPP_SIMULATOR": "1",
+        "CHROMIUM_PATH": chromium_for_tests(),
+        "SIMULATOR_QR_EVERY": "20s",
+        "RECONNECT_BASE_DELAY": "200ms",
+        "RECONNECT_MAX_DELAY": "1s",
+        "BOT_START_STAGGER": "100ms",
+        "PROFILE_BACKUP_DELAY": "1s",
+        "SHUTDOWN_TIMEOUT": "20s",
+        "NODE_LEASE": "6s",
+        "NODE_RENEW_INTERVAL": "2s",
+        "SEND_RATE": "600",
+        **extra,
+    }
+
+
+def call(server: ServerProcess, method: str, path: str, **kw: Any) -> httpx.Response:
+    return httpx.request(
+        method,
+        server.base_url + path,
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        timeout=20,
+        **kw,
+    )
+
+
+def bot(server: ServerProcess, bot_id: str) -> dict[str, Any]:
+    response = call(server, "GET", f"/api/sessions/{bot_id}")
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = response.json()
+    return found
+
+
+def wait_state(server: ServerProcess, bot_id: str, state: str, node: str | None = None) -> None:
+    seen: dict[str, Any] = {}
+
+    def reached() -> bool:
+        seen.update(bot(server, bot_id))
+        return seen["state"] == state and (node is None or seen["node"] == node)
+
+    try:
+        wait_until(reached, WAIT, f"{bot_id} to be {state} on {node or 'any node'}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; it is {seen}:\n{server.log[-6000:]}") from None
+
+
+def link(server: ServerProcess, name: str) -> str:
+    created = call(server, "POST", "/api/sessions", json={"name": name})
+    assert created.status_code == 201, created.text
+    bot_id: str = created.json()["id"]
+    wait_state(server, bot_id, "SCAN_QR")
+    scanned = call(server, "POST", f"/api/sessions/{bot_id}/simulator", json={"action": "scan"})
+    assert scanned.status_code == 200, scanned.text
+    wait_state(server, bot_id, "CONNECTED")
+    return bot_id
+
+
+def send(server: ServerProcess, bot_id: str, text: str) -> str:
+    sent = call(
+        server,
+        "POST",
+        f"/api/sessions/{bot_id}/messages",
+        json={"to": "+15550001111", "text": text},
+    )
+    assert sent.status_code == 202, sent.text
+    message: str = sent.json()["id"]
+    return message
+
+
+def stored(database_url: str, sql: str) -> list[tuple[Any, ...]]:
+    import asyncpg
+
+    async def fetch() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(database_url, timeout=5)
+        try:
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def first_time(server: ServerProcess, text: str) -> datetime:
+    for line in server.lines:
+        if text in line:
+            match = LOG_TIME.match(line)
+            assert match, line
+            return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f")
+    raise AssertionError(f"{text!r} not in the log:\n{server.log[-4000:]}")
+
+
+def node_of(server: ServerProcess) -> str:
+    for line in server.lines:
+        found = re.search(r"Node (\S+) joined the cluster", line)
+        if found:
+            return found.group(1)
+    raise AssertionError(f"no node id in the log:\n{server.log[-4000:]}")
+
+
+def deploy(tmp_path: Path, database: str, sig: int) -> None:
+    env = node_env(database)
+    old = ServerProcess(tmp_path / "old", env).start()
+    new = ServerProcess(tmp_path / "new", env)
+    try:
+        old.wait_ready(timeout=30)
+        old_node = node_of(old)
+        bots = [link(old, name) for name in ("sales", "support", "billing")]
+        messages = [send(old, b, f"before {n}") for n in range(3) for b in bots]
+
+        new.start()
+        new.wait_ready(timeout=30)
+        new_node = node_of(new)
+        assert new_node != old_node
+        # The overlap: the new node answers for bots the old one runs, and starts none.
+        for bot_id in bots:
+            wait_state(new, bot_id, "CONNECTED", node=old_node)
+            assert bot(old, bot_id)["node"] == old_node
+        messages += [send(new, b, f"overlap {n}") for n in range(2) for b in bots]
+        assert "taken over" not in new.log
+        assert SCAN_LINE not in new.log
+
+        signalled = time.monotonic()
+        if sig == signal.SIGTERM:
+            assert old.stop(signal.SIGTERM, timeout=30) == 0, old.log[-6000:]
+        else:
+            old.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+            assert old.process.wait(timeout=10) == -signal.SIGKILL  # type: ignore[union-attr]
+        messages += [send(new, b, f"after {n}") for n in range(2) for b in bots]
+        for bot_id in bots:
+            wait_state(new, bot_id, "CONNECTED", node=new_node)
+        print(
+            f"\n{signal.Signals(sig).name}: every bot CONNECTED on the new node "
+            f"{time.monotonic() - signalled:.1f}s after the signal"
+        )
+        # Restored from the old node's backup: linked, no new QR.
+        assert SCAN_LINE not in new.log
+        for bot_id in bots:
+            document = bot(new, bot_id)
+            assert document["linkedAs"], document
+            assert "SCAN_QR" not in [t["to"] for t in document["history"][:4]], document
+        if sig == signal.SIGTERM:
+            # The new node started no browser before the old one had closed its own and
+            # released the bots: never two browsers on one link.
+            released = first_time(old, "Released 3 bot session(s)")
+            adopted = first_time(new, "→ CONNECTING (taken over from another node)")
+            assert adopted >= released, (released, adopted)
+            assert old.log.count("CONNECTED → STOPPED (shutdown)") == 3
+        else:
+            reasons = [t["reason"] for t in bot(new, bots[0])["history"]]
+            assert "the process ended while it was running" in reasons
+
+        def all_sent() -> bool:
+            rows = stored(database, "SELECT status FROM outbox_messages")
+            return len(rows) == len(messages) and all(r[0] == "sent" for r in rows)
+
+        wait_until(all_sent, WAIT, "every message sent")
+        # None lost, none sent twice (one WhatsApp id each; the simulator gives a new id
+        # to every send).
+        rows = stored(database, "SELECT id, engine_message_id, attempts FROM outbox_messages")
+        assert sorted(r[0] for r in rows) == sorted(messages)
+        assert len({r[1] for r in rows}) == len(messages)
+        if sig == signal.SIGTERM:
+            assert all(r[2] == 1 for r in rows), rows
+        # The database agrees with the API.
+        owners = stored(
+            database,
+            "SELECT id, state, owner_node FROM bot_sessions ORDER BY id",
+        )
+        assert owners == [(b, "CONNECTED", new_node) for b in sorted(bots)]
+        assert new.stop(signal.SIGTERM, timeout=30) == 0
+    finally:
+        new.__exit__(None, None, None)
+        old.__exit__(None, None, None)
+
+
+def test_a_sigterm_deploy_hands_linked_bots_to_the_new_node(tmp_path: Path, database: str):
+    deploy(tmp_path, database, signal.SIGTERM)
+
+
+def test_a_sigkilled_node_loses_its_bots_to_the_survivor_once_the_leases_expire(
+    tmp_path: Path, database: str
+):
+    deploy(tmp_path, database, signal.SIGKILL)
+
+
+def scripted_env(database_url: str) -> dict[str, str]:
+    return {
+        "ADMIN_TOKEN": ADMIN,
+        "SESSION_ENCRYPTION_KEY": KEY,
+        "DATABASE_URL": database_url,
+        "BOT_ENGINE": "tests.engines:auto_engine",
+        "BOT_START_STAGGER": "100ms",
+        "NODE_LEASE": "6s",
+        "NODE_RENEW_INTERVAL": "2s",
+        "MAX_SESSIONS_PER_USER": "3",
+    }
+
+
+def test_bots_created_or_deleted_through_one_node_are_seen_by_the_other_at_once(
+    tmp_path: Path, database: str
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = scripted_env(database)
+    with (
+        ServerProcess(tmp_path / "a", env) as a,
+        ServerProcess(tmp_path / "b", env) as b,
+    ):
+        a.wait_ready(timeout=60)
+        b.wait_ready(timeout=60)
+        node_a, node_b = node_of(a), node_of(b)
+        user = call(a, "POST", "/api/users", json={"name": "ann"}).json()
+        token = {"Authorization": f"Bearer {user['token']}"}
+
+        # Created (not started) through A: B answers for it at once, and starts it itself.
+        created = call(a, "POST", "/api/sessions", json={"name": "shop", "start": False})
+        assert created.status_code == 201, created.text
+        shop = created.json()["id"]
+        wait_until(
+            lambda: call(b, "GET", f"/api/sessions/{shop}").status_code == 200,
+            10,
+            "B to see the bot created through A",
+        )
+        assert call(b, "GET", "/api/sessions").json()["total"] == 1
+        started = call(b, "POST", f"/api/sessions/{shop}/start")
+        assert started.status_code == 200, started.text
+        wait_state(b, shop, "CONNECTED", node=node_b)
+        wait_state(a, shop, "CONNECTED", node=node_b)
+        # A bot B runs cannot be stopped over B's head through A: a clear 409, nothing moved.
+        refused = call(a, "POST", f"/api/sessions/{shop}/stop")
+        assert refused.status_code == 409, refused.text
+        assert node_b in refused.json()["detail"]
+        wait_state(b, shop, "CONNECTED", node=node_b)
+
+        # Deleted through A while B runs it: gone on both, B's browser closed.
+        assert call(a, "DELETE", f"/api/sessions/{shop}").status_code == 204
+        wait_until(
+            lambda: call(b, "GET", f"/api/sessions/{shop}").status_code == 404,
+            10,
+            "B to forget the bot deleted through A",
+        )
+        b.wait_for_log(f"[{shop}] Lost the lease on this bot", timeout=10)
+        assert stored(database, "SELECT id FROM bot_sessions") == []
+
+        # MAX_SESSIONS_PER_USER=3 holds across both nodes under concurrent creates.
+        def create(n: int) -> int:
+            server = a if n % 2 else b
+            return httpx.post(
+                server.base_url + "/api/sessions",
+                headers=token,
+                json={"name": f"bot{n}", "start": False},
+                timeout=30,
+            ).status_code
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            codes = list(pool.map(create, range(8)))
+        assert sorted(codes) == [201, 201, 201, 409, 409, 409, 409, 409], codes
+        count = stored(database, "SELECT count(*) FROM bot_sessions")[0][0]
+        assert count == 3
+        for server in (a, b):
+
+            def lists_three(server: ServerProcess = server) -> bool:
+                listed = httpx.get(server.base_url + "/api/sessions", headers=token, timeout=10)
+                return bool(listed.json()["total"] == 3)
+
+            wait_until(lists_three, 10, "both nodes to list the three bots")
+        assert node_a != node_b
+        assert a.stop(signal.SIGTERM, timeout=30) == 0
+        assert b.stop(signal.SIGTERM, timeout=30) == 0

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Generator
+from datetime import timedelta
 from types import FrameType
 
 import httpx
@@ -30,6 +31,8 @@ from bot.engines import engine_factory, load_engine
 from bot.manager import BotManager, manager_config_from, policy_from
 from bot.outbox import OutboxStore, RetryPolicy
 from bot.qrcodes import QrLogPrinter
+from bot.quota import MessageQuota
+from bot.retention import Retention, RetentionPolicy
 from bot.sender import OutboxSender
 from bot.session import BotSession
 from bot.store import BotStore
@@ -188,6 +191,22 @@ def create_app(
             settings.health_check_interval,
             now + settings.health_check_interval,
         )
+        retention = Retention(
+            db,
+            clock,
+            RetentionPolicy(
+                messages=settings.message_retention,
+                deliveries=settings.delivery_retention,
+                audit=settings.audit_retention,
+                history=settings.history_retention,
+            ),
+        )
+        scheduler.add_periodic(
+            "retention",
+            retention.prune_once,
+            settings.retention_interval,
+            now + min(settings.retention_interval, timedelta(minutes=10)),
+        )
         if keepalive.running:
             scheduler.add_periodic(
                 "keepalive",
@@ -211,6 +230,12 @@ def create_app(
         app.state.scheduler = scheduler
         app.state.alerter = alerter
         app.state.outbox = outbox
+        app.state.quota = MessageQuota(
+            db,
+            max_queued=settings.max_queued_messages_per_user,
+            per_minute=settings.message_accept_rate,
+            monotonic=clock.monotonic,
+        )
         app.state.sender = sender
         app.state.deliveries = deliveries
         app.state.webhooks = webhooks

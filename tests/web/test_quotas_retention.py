@@ -4,7 +4,6 @@ the database the size of the recent past. In-process app, real SQLite."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,12 @@ from bot.store import audit_log, session_transitions
 from bot.webhooks import webhook_deliveries
 from server import create_app
 from tests.support import FakeClock
+from tests.web.appclient import running_with
 from tests.web.test_sessions_api import ADMIN, Api, assert_problem, make_settings
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
-@asynccontextmanager
 async def running(settings: Any, clock: FakeClock) -> AsyncIterator[Api]:
     app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app):
@@ -47,7 +46,7 @@ async def test_a_user_past_the_queued_bound_gets_429_and_others_are_not_affected
     settings = make_settings(
         tmp_path, max_queued_messages_per_user=5, message_accept_rate=0, send_rate=0
     )
-    async with running(settings, clock) as api:
+    async with running_with(settings, clock=clock) as api:
         alice, bob = await api.new_user("alice"), await api.new_user("bob")
         # Bots not started: nothing is sent, everything stays queued.
         a1 = (await api.new_session(alice.headers, start=False))["id"]
@@ -69,7 +68,7 @@ async def test_the_accept_rate_refills_with_time(tmp_path: Path):
     settings = make_settings(
         tmp_path, max_queued_messages_per_user=0, message_accept_rate=3, send_rate=0
     )
-    async with running(settings, clock) as api:
+    async with running_with(settings, clock=clock) as api:
         alice = await api.new_user("alice")
         bot = (await api.new_session(alice.headers, start=False))["id"]
         for n in range(3):
@@ -96,7 +95,7 @@ async def test_the_retention_job_prunes_what_is_finished_and_old(tmp_path: Path)
         audit_retention="90d",
         history_retention="30d",
     )
-    async with running(settings, clock) as api:
+    async with running_with(settings, clock=clock) as api:
         bot = (await api.new_session(start=False))["id"]
         old, recent = T0 - timedelta(days=100), T0 - timedelta(days=1)
         rows = []

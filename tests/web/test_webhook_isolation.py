@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from server import create_app
 from services.netguard import BlockedAddressError, check_url
-from services.resolver import Resolver
 from tests.dnsserver import DnsServer, LoopbackDnsResolver
+from tests.web.appclient import running_with
+from tests.web.test_messages_api import eventually
 from tests.web.test_sessions_api import ADMIN, Api, assert_problem, make_settings
-
-WAIT = 20.0
 
 
 class HostReceiver:
@@ -79,30 +76,6 @@ class Trap:
         self._stop = True
         self._thread.join(timeout=2)
         self.sock.close()
-
-
-@asynccontextmanager
-async def running_with(settings: Any, resolver: Resolver | None = None) -> AsyncIterator[Api]:
-    app = create_app(settings, resolver=resolver)
-    async with app.router.lifespan_context(app):
-        app.state.listening.set()
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://wakeful.test") as c:
-            yield Api(app, c)
-
-
-async def eventually(check: Any, what: str, timeout: float = WAIT) -> Any:
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                value = check()
-                if asyncio.iscoroutine(value):
-                    value = await value
-                if value:
-                    return value
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
 
 
 async def deliveries(api: Api, bot: str) -> list[dict[str, Any]]:
@@ -165,7 +138,7 @@ async def test_dns_rebinding_never_reaches_the_second_address(
             retry_max_delay="100ms",
             max_retry_attempts=2,
         )
-        async with running_with(settings, LoopbackDnsResolver(dns.port)) as api:
+        async with running_with(settings, resolver=LoopbackDnsResolver(dns.port)) as api:
             url = f"http://hooks.rebind.test:{receiver.port}/hook"
             bot = (await api.new_session(webhookUrl=url))["id"]
             await api.wait_for(bot, "CONNECTED")
@@ -174,7 +147,7 @@ async def test_dns_rebinding_never_reaches_the_second_address(
                 found = await deliveries(api, bot)
                 return len(found) >= 2 and all(d["status"] in ("delivered", "dead") for d in found)
 
-            await eventually(settled, "every delivery to be delivered or dead")
+            await eventually(settled, "every delivery to be delivered or dead", 20)
             found = await deliveries(api, bot)
             assert receiver.hosts == [f"hooks.rebind.test:{receiver.port}"]
             assert [d["status"] for d in found].count("delivered") == 1
@@ -307,7 +280,7 @@ async def test_a_dripping_and_a_failing_receiver_do_not_delay_another_users_webh
                 found = await deliveries(api, quiet)
                 return len(found) == 10 and all(d["status"] == "dead" for d in found)
 
-            await eventually(poisoned_dead, "the poisoned deliveries to be dead")
+            await eventually(poisoned_dead, "the poisoned deliveries to be dead", 20)
             dead = await deliveries(api, quiet)
             assert all(d["attempts"] == 2 for d in dead)
             assert all("InvalidURL" in d["lastError"] for d in dead)
@@ -334,7 +307,7 @@ async def test_hanging_lookups_of_one_user_do_not_slow_another_users_patch(tmp_p
         tmp_path, webhook_allow_private=False, webhook_allowed_networks="127.0.0.0/8"
     )
     try:
-        async with running_with(settings, resolver) as api:
+        async with running_with(settings, resolver=resolver) as api:
             alice, bob = await api.new_user("alice"), await api.new_user("bob")
             bot_a = (await api.new_session(alice.headers, start=False))["id"]
             bot_b = (await api.new_session(bob.headers, start=False))["id"]

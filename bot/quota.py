@@ -1,6 +1,7 @@
 """Fair shares of the outbox: one user cannot fill the database or the queue for everyone.
 
-Two bounds per owner (a user, or the admin for the admin's own bots), both configurable:
+Two bounds per user (the admin's own bots are not limited: the operator owns the instance
+and its bulk sends hurt nobody else's share), both configurable:
 - MAX_QUEUED_MESSAGES_PER_USER: messages waiting to be sent (queued or sending) over all of
   the owner's bots; past it, new messages are refused until some are sent.
 - MESSAGE_ACCEPT_RATE: messages accepted per minute (a token bucket: a burst of that many,
@@ -48,7 +49,9 @@ class MessageQuota:
 
     async def check(self, owner: str | None) -> QuotaExceeded | None:
         """None if the owner may queue one more message now (and count it), else why not."""
-        key = owner or "admin"
+        if owner is None:
+            return None
+        key = owner
         if self._max_queued:
             waiting = await self.waiting(owner)
             if waiting >= self._max_queued:
@@ -78,13 +81,12 @@ class MessageQuota:
         return None
 
     @shielded
-    async def waiting(self, owner: str | None) -> int:
+    async def waiting(self, owner: str) -> int:
         m, s = outbox_messages.c, bot_sessions.c
-        owned = s.user_id.is_(None) if owner is None else s.user_id == owner
         query = (
             select(func.count())
             .select_from(outbox_messages.join(bot_sessions, m.session_id == s.id))
-            .where(owned, m.status.in_(WAITING))
+            .where(s.user_id == owner, m.status.in_(WAITING))
         )
         async with self.db.engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())

@@ -192,6 +192,15 @@ class Settings(BaseSettings):
     retry_base_delay: Duration = timedelta(seconds=5)
     retry_max_delay: Duration = timedelta(minutes=10)
     outbox_lease: Duration = timedelta(seconds=60)
+    # Each user's share of the outbox (0 turns a bound off).
+    max_queued_messages_per_user: int = Field(default=500, ge=0)
+    message_accept_rate: int = Field(default=60, ge=0)  # messages a minute, per user
+    # How long finished rows are kept before the `retention` job prunes them.
+    message_retention: Duration = timedelta(days=30)
+    delivery_retention: Duration = timedelta(days=14)
+    audit_retention: Duration = timedelta(days=90)
+    history_retention: Duration = timedelta(days=30)
+    retention_interval: Duration = timedelta(hours=1)
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     webhook_allow_private: bool = False
@@ -288,6 +297,11 @@ class Settings(BaseSettings):
         "auth_failure_window",
         "node_lease",
         "node_renew_interval",
+        "message_retention",
+        "delivery_retention",
+        "audit_retention",
+        "history_retention",
+        "retention_interval",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:

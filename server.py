@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Generator
+from datetime import timedelta
 from types import FrameType
 
 import httpx
@@ -34,6 +35,8 @@ from bot.outbox import OutboxStore, RetryPolicy
 from bot.ownership import OwnershipStore
 from bot.policy import CleanupReason
 from bot.qrcodes import QrLogPrinter
+from bot.quota import MessageQuota
+from bot.retention import Retention, RetentionPolicy
 from bot.sender import OutboxSender
 from bot.session import BotSession
 from bot.states import SessionState
@@ -226,6 +229,22 @@ def create_app(
             settings.health_check_interval,
             now + settings.health_check_interval,
         )
+        retention = Retention(
+            db,
+            clock,
+            RetentionPolicy(
+                messages=settings.message_retention,
+                deliveries=settings.delivery_retention,
+                audit=settings.audit_retention,
+                history=settings.history_retention,
+            ),
+        )
+        scheduler.add_periodic(
+            "retention",
+            retention.prune_once,
+            settings.retention_interval,
+            now + min(settings.retention_interval, timedelta(minutes=10)),
+        )
         if keepalive.running:
             scheduler.add_periodic(
                 "keepalive",
@@ -243,6 +262,12 @@ def create_app(
         app.state.scheduler = scheduler
         app.state.alerter = alerter
         app.state.outbox = outbox
+        app.state.quota = MessageQuota(
+            db,
+            max_queued=settings.max_queued_messages_per_user,
+            per_minute=settings.message_accept_rate,
+            monotonic=clock.monotonic,
+        )
         app.state.sender = sender
         app.state.deliveries = deliveries
         app.state.webhooks = webhooks

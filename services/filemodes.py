@@ -26,7 +26,9 @@ def private_database(path: Path) -> None:
     and its WAL companions, which SQLite creates with the main file's mode."""
     private_dir(path.parent)
     if not path.exists():
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        # A path we cannot create is SQLite's to report, in its own words, when it opens it.
+        with contextlib.suppress(OSError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
         if candidate.exists():
             _tighten(candidate, 0o600)
@@ -39,5 +41,5 @@ def _tighten(path: Path, mode: int) -> None:
             return
         try:
             path.chmod(mode)
-        except PermissionError:
+        except OSError:
             log.warning("Could not make {} private (mode {:o})", path, mode)

@@ -50,7 +50,11 @@ class PinnedTransport(httpx.AsyncBaseTransport):
     ) -> None:
         self._policy = policy
         self._resolver = resolver
-        self._verify = verify
+        # One TLS context for every connection (loading the CA bundle per request costs
+        # milliseconds of CPU each time).
+        self._verify: ssl.SSLContext | bool = (
+            httpx.create_ssl_context() if verify is True else verify
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bot.outbox import MAX_TEXT, STATUSES, OutboxStore
+from bot.quota import MessageQuota
 from bot.sender import OutboxSender
 from web.errors import Problem
 from web.routing import ApiRoute
@@ -119,6 +120,14 @@ async def send_message(request: Request) -> Response:
         fields.error("idempotencyKey", "1 to 200 visible ASCII characters")
     fields.done()
     assert to is not None and text is not None
+    quota: MessageQuota = request.app.state.quota
+    exceeded = await quota.check(session.record.user_id)
+    if exceeded is not None:
+        raise Problem(
+            429,
+            f"Not queued: {exceeded.reason}; try again in {exceeded.retry_after}s.",
+            headers={"Retry-After": str(exceeded.retry_after)},
+        )
     now = manager(request).clock.now()
     message, created = await outbox(request).enqueue(session.id, to, text, key, now)
     if not created:
@@ -185,6 +194,11 @@ MESSAGE_ROUTES = [
             202: ("Queued", MESSAGE_SCHEMA),
             200: ("Already queued under this idempotency key", MESSAGE_SCHEMA),
             409: ("The key was used for another message", {}),
+            429: (
+                "The owner's message quota is used up (MAX_QUEUED_MESSAGES_PER_USER or "
+                "MESSAGE_ACCEPT_RATE); see Retry-After",
+                {},
+            ),
         },
     ),
     ApiRoute(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import stat
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,10 @@ import httpx
 
 from server import create_app
 from tests.support import FakeClock
+from tests.web.appclient import running_with
 from tests.web.test_sessions_api import ADMIN, ADMIN_TOKEN, Api, assert_problem, make_settings
 
 
-@asynccontextmanager
 async def running(settings: Any, clock: FakeClock | None = None) -> AsyncIterator[Api]:
     app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app):
@@ -36,7 +35,7 @@ async def sign_in(client: httpx.AsyncClient, token: str) -> httpx.Response:
 
 
 async def test_signing_out_ends_the_session_on_the_server(tmp_path: Path):
-    async with running(make_settings(tmp_path)) as api:
+    async with running_with(make_settings(tmp_path)) as api:
         assert (await sign_in(api.client, ADMIN_TOKEN)).status_code == 303
         page = await api.client.get("/")
         assert page.status_code == 200
@@ -58,7 +57,7 @@ async def test_signing_out_ends_the_session_on_the_server(tmp_path: Path):
 
 
 async def test_a_user_rotates_their_own_token(tmp_path: Path):
-    async with running(make_settings(tmp_path)) as api:
+    async with running_with(make_settings(tmp_path)) as api:
         alice = await api.new_user("alice")
         bot = (await api.new_session(alice.headers, start=False))["id"]
         assert (await sign_in(api.client, alice.token)).status_code == 303
@@ -81,7 +80,7 @@ async def test_a_user_rotates_their_own_token(tmp_path: Path):
 async def test_failed_authentications_are_limited_per_client_address(tmp_path: Path):
     clock = FakeClock(datetime(2026, 11, 22, 12, 0, tzinfo=UTC))
     settings = make_settings(tmp_path, auth_max_failures=5, auth_failure_window="60s")
-    async with running(settings, clock) as api:
+    async with running_with(settings, clock=clock) as api:
         wrong = {"Authorization": "Bearer wk_guess"}
         for _ in range(5):
             assert_problem(await api.client.get("/api/sessions", headers=wrong), 401)
@@ -101,7 +100,7 @@ async def test_failed_authentications_are_limited_per_client_address(tmp_path: P
 
 
 async def test_pages_cannot_be_framed_and_carry_a_content_security_policy(tmp_path: Path):
-    async with running(make_settings(tmp_path)) as api:
+    async with running_with(make_settings(tmp_path)) as api:
         login = await api.client.get("/login")
         assert login.headers["x-frame-options"] == "DENY"
         policy = login.headers["content-security-policy"]
@@ -115,7 +114,7 @@ async def test_pages_cannot_be_framed_and_carry_a_content_security_policy(tmp_pa
 
 async def test_the_data_dir_and_the_database_are_private(tmp_path: Path):
     data = tmp_path / "data"
-    async with running(make_settings(data)) as api:
+    async with running_with(make_settings(data)) as api:
         await api.new_user("alice")  # something written: the WAL exists
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
         for name in ("wakeful.db", "wakeful.db-wal", "wakeful.db-shm"):

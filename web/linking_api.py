@@ -84,6 +84,9 @@ def _no_qr(session: BotSession) -> Problem:
     if state is S.CONNECTED:
         who = f" as {session.record.linked_as}" if session.record.linked_as else ""
         reason = f"The bot is already linked{who}; no QR code is needed."
+    elif state is S.SYNCING:
+        progress = f" ({session.sync_progress}%)" if session.sync_progress is not None else ""
+        reason = f"The bot is linked and loading its chats{progress}; no QR code is needed."
     elif state is S.CONNECTING:
         reason = "The bot is starting; its QR code appears in a few seconds."
     elif state is S.DISCONNECTED:

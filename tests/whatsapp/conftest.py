@@ -18,7 +18,8 @@ from bot.engines.whatsapp.profile import ProfileVault
 from config import DEFAULT_USER_AGENT
 from tests.support import chromium_for_tests
 
-WAIT = 15.0
+# A bound, not a pause: room for a loaded 2-core machine starting Chromium.
+WAIT = 30.0
 
 
 class Events:

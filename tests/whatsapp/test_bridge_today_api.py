@@ -18,10 +18,23 @@ from bot.engines.simulator import Behaviour, Simulator
 from bot.engines.whatsapp.driver import BridgeTimings, WhatsAppEngine
 from tests.support import Receiver
 from tests.web.test_messages_api import eventually, message, send, wait_status
-from tests.web.test_sessions_api import ADMIN, Api, history, running
-from tests.whatsapp.test_linking_api import demo_settings, wait_state
+from tests.web.test_sessions_api import ADMIN, Api, assert_problem, history, running
+from tests.whatsapp.test_linking_api import demo_settings
 
-WAIT = 30.0
+# Room for a loaded 2-core machine: a browser start and WhatsApp's module loader take longer.
+WAIT = 45.0
+
+
+async def wait_state(api: Api, bot: str, state: str) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(WAIT):
+            while body.get("state") != state:
+                await asyncio.sleep(0.05)
+                body = await api.get(bot)
+    except TimeoutError:
+        pytest.fail(f"{bot} never reached {state}; last seen {body.get('state')}")
+    return body
 
 
 def simulator_of(api: Api) -> Simulator:
@@ -80,10 +93,14 @@ async def test_a_long_first_sync_after_a_late_scan_is_not_cut_by_the_qr_timeout(
         expires = datetime.fromisoformat(qr.json()["expiresAt"])
         await asyncio.sleep(max((expires - datetime.now(UTC)).total_seconds() - 0.33, 0))
         await simulator_of(api).scan(bot)
+        await wait_state(api, bot, "SYNCING")
+        no_qr = assert_problem(await api.client.get(f"/api/sessions/{bot}/qr", headers=ADMIN), 404)
+        assert "linked and loading its chats" in no_qr["detail"]
 
         seen = await states_until(api, bot, "CONNECTED")
         syncing = [d for d in seen if d["state"] == "SYNCING"]
         assert syncing, [d["state"] for d in seen]
+        assert syncing[0]["stateReason"] == "linked; syncing chats"
         progress = [d["syncProgress"] for d in syncing]
         assert progress == sorted(progress) and max(progress) > 0, progress
         moves = [(frm, to) for frm, to, _ in history(seen[-1])]

@@ -137,6 +137,7 @@
     let count = -1;
     let changedAt = Date.now();
     let triedAt = -1;
+    let triedWhen = 0;
     let missing = ["the module loader (__d / require)"];
     const timer = setInterval(() => {
       flush();
@@ -156,8 +157,11 @@
       }
       const quiet = Date.now() - changedAt;
       if (quiet < config.quietMs) return;
-      if (triedAt !== count) {
+      // A build without the `__debug` module list (count 0) is retried every quiet period.
+      const retry = triedAt !== count || (count === 0 && Date.now() - triedWhen >= config.quietMs);
+      if (retry) {
         triedAt = count;
+        triedWhen = Date.now();
         const result = resolveAll(specs);
         if (!result.missing.length) {
           clearInterval(timer);

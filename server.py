@@ -27,6 +27,8 @@ from starlette.middleware import Middleware
 
 from bot.commands import ChatCommands
 from bot.engines import engine_factory, load_engine
+from bot.engines.whatsapp.driver import WhatsAppEngine
+from bot.engines.whatsapp.preflight import BootPreflight
 from bot.manager import BotManager, manager_config_from, policy_from
 from bot.outbox import OutboxStore, RetryPolicy
 from bot.qrcodes import QrLogPrinter
@@ -42,8 +44,10 @@ from services.dbhealth import DatabaseMonitor
 from services.health import HealthState
 from services.keepalive import KeepAlive, keepalive_config, warn_about_sleep_threshold
 from services.logging import setup_logging
+from services.memory import MemoryBudget, read_limit
 from services.metrics import Metrics, SystemSampler
 from services.pingstore import PingStore
+from services.platform import check_durable_keys, ephemeral_warning
 from services.scheduler import Scheduler
 from services.secretbox import load_secret_box
 from web.app_routes import all_routes
@@ -62,8 +66,11 @@ def create_app(
     *,
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    preflight: bool = False,
 ) -> Starlette:
-    """Build the app. `clock` and `transport` are for tests (a fake clock, a mock peer)."""
+    """Build the app. `clock` and `transport` are for tests (a fake clock, a mock peer).
+    `preflight`: launch the browser once at boot before /health says `pass` (`python
+    server.py` does, with BOOT_PREFLIGHT; in-process test apps do not start browsers)."""
     clock = clock or SystemClock()
     metrics = Metrics()
     health = HealthState(clock, clock.now())
@@ -91,9 +98,20 @@ def create_app(
             log.warning("Could not load keep-alive history: {}", exc)
         store = BotStore(db)
         app.state.auth = Authenticator(await ensure_admin_token(settings, store, clock), store)
+        engine = load_engine(settings, db)
+        memory = MemoryBudget(read_limit(settings.memory_limit_mb))
+        app.state.memory = memory
+        metrics.memory_parts = memory.parts_bytes
+        # Only browsers are budgeted: a scripted engine starts no processes.
+        app.state.memory_guard = memory if isinstance(engine, WhatsAppEngine) else None
+        if app.state.memory_guard is not None:
+            log.info(memory.start_line())
+        boot_check = boot_preflight(settings, engine) if preflight else None
+        if boot_check is not None:
+            health.checks["browser"] = boot_check.health_check
         manager = BotManager(
             store=store,
-            engine=load_engine(settings, db),
+            engine=engine,
             policy=policy_from(settings),
             clock=clock,
             alerter=alerter,
@@ -177,12 +195,16 @@ def create_app(
                 keepalive.first_ping_at,
             )
         health.checks["keepalive"] = lambda: (
-            "warn" if keepalive.alerting else "pass",
-            {
-                "componentType": "component",
-                "observedValue": keepalive.consecutive_failures,
-                "observedUnit": "consecutive failures",
-            },
+            (
+                "warn" if keepalive.alerting else "pass",
+                {
+                    "componentType": "component",
+                    "observedValue": keepalive.consecutive_failures,
+                    "observedUnit": "consecutive failures",
+                },
+            )
+            if keepalive.running
+            else None  # off: nothing to claim
         )
         health.details["sessions"] = manager.counts_by_state
         health.details["outbox"] = lambda: metrics.outbox_counts
@@ -205,6 +227,7 @@ def create_app(
             return session.record.webhook_secret if session else None
 
         background = [
+            *([asyncio.get_running_loop().create_task(boot_check.run())] if boot_check else []),
             asyncio.get_running_loop().create_task(webhooks.run(sealed_secret)),
             asyncio.get_running_loop().create_task(_count_outbox(outbox, metrics)),
             asyncio.get_running_loop().create_task(
@@ -219,7 +242,9 @@ def create_app(
             settings.session_cleanup_interval.total_seconds(),
         )
         manager.restore_in_background()
-        jobs = asyncio.get_running_loop().create_task(_start_jobs_once_listening(app, scheduler))
+        jobs = asyncio.get_running_loop().create_task(
+            _start_jobs_once_listening(app, scheduler, boot_check)
+        )
         try:
             yield
         finally:
@@ -245,6 +270,18 @@ def create_app(
     return app
 
 
+def boot_preflight(settings: Settings, engine: object) -> BootPreflight | None:
+    """Only the WhatsApp engine launches browsers; a scripted engine has nothing to check."""
+    if not settings.boot_preflight or not isinstance(engine, WhatsAppEngine):
+        return None
+    return BootPreflight(
+        engine.options.chromium,
+        settings.data_dir.resolve(),
+        engine.options.flags,
+        settings.boot_preflight_timeout.total_seconds(),
+    )
+
+
 async def _count_outbox(outbox: OutboxStore, metrics: Metrics) -> None:
     """Keep the outbox counts /health and /metrics show fresh (they never query themselves)."""
     while True:
@@ -255,14 +292,21 @@ async def _count_outbox(outbox: OutboxStore, metrics: Metrics) -> None:
         await asyncio.sleep(OUTBOX_COUNT_EVERY)
 
 
-async def _start_jobs_once_listening(app: Starlette, scheduler: Scheduler) -> None:
-    """Start the jobs when the socket is bound, so a self-ping due at once is not refused.
+async def _start_jobs_once_listening(
+    app: Starlette, scheduler: Scheduler, boot_check: BootPreflight | None = None
+) -> None:
+    """Start the jobs when the socket is bound, so a self-ping due at once is not refused,
+    and after the boot preflight, so the self-ping does not alert on our own 503 while the
+    browser is being tried (if it failed, the pings fail and alert, as they should).
 
     Without uvicorn (in-process tests) nobody sets the event: the jobs start after a second.
     """
     listening: asyncio.Event = app.state.listening
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(listening.wait(), timeout=1.0)
+    if boot_check is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(boot_check.done.wait(), timeout=boot_check.timeout + 5)
     scheduler.start()
 
 
@@ -368,12 +412,16 @@ def main() -> int:
         return 2
     setup_logging(settings.log_level, settings.log_format)
     try:
+        check_durable_keys(settings, os.environ)
         engine_factory(settings)
-        app = create_app(settings)
+        app = create_app(settings, preflight=settings.boot_preflight)
         asyncio.run(_prepare_database(settings))
     except (AlertConfigError, ConfigError, DatabaseError) as exc:
         print(exc, file=sys.stderr)
         return 2
+    ephemeral = ephemeral_warning(settings, os.environ)
+    if ephemeral:
+        log.warning(ephemeral)
     config = uvicorn.Config(
         app,
         host=settings.host,

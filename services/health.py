@@ -14,8 +14,9 @@ from typing import Any
 from config import VERSION
 from services.clock import Clock
 
-# A check returns (status, details) with status "pass", "warn" or "fail".
-Check = Callable[[], tuple[str, dict[str, Any]]]
+# A check returns (status, details) with status "pass", "warn" or "fail", or None when it
+# has nothing to claim (a component that is off is left out, not reported as passing).
+Check = Callable[[], tuple[str, dict[str, Any]] | None]
 _RANK = {"pass": 0, "warn": 1, "fail": 2}
 
 
@@ -33,7 +34,10 @@ class HealthState:
         status = "fail" if self.draining else "pass"
         checks: dict[str, list[dict[str, Any]]] = {}
         for name, check in self.checks.items():
-            check_status, details = check()
+            result = check()
+            if result is None:
+                continue
+            check_status, details = result
             checks[name] = [{"status": check_status, **details}]
             if _RANK[check_status] > _RANK[status]:
                 status = check_status
@@ -59,7 +63,10 @@ class HealthState:
         status = "fail" if self.draining else "pass"
         checks = []
         for name, check in self.checks.items():
-            check_status, details = check()
+            result = check()
+            if result is None:
+                continue
+            check_status, details = result
             checks.append(f'"{name}":[{{"status":"{check_status}",{_members(details)}}}]')
             if _RANK[check_status] > _RANK[status]:
                 status = check_status

@@ -119,6 +119,7 @@ async def metrics_json(request: Request) -> Response:
                 "sendingWorkers": request.app.state.sender.active,
             },
             "webhookDeliveries": lambda: webhooks,
+            "memory": lambda: request.app.state.memory.snapshot(),
         },
     )
     return JSONResponse(document, headers=NO_STORE)

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from services.memory import MB, Limit, MemoryBudget, MemoryFullError, Sample, read_limit
+from services.memory import (
+    DRIVER_ESTIMATE_MB,
+    MB,
+    Limit,
+    MemoryBudget,
+    MemoryFullError,
+    Sample,
+    read_limit,
+)
 
 
 def cgroup_tree(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple[Path, Path]:
@@ -68,7 +76,7 @@ def test_the_arithmetic_of_a_512_mb_plan():
     idle = Sample(server=100 * MB, driver=0, bots=0, bot_count=0)
     plan = budget(512, idle)
     # 512 less 10 % headroom, less the server and the driver's estimate (no bot ran yet).
-    assert round(plan.room_for_bots_mb(idle)) == round(512 * 0.9 - 100 - 60)
+    assert round(plan.room_for_bots_mb(idle)) == round(512 * 0.9 - 100 - DRIVER_ESTIMATE_MB)
     assert plan.next_fits(idle)
     plan.check_room()
     one = Sample(server=100 * MB, driver=120 * MB, bots=180 * MB, bot_count=1)

@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx
 
-from bot.engines.whatsapp.preflight import check_data_dir, missing_library
+from bot.engines.whatsapp.browser import ChromiumChoice
+from bot.engines.whatsapp.preflight import check_data_dir, diagnose_launch, missing_library
 from tests.support import ServerProcess, chromium_for_tests, wait_until
 
 
@@ -87,3 +88,16 @@ def test_the_missing_library_is_named_with_its_package():
     assert found is not None
     assert found.cause == "the Playwright driver cannot load libatomic.so.1"
     assert "apt-get install libatomic1" in found.fix
+
+
+def test_no_chromium_anywhere_says_to_run_playwright_install():
+    error = (
+        "BrowserType.launch: Executable doesn't exist at "
+        "/home/u/.cache/ms-playwright/chromium_headless_shell-1200/chrome-linux/headless_shell"
+    )
+    found = diagnose_launch(error, ChromiumChoice(None, "Playwright's own browser"))
+    assert "no Chromium found" in found.cause
+    assert "playwright install chromium" in found.fix
+    # A CHROMIUM_PATH that points nowhere names the variable instead.
+    named = diagnose_launch(error, ChromiumChoice(Path("/opt/none/chrome"), "CHROMIUM_PATH"))
+    assert named.cause == "CHROMIUM_PATH=/opt/none/chrome: no executable there"

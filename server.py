@@ -241,7 +241,14 @@ def create_app(
             "🧹 Session cleanup started (checking every {:.0f}s)",
             settings.session_cleanup_interval.total_seconds(),
         )
-        manager.restore_in_background()
+        if boot_check is None:
+            manager.restore_in_background()
+        else:
+            # After the preflight: a boot does not start the bots' browsers beside the trial
+            # one (in 512 MB), and a restore never races a browser that cannot start.
+            background.append(
+                asyncio.get_running_loop().create_task(_restore_after(boot_check, manager))
+            )
         jobs = asyncio.get_running_loop().create_task(
             _start_jobs_once_listening(app, scheduler, boot_check)
         )
@@ -280,6 +287,11 @@ def boot_preflight(settings: Settings, engine: object) -> BootPreflight | None:
         engine.options.flags,
         settings.boot_preflight_timeout.total_seconds(),
     )
+
+
+async def _restore_after(boot_check: BootPreflight, manager: BotManager) -> None:
+    await boot_check.done.wait()
+    manager.restore_in_background()
 
 
 async def _count_outbox(outbox: OutboxStore, metrics: Metrics) -> None:

@@ -7,9 +7,12 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1
 
 # Debian's chromium headless shell (what the bot engine runs: under half the memory of the
-# full browser per bot) plus a basic font set. wakeful finds it by itself.
+# full browser per bot) plus a basic font set. wakeful finds it by itself. libatomic1: the
+# Node inside Playwright's driver links against it (without it no bot can start: `make
+# image-check` names it).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends chromium-headless-shell fonts-liberation \
+       libatomic1 \
     && rm -rf /var/lib/apt/lists/*
 
 # Unprivileged runtime user.
@@ -25,11 +28,11 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); p
     && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# Application code (flat layout: server.py, config.py, services/, bot/, web/,
-# migrations/ + alembic.ini). See .dockerignore for what is left out.
+# Application code (flat layout: server.py, config.py, services/, bot/, web/, migrations/),
+# run from /app by the CMD, so it is not pip-installed a second time into site-packages.
+# See .dockerignore for what is left out (tests, benches, scripts).
 COPY . .
-RUN pip install --no-cache-dir -c constraints.txt . \
-    && mkdir -p /app/data \
+RUN mkdir -p /app/data \
     && chown -R wakeful:wakeful /app/data
 
 ENV HOST=0.0.0.0 \

@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run demo test lint typecheck pytest install install-test bench live-smoke clean
+.PHONY: run demo test lint typecheck pytest install install-test bench image-check live-smoke clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,13 @@ pytest: install-test
 bench: install-test
 	$(PY) bench/run_all.py $(if $(ONLY),--only $(ONLY)) $(if $(SKIP),--skip $(SKIP)) \
 		$(if $(SOAK),--soak $(SOAK)) $(ARGS)
+
+## The image, proven: its filesystem built from the Dockerfile without a Docker engine
+## (debootstrap bookworm + each step in a chroot), then the CMD run as its USER in demo mode.
+## Needs root and debootstrap; caches the Debian base and CPython in ~/.cache/wakeful-image-check
+## (IMAGE_CHECK_CACHE). ARGS="--dockerfile other.Dockerfile".
+image-check: install
+	$(PY) -m scripts.imagecheck $(ARGS)
 
 ## NOT part of CI: the real driver against the real web.whatsapp.com, with your phone.
 live-smoke: install

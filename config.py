@@ -8,7 +8,6 @@ exits with status 2.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from datetime import timedelta
 from enum import StrEnum
@@ -211,8 +210,14 @@ class Settings(BaseSettings):
 
     # WhatsApp engine
     chromium_path: Path | None = None
+    # Launch the driver and the browser once at boot; /health is not `pass` before it worked.
+    boot_preflight: bool = True
+    boot_preflight_timeout: Duration = timedelta(seconds=90)
     bot_user_agent: str = Field(default=DEFAULT_USER_AGENT, min_length=20)
-    bot_max_memory_mb: int = Field(default=600, ge=0)
+    # Unset: a share of the memory budget (services/memory.py); 0 turns the watchdog off.
+    bot_max_memory_mb: int | None = Field(default=None, ge=0)
+    # The container's memory, when its cgroup limit cannot be read (or is not the truth).
+    memory_limit_mb: int | None = Field(default=None, ge=64)
     memory_check_interval: Duration = timedelta(seconds=30)
     bot_commands: bool = True
     session_encryption_key: SecretStr | None = None
@@ -251,13 +256,6 @@ class Settings(BaseSettings):
                 ) from None
         return value
 
-    @field_validator("chromium_path")
-    @classmethod
-    def _executable(cls, value: Path | None) -> Path | None:
-        if value is not None and not (value.is_file() and os.access(value, os.X_OK)):
-            raise ValueError("no executable file there; expected the path of a Chromium binary")
-        return value
-
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
@@ -271,6 +269,7 @@ class Settings(BaseSettings):
     @field_validator(
         "keep_alive_interval",
         "keep_alive_timeout",
+        "boot_preflight_timeout",
         "bot_start_timeout",
         "reconnect_base_delay",
         "reconnect_max_delay",

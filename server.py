@@ -29,6 +29,8 @@ from starlette.middleware import Middleware
 from bot.cluster import ClusterConfig, Node
 from bot.commands import ChatCommands
 from bot.engines import engine_factory, load_engine
+from bot.engines.whatsapp.driver import WhatsAppEngine
+from bot.engines.whatsapp.preflight import BootPreflight
 from bot.manager import BotManager, manager_config_from, policy_from
 from bot.outbox import STATUSES as OUTBOX_STATUSES
 from bot.outbox import OutboxStore, RetryPolicy
@@ -52,10 +54,12 @@ from services.health import HealthState
 from services.incidents import IncidentStore
 from services.keepalive import KeepAlive, keepalive_config, warn_about_sleep_threshold
 from services.logging import setup_logging
+from services.memory import MemoryBudget, read_limit
 from services.metrics import Metrics, SystemSampler
 from services.netguard import AddressPolicy, default_resolver
 from services.pingstore import PingStore
 from services.pinned import PinnedTransport
+from services.platform import check_durable_keys, ephemeral_warning
 from services.resolver import Resolver
 from services.scheduler import Scheduler
 from services.secretbox import load_secret_box
@@ -80,9 +84,12 @@ def create_app(
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     resolver: Resolver | None = None,
+    preflight: bool = False,
 ) -> Starlette:
     """Build the app. `clock`, `transport` and `resolver` are for tests (a fake clock, a mock
-    peer for the keep-alive, a DNS server of the test's own for webhook hosts)."""
+    peer for the keep-alive, a DNS server of the test's own for webhook hosts).
+    `preflight`: launch the browser once at boot before /health says `pass` (`python
+    server.py` does, with BOOT_PREFLIGHT; in-process test apps do not start browsers)."""
     clock = clock or SystemClock()
     resolver = resolver or default_resolver()
     address_policy = AddressPolicy(
@@ -140,10 +147,21 @@ def create_app(
                 capacity=settings.bots_per_node,
             ),
         )
+        engine = load_engine(settings, db)
+        memory = MemoryBudget(read_limit(settings.memory_limit_mb))
+        app.state.memory = memory
+        metrics.memory_parts = memory.parts_bytes
+        # Only browsers are budgeted: a scripted engine starts no processes.
+        app.state.memory_guard = memory if isinstance(engine, WhatsAppEngine) else None
+        if app.state.memory_guard is not None:
+            log.info(memory.start_line())
+        boot_check = boot_preflight(settings, engine) if preflight else None
+        if boot_check is not None:
+            health.checks["browser"] = boot_check.health_check
         manager = BotManager(
             node=node,
             store=store,
-            engine=load_engine(settings, db),
+            engine=engine,
             policy=policy_from(settings),
             clock=clock,
             alerter=alerter,
@@ -281,6 +299,7 @@ def create_app(
             return session.record.webhook_secret if session else None
 
         background = [
+            *([asyncio.get_running_loop().create_task(boot_check.run())] if boot_check else []),
             asyncio.get_running_loop().create_task(webhooks.run(sealed_secret)),
             asyncio.get_running_loop().create_task(_count_outbox(outbox, metrics)),
             asyncio.get_running_loop().create_task(
@@ -297,8 +316,17 @@ def create_app(
             "🧹 Session cleanup started (checking every {:.0f}s)",
             settings.session_cleanup_interval.total_seconds(),
         )
-        manager.restore_in_background()
-        jobs = asyncio.get_running_loop().create_task(_start_jobs_once_listening(app, scheduler))
+        if boot_check is None:
+            manager.restore_in_background()
+        else:
+            # After the preflight: a boot does not start the bots' browsers beside the trial
+            # one (in 512 MB), and a restore never races a browser that cannot start.
+            background.append(
+                asyncio.get_running_loop().create_task(_restore_after(boot_check, manager))
+            )
+        jobs = asyncio.get_running_loop().create_task(
+            _start_jobs_once_listening(app, scheduler, boot_check)
+        )
         try:
             yield
         finally:
@@ -334,6 +362,23 @@ def create_app(
     return app
 
 
+def boot_preflight(settings: Settings, engine: object) -> BootPreflight | None:
+    """Only the WhatsApp engine launches browsers; a scripted engine has nothing to check."""
+    if not settings.boot_preflight or not isinstance(engine, WhatsAppEngine):
+        return None
+    return BootPreflight(
+        engine.options.chromium,
+        settings.data_dir.resolve(),
+        engine.options.flags,
+        settings.boot_preflight_timeout.total_seconds(),
+    )
+
+
+async def _restore_after(boot_check: BootPreflight, manager: BotManager) -> None:
+    await boot_check.done.wait()
+    manager.restore_in_background()
+
+
 async def _count_outbox(outbox: OutboxStore, metrics: Metrics) -> None:
     """Keep the outbox counts /health and /metrics show fresh (they never query themselves)."""
     while True:
@@ -344,14 +389,21 @@ async def _count_outbox(outbox: OutboxStore, metrics: Metrics) -> None:
         await asyncio.sleep(OUTBOX_COUNT_EVERY)
 
 
-async def _start_jobs_once_listening(app: Starlette, scheduler: Scheduler) -> None:
-    """Start the jobs when the socket is bound, so a self-ping due at once is not refused.
+async def _start_jobs_once_listening(
+    app: Starlette, scheduler: Scheduler, boot_check: BootPreflight | None = None
+) -> None:
+    """Start the jobs when the socket is bound, so a self-ping due at once is not refused,
+    and after the boot preflight, so the self-ping does not alert on our own 503 while the
+    browser is being tried (if it failed, the pings fail and alert, as they should).
 
     Without uvicorn (in-process tests) nobody sets the event: the jobs start after a second.
     """
     listening: asyncio.Event = app.state.listening
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(listening.wait(), timeout=1.0)
+    if boot_check is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(boot_check.done.wait(), timeout=boot_check.timeout + 5)
     scheduler.start()
 
 
@@ -461,12 +513,16 @@ def main() -> int:
         return 2
     setup_logging(settings.log_level, settings.log_format)
     try:
+        check_durable_keys(settings, os.environ)
         engine_factory(settings)
-        app = create_app(settings)
+        app = create_app(settings, preflight=settings.boot_preflight)
         asyncio.run(_prepare_database(settings))
     except (AlertConfigError, ConfigError, DatabaseError) as exc:
         print(exc, file=sys.stderr)
         return 2
+    ephemeral = ephemeral_warning(settings, os.environ)
+    if ephemeral:
+        log.warning(ephemeral)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -19,8 +19,9 @@ from typing import Any
 from config import VERSION
 from services.clock import Clock
 
-# A check returns (status, details) with status "pass", "warn" or "fail".
-Check = Callable[[], tuple[str, dict[str, Any]]]
+# A check returns (status, details) with status "pass", "warn" or "fail", or None when it
+# has nothing to claim (a component that is off is left out, not reported as passing).
+Check = Callable[[], tuple[str, dict[str, Any]] | None]
 _RANK = {"pass": 0, "warn": 1, "fail": 2}
 SERVICE_ID = "wakeful"
 DESCRIPTION = "wakeful: keep-alive and WhatsApp bot manager"
@@ -63,7 +64,10 @@ class HealthState:
         results = []
         troubles = ["shutting down"] if self.draining else []
         for name, check in self.checks.items():
-            check_status, details = check()
+            result = check()
+            if result is None:  # nothing to claim (a part that is off)
+                continue
+            check_status, details = result
             results.append((name, check_status, details))
             if check_status != "pass":
                 troubles.append(f"{name}: {details.get('output') or check_status}")

@@ -151,6 +151,17 @@ class Metrics:
                 lambda: self.node_bots(),
             )
         )
+        # The memory budget in bytes by part (limit, server, driver, bots), read at scrape time.
+        self.memory_parts: Callable[[], dict[str, int]] = dict
+        self.registry.register(
+            _CountsCollector(
+                GaugeMetricFamily,
+                "memory_budget_bytes",
+                "The container's memory limit and what the server, driver and bots use (PSS)",
+                "part",
+                lambda: self.memory_parts(),
+            )
+        )
         # Plain integers on the request path (/health included); Prometheus reads them at
         # scrape time. One event loop thread increments them, so no lock is needed.
         self.http_counts = dict.fromkeys(STATUS_CLASSES, 0)

@@ -194,6 +194,8 @@ class ServerProcess:
         return "\n".join(self.lines)
 
     def wait_ready(self, timeout: float = 60) -> None:
+        # /health is `pass` once the boot preflight launched the browser: seconds on a
+        # loaded 2-core machine.
         def answers() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:

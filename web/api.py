@@ -122,6 +122,7 @@ async def metrics_json(request: Request) -> Response:
             },
             "webhookDeliveries": lambda: webhooks,
             "cluster": lambda: request.app.state.manager.cluster_summary(),
+            "memory": lambda: request.app.state.memory.snapshot(),
         },
     )
     return JSONResponse(document, headers=NO_STORE)

@@ -179,6 +179,7 @@ async def overview(request: Request) -> Response:
         keepalive=snapshot,
         chart=latency_chart(snapshot["recentPings"]),
         process=sampler.process(),
+        memory=request.app.state.memory.snapshot(),
     )
 
 

@@ -22,6 +22,7 @@ from bot.states import RUNNING_STATES, STARTABLE_STATES, TRANSITIONS, IllegalTra
 from bot.states import SessionState as S
 from bot.store import ADMIN_OWNER, DuplicateNameError
 from bot.webhooks import EVENTS, new_secret, redact_userinfo
+from services.memory import MemoryBudget, MemoryFullError
 from web.errors import Problem
 from web.routing import ApiRoute, principal
 from web.strictjson import shown as shown_json
@@ -227,6 +228,8 @@ async def create_session(request: Request) -> Response:
             raise Problem(404, f"There is no user '{user_id}' (userId).")
         owner = user_id
     assert name is not None
+    if start:
+        check_memory(request)
     try:
         secret = new_secret()
         session = await manager(request).create(
@@ -278,11 +281,30 @@ def _conflict(exc: IllegalTransitionError | ConcurrentChangeError, action: str) 
     )
 
 
+def check_memory(request: Request) -> None:
+    """Refuse a start that would not fit (before anything changes: the bot stays as it was)."""
+    guard: MemoryBudget | None = getattr(request.app.state, "memory_guard", None)
+    if guard is None:
+        return
+    try:
+        guard.check_room()
+    except MemoryFullError as exc:
+        budget = guard.snapshot()
+        raise Problem(
+            409,
+            str(exc)[0].upper() + str(exc)[1:] + ".",
+            title="Memory budget full",
+            memoryBudget=budget,
+        ) from None
+
+
 def _action(
     name: str, past: str, run: Callable[[BotSession], Awaitable[None]]
 ) -> Callable[[Request], Awaitable[Response]]:
     async def act(request: Request) -> Response:
         session = find(request)
+        if name == "start" and session.state not in RUNNING_STATES:
+            check_memory(request)
         try:
             await run(session)
         except (IllegalTransitionError, ConcurrentChangeError) as exc:

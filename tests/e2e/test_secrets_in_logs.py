@@ -323,7 +323,7 @@ def test_no_secret_in_logs_answers_or_storage(
             run.secrets.append(Secret("DATABASE_URL", database_url, (db_password,)))
 
         with server:
-            server.wait_ready()
+            server.wait_ready()  # the default: room for the boot preflight on a loaded machine
             stored = _flow(run, scenario, wrong=wrong, bot_hook=bot_hook, database_url=database_url)
             assert server.stop(signal.SIGTERM, timeout=30) == 0, server.log
             assert kill_strays(data_dir) == 0

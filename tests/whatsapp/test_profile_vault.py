@@ -16,6 +16,7 @@ from sqlalchemy import select
 from bot.engines.whatsapp.profile import (
     BackupUnreadableError,
     ProfileVault,
+    UnsafeMemberError,
     has_profile,
     pack,
     profile_backups,
@@ -199,3 +200,43 @@ async def test_a_backup_under_a_stale_epoch_is_refused_and_keeps_the_newer_one(
     vault.fence = nobody.get
     assert await vault.backup(BOT, stale, T0 + timedelta(seconds=23)) is None
     assert await vault.stored_digest(BOT) == digest
+
+
+def _tar_with(tmp_path: Path, *members: tarfile.TarInfo) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for info in members:
+            tar.addfile(info, io.BytesIO(b"evil") if info.isfile() else None)
+    return zlib.compress(buffer.getvalue())
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, target: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    info.size = 4 if kind == tarfile.REGTYPE else 0
+    return info
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        _member("/etc/escaped.txt"),
+        _member("Default/../../escaped.txt"),
+        _member("Default/link", tarfile.SYMTYPE, "../../../escaped.txt"),
+        _member("Default/hard", tarfile.LNKTYPE, "/etc/passwd"),
+        _member("Default/dev", tarfile.CHRTYPE),
+        _member("Default/fifo", tarfile.FIFOTYPE),
+    ],
+    ids=["absolute", "dotdot", "symlink-out", "hardlink", "device", "fifo"],
+)
+def test_every_member_is_checked_before_anything_is_written(
+    tmp_path: Path, member: tarfile.TarInfo
+):
+    blob = _tar_with(tmp_path, _member("Default/IndexedDB/ok.log"), member)
+    profile = tmp_path / "deep" / "profile"
+    with pytest.raises(UnsafeMemberError):
+        unpack(blob, False, profile, None)
+    # Refused as a whole: not even the good member was written.
+    assert not (profile / "Default" / "IndexedDB" / "ok.log").exists()
+    assert not (tmp_path / "escaped.txt").exists()

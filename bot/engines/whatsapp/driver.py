@@ -45,6 +45,7 @@ from bot.engines.whatsapp.profile import BackupUnreadableError, ProfileVault, ha
 from config import DEFAULT_USER_AGENT, Settings
 from services.clock import Clock, SystemClock
 from services.database import Database
+from services.memory import MemoryBudget, read_limit
 
 BRIDGE = Path(__file__).resolve().parent / "bridge.js"
 BINDING = "__wakefulEmit"
@@ -106,7 +107,7 @@ def driver_options(settings: Settings) -> DriverOptions:
         profiles_dir=settings.data_dir.resolve() / "profiles",
         chromium=find_chromium(settings.chromium_path),
         user_agent=settings.bot_user_agent,
-        max_memory_mb=settings.bot_max_memory_mb,
+        max_memory_mb=watchdog_limit_mb(settings),
         memory_check_every=settings.memory_check_interval,
         backup_delay=settings.profile_backup_delay,
         backup_every=settings.profile_backup_interval,
@@ -118,6 +119,15 @@ def driver_options(settings: Settings) -> DriverOptions:
     )
 
 
+def watchdog_limit_mb(settings: Settings) -> int:
+    """BOT_MAX_MEMORY_MB, else the room the memory budget leaves for bots: one bot growing
+    past it is recycled before the container's OOM killer takes every bot and the server."""
+    if settings.bot_max_memory_mb is not None:
+        return settings.bot_max_memory_mb
+    budget = MemoryBudget(read_limit(settings.memory_limit_mb))
+    return budget.per_bot_limit_mb(budget.sample())
+
+
 def create_engine(settings: Settings, db: Database | None = None) -> WhatsAppEngine:
     """The factory BOT_ENGINE=whatsapp resolves to. Nothing is launched until a bot starts."""
     simulator = None
@@ -125,6 +135,12 @@ def create_engine(settings: Settings, db: Database | None = None) -> WhatsAppEng
         simulator = Simulator(qr_every=settings.simulator_qr_every, record_dir=settings.data_dir)
     key = settings.session_encryption_key
     vault = ProfileVault(db, key.get_secret_value() if key else None) if db else None
+    if vault is not None and not vault.encrypts:
+        # Once, at start: the WhatsApp link each backup holds is a login to the phone's account.
+        log.warning(
+            "🔓 Profile backups (each bot's WhatsApp link) will be stored NOT encrypted in the "
+            "database: set SESSION_ENCRYPTION_KEY to encrypt them"
+        )
     return WhatsAppEngine(driver_options(settings), vault=vault, simulator=simulator)
 
 
@@ -434,7 +450,7 @@ class WhatsAppSession:
                 self._log.warning("Profile backup failed: {}", _first_line(exc))
                 return None
         if size is not None:
-            how = "encrypted" if vault.encrypts else "NOT encrypted: set SESSION_ENCRYPTION_KEY"
+            how = "encrypted" if vault.encrypts else "not encrypted"
             self._log.info("Profile backed up to the database ({:.0f} KB, {})", size / 1024, how)
         return size
 

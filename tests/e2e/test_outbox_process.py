@@ -24,7 +24,8 @@ from tests.support import Receiver, ServerProcess, chromium_for_tests, kill_stra
 ADMIN = "admin-token-for-outbox-e2e-0001"
 WAIT = 30.0
 CUSTOMER = "+15550001111"
-CUSTOMER_CHAT = "15550001111@c.us"
+# WhatsApp redirects a number to its account's LID chat: the simulator's LID for CUSTOMER.
+CUSTOMER_CHAT = "102091210822028@lid"
 FRIEND = "+15550002222"
 FRIEND_CHAT = "15550002222@c.us"
 

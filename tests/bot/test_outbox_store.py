@@ -1,4 +1,4 @@
-"""The outbox store on SQLite and (with TEST_DATABASE_URL) Postgres, and its pure maths."""
+"""The outbox store on SQLite and on Postgres, and its pure maths."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Who runs which bot (bot.ownership), on SQLite and (with TEST_DATABASE_URL) Postgres:
+"""Who runs which bot (bot.ownership), on SQLite and on Postgres:
 leases acquired only when free, renewed and released by their holder only, and every write
 about a bot refused under a stale epoch."""
 

@@ -1,4 +1,4 @@
-"""The bot store on SQLite and (with TEST_DATABASE_URL) Postgres: the same suite on both."""
+"""The bot store on SQLite and on Postgres: the same suite on both."""
 
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ old one still runs it; both APIs and the database agree on who runs each bot."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import time
@@ -29,7 +28,6 @@ from tests.support import (
     wait_until,
 )
 
-POSTGRES_URL = os.environ.get("TEST_DATABASE_URL")
 ADMIN = "admin-token-for-cluster-001"
 KEY = "cluster-session-encryption-key-01"
 WAIT = 45.0
@@ -38,11 +36,9 @@ LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})")
 
 
 @pytest.fixture
-def database() -> Iterator[str]:
-    if POSTGRES_URL is None:
-        pytest.fail("this test needs Postgres: set TEST_DATABASE_URL (.ci/run does)")
-    with fresh_postgres_database(POSTGRES_URL, "wakeful_cluster") as name:
-        url = make_url(POSTGRES_URL).set(drivername="postgresql", database=name)
+def database(postgres_url: str) -> Iterator[str]:
+    with fresh_postgres_database(postgres_url, "wakeful_cluster") as name:
+        url = make_url(postgres_url).set(drivername="postgresql", database=name)
         yield url.render_as_string(hide_password=False)
 
 

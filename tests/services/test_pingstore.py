@@ -1,4 +1,4 @@
-"""The ping store on SQLite and (with TEST_DATABASE_URL) Postgres."""
+"""The ping store on SQLite and on Postgres."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Profile backups on SQLite and (with TEST_DATABASE_URL) Postgres: what is packed, that an
+"""Profile backups on SQLite and on Postgres: what is packed, that an
 unchanged profile is not written again, encryption, and restoring into a missing profile."""
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.test_whatsapp_process import call, demo_env, wait_state
-from tests.support import ServerProcess
+from tests.support import ServerProcess, wait_until
 
 
 def test_bots_start_while_they_fit_then_the_next_is_refused_naming_the_budget(tmp_path: Path):
@@ -20,7 +21,13 @@ def test_bots_start_while_they_fit_then_the_next_is_refused_naming_the_budget(tm
         assert first.status_code == 201, first.text
         wait_state(server, first.json()["id"], "SCAN_QR")
 
-        memory = call(server, "GET", "/api/metrics").json()["memory"]
+        # The figures are sampled every few seconds: the new browser shows in the next one.
+        def sampled() -> dict[str, Any]:
+            memory: dict[str, Any] = call(server, "GET", "/api/metrics").json()["memory"]
+            return memory
+
+        wait_until(lambda: sampled()["bots"] == 1, 30, "the bot's browser in the memory figures")
+        memory = sampled()
         assert memory["limitMb"] == 512
         assert memory["bots"] == 1
         assert memory["perBotMeasured"] is True

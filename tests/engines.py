@@ -53,7 +53,7 @@ class ScriptedSession:
         return Heartbeat(ok=self.healthy, state="CONNECTED" if self.healthy else "TIMEOUT")
 
     async def request_pair_code(self, phone: str) -> str:
-        return "WAKE-FUL1"
+        return "WAKEFUL1"  # 8 characters, as WhatsApp's codes are (shown as WAKE-FUL1)
 
 
 class ScriptedEngine:

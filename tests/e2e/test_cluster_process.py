@@ -21,14 +21,9 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.support import (
-    ServerProcess,
-    chromium_for_tests,
-    fresh_postgres_database,
-    wait_until,
-)
+from tests.e2e.test_whatsapp_process import ADMIN, bot, call, demo_env
+from tests.support import ServerProcess, fresh_postgres_database, wait_until
 
-ADMIN = "admin-token-for-cluster-001"
 KEY = "cluster-session-encryption-key-01"
 WAIT = 45.0
 SCAN_LINE = "Scan this QR code"
@@ -43,41 +38,18 @@ def database(postgres_url: str) -> Iterator[str]:
 
 
 def node_env(database_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "ADMIN_TOKEN": ADMIN,
-        "SESSION_ENCRYPTION_KEY": KEY,
-        "DATABASE_URL": database_url,
-        "BOT_ENGINE": "whatsapp",
-        "WHATSAPP_SIMULATOR": "1",
-        "CHROMIUM_PATH": chromium_for_tests(),
-        "SIMULATOR_QR_EVERY": "20s",
-        "RECONNECT_BASE_DELAY": "200ms",
-        "RECONNECT_MAX_DELAY": "1s",
-        "BOT_START_STAGGER": "100ms",
-        "PROFILE_BACKUP_DELAY": "1s",
-        "SHUTDOWN_TIMEOUT": "20s",
-        "NODE_LEASE": "6s",
-        "NODE_RENEW_INTERVAL": "2s",
-        "SEND_RATE": "600",
+    # The demo settings every real-process test uses, plus one shared database and key, and
+    # leases short enough for a takeover within the test.
+    return demo_env(
+        SESSION_ENCRYPTION_KEY=KEY,
+        DATABASE_URL=database_url,
+        PROFILE_BACKUP_DELAY="1s",
+        SHUTDOWN_TIMEOUT="20s",
+        NODE_LEASE="6s",
+        NODE_RENEW_INTERVAL="2s",
+        SEND_RATE="600",
         **extra,
-    }
-
-
-def call(server: ServerProcess, method: str, path: str, **kw: Any) -> httpx.Response:
-    return httpx.request(
-        method,
-        server.base_url + path,
-        headers={"Authorization": f"Bearer {ADMIN}"},
-        timeout=20,
-        **kw,
     )
-
-
-def bot(server: ServerProcess, bot_id: str) -> dict[str, Any]:
-    response = call(server, "GET", f"/api/sessions/{bot_id}")
-    assert response.status_code == 200, response.text
-    found: dict[str, Any] = response.json()
-    return found
 
 
 def wait_state(server: ServerProcess, bot_id: str, state: str, node: str | None = None) -> None:

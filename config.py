@@ -175,9 +175,19 @@ class Settings(BaseSettings):
     heartbeat_interval: Duration = timedelta(seconds=30)
     heartbeat_stale_after: Duration = timedelta(minutes=5)
     offline_alert_after: Duration = timedelta(hours=6)
+    # 0 = never: a bot is not closed for inactivity.
     session_inactive_timeout: Duration = timedelta(hours=24)
     session_max_age: Duration = timedelta(days=7)
+    # At SESSION_MAX_AGE: `recycle` (close and start again at once, no QR) or `expire` (the
+    # seed's behaviour: closed, EXPIRED, until someone or something wakes it).
+    session_max_age_action: Literal["recycle", "expire"] = "recycle"
     session_cleanup_interval: Duration = timedelta(hours=1)
+    # An EXPIRED bot wakes this often, for LINK_REFRESH_FOR, so WhatsApp (which unlinks a
+    # device it has not seen for 30 days) keeps the link; 0 turns the refresh off.
+    link_refresh_every: Duration = timedelta(days=7)
+    link_refresh_for: Duration = timedelta(minutes=5)
+    # A linked bot not connected for this long raises an alert (WhatsApp unlinks at 30 days).
+    link_alert_after: Duration = timedelta(days=25)
     health_check_interval: Duration = timedelta(minutes=15)
     # Several processes, one truth (bot.ownership): how long a node's hold on a bot lasts
     # without renewal, and how often it renews (a few renewals fit in one lease).
@@ -261,9 +271,9 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("log_format", mode="before")
+    @field_validator("log_format", "session_max_age_action", mode="before")
     @classmethod
-    def _lower_format(cls, value: Any) -> Any:
+    def _lowercase(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
     @field_validator(
@@ -279,9 +289,10 @@ class Settings(BaseSettings):
         "heartbeat_interval",
         "heartbeat_stale_after",
         "offline_alert_after",
-        "session_inactive_timeout",
         "session_max_age",
         "session_cleanup_interval",
+        "link_refresh_for",
+        "link_alert_after",
         "health_check_interval",
         "memory_check_interval",
         "profile_backup_delay",
@@ -474,6 +485,7 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def _check_lease(settings: Settings) -> Settings:
+    _check_link_refresh(settings)
     if settings.node_renew_interval * 2 > settings.node_lease:
         raise ConfigError(
             "Invalid configuration: NODE_RENEW_INTERVAL="
@@ -482,6 +494,26 @@ def _check_lease(settings: Settings) -> Settings:
             "missed renewal)"
         )
     return settings
+
+
+# WhatsApp unlinks a linked device it has not seen for 30 days (its help centre, "About
+# linked devices"): a refresh rarer than that cannot keep the link.
+WHATSAPP_UNLINKS_AFTER = timedelta(days=30)
+
+
+def _check_link_refresh(settings: Settings) -> None:
+    every = settings.link_refresh_every
+    if every >= WHATSAPP_UNLINKS_AFTER:
+        raise ConfigError(
+            f"Invalid configuration: LINK_REFRESH_EVERY={format_duration(every)} must be "
+            "shorter than 30d (WhatsApp unlinks a device it has not seen for 30 days); "
+            "0 turns the refresh off"
+        )
+    if every and settings.link_refresh_for >= every:
+        raise ConfigError(
+            f"Invalid configuration: LINK_REFRESH_FOR={format_duration(settings.link_refresh_for)}"
+            f" must be shorter than LINK_REFRESH_EVERY={format_duration(every)}"
+        )
 
 
 def _check_webhook(settings: Settings) -> Settings:

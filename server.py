@@ -196,6 +196,8 @@ def create_app(
             rand=random.random,
         )
         manager.add_listener(sender)
+        manager.queued_for = outbox.sessions_waiting
+        manager.memory_guard = app.state.memory_guard
 
         def heard(message: str) -> None:
             # Another node queued a message for a bot this node runs.

@@ -8,9 +8,9 @@ import contextlib
 import random
 import secrets
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from loguru import logger
@@ -19,13 +19,22 @@ from bot.cluster import Node
 from bot.engines.base import Engine
 from bot.keeper import ClusterKeeper
 from bot.ownership import OwnershipStore
-from bot.policy import HealthLevel, Policy, cleanup_verdict
+from bot.policy import (
+    HealthLevel,
+    MaxAgeAction,
+    Policy,
+    cleanup_verdict,
+    link_at_risk,
+    link_last_seen,
+    link_refresh_due,
+)
 from bot.session import BotSession, ConcurrentChangeError, Listener, SessionContext
 from bot.states import RUNNING_STATES, IllegalTransitionError, SessionState
 from bot.store import BotStore, DuplicateNameError, LimitReachedError, SessionRecord
 from config import Settings
 from services.alerts import Alerter
 from services.clock import Clock
+from services.memory import MemoryBudget, MemoryFullError
 from services.metrics import Metrics
 
 log = logger.bind(component="bot")
@@ -64,6 +73,10 @@ def policy_from(settings: Settings) -> Policy:
         offline_alert_after=settings.offline_alert_after,
         inactive_timeout=settings.session_inactive_timeout,
         max_age=settings.session_max_age,
+        max_age_action=MaxAgeAction(settings.session_max_age_action),
+        link_refresh_every=settings.link_refresh_every,
+        link_refresh_for=settings.link_refresh_for,
+        link_alert_after=settings.link_alert_after,
     )
 
 
@@ -130,6 +143,10 @@ class BotManager:
         self.keeper = ClusterKeeper(self)
         self._keeper_task: asyncio.Task[None] | None = None
         self.last_cleanup: dict[str, Any] | None = None
+        # Bots with messages waiting in the outbox (set by the app): an expired one wakes.
+        self.queued_for: Callable[[], Awaitable[set[str]]] | None = None
+        # The memory budget (set by the app with a browser engine): a wake must fit in it.
+        self.memory_guard: MemoryBudget | None = None
         self.last_sweep: dict[str, Any] | None = None
         metrics.session_counts = self.counts_by_state
         metrics.node_bots = self.bots_by_node
@@ -383,11 +400,14 @@ class BotManager:
     # Periodic steps --------------------------------------------------------------------
 
     async def cleanup_once(self) -> dict[str, Any]:
-        """Close running sessions idle for SESSION_INACTIVE_TIMEOUT or older than
-        SESSION_MAX_AGE (→ EXPIRED; the link is kept, a restart needs no QR)."""
+        """The cleanup sweep: recycle what runs past SESSION_MAX_AGE (or close it, with
+        SESSION_MAX_AGE_ACTION=expire), close what is idle past SESSION_INACTIVE_TIMEOUT
+        (→ EXPIRED; the link is kept), wake the expired bots whose link needs refreshing or
+        that have messages waiting, and alert on links WhatsApp may soon drop."""
         now = self.clock.now()
         checked = 0
         removed: Counter[str] = Counter()
+        recycled = 0
         texts = {
             key: text.format(
                 inactive=_duration(self.policy.inactive_timeout),
@@ -406,25 +426,122 @@ class BotManager:
             )
             if verdict is None:
                 continue
+            text = texts[verdict.reason.value]
             try:
-                await session.expire(f"cleanup: {texts[verdict.value]}")
+                if verdict.action is MaxAgeAction.RECYCLE:
+                    await session.recycle(f"cleanup: {text}")
+                else:
+                    await session.expire(f"cleanup: {text}")
             except (IllegalTransitionError, ConcurrentChangeError) as exc:
                 log.bind(session=session.id).debug("Cleanup skipped: {}", exc)
                 continue
-            removed[verdict.value] += 1
-            self.ctx.metrics.bot_cleanup_removed.labels(reason=verdict.value).inc()
-            log.bind(session=session.id).info(
-                "🧹 Session '{}' closed: {}", record.name, texts[verdict.value]
-            )
+            removed[verdict.reason.value] += 1
+            self.ctx.metrics.bot_cleanup_removed.labels(reason=verdict.reason.value).inc()
+            if verdict.action is MaxAgeAction.RECYCLE:
+                recycled += 1
+                log.bind(session=session.id).info(
+                    "♻️ Session '{}' recycled (browser restarted, link kept): {}",
+                    record.name,
+                    text,
+                )
+            else:
+                log.bind(session=session.id).info("🧹 Session '{}' closed: {}", record.name, text)
+        woken = await self._wake_expired(now)
+        at_risk = self._alert_links_at_risk(now)
         total = sum(removed.values())
-        log.info("✅ Session cleanup complete: {}/{} sessions removed", total, checked)
+        log.info(
+            "✅ Session cleanup complete: {}/{} sessions removed ({} recycled), {} woken",
+            total,
+            checked,
+            recycled,
+            sum(woken.values()),
+        )
         self.last_cleanup = {
             "at": now.isoformat(),
             "checked": checked,
             "removed": total,
+            "recycled": recycled,
             "reasons": dict(removed),
+            "woken": dict(woken),
+            "linksAtRisk": at_risk,
         }
         return self.last_cleanup
+
+    async def _wake_expired(self, now: datetime) -> Counter[str]:
+        """Expired bots with messages waiting (queued while asleep, or before a restart)
+        wake; so do those whose link WhatsApp has not seen for LINK_REFRESH_EVERY."""
+        woken: Counter[str] = Counter()
+        expired = [s for s in self.sessions.values() if s.state is S.EXPIRED]
+        if not expired or self.engine is None:
+            return woken
+        waiting = await self.queued_for() if self.queued_for is not None else set()
+        for session in expired:
+            record = session.record
+            if session.id in waiting:
+                if await self.wake(session, "a message is waiting to be sent"):
+                    woken["message"] += 1
+                continue
+            seen = link_last_seen(
+                record.state, record.last_connected_at, record.last_heartbeat_at, now
+            )
+            if not link_refresh_due(self.policy, record.state, seen, record.started_at, now):
+                continue
+            every = _duration(self.policy.link_refresh_every)
+            if await self.wake(
+                session,
+                f"link refresh (unseen by WhatsApp for {every} or more)",
+                refresh=True,
+            ):
+                woken["refresh"] += 1
+        return woken
+
+    async def wake(self, session: BotSession, why: str, *, refresh: bool = False) -> bool:
+        """Wake an EXPIRED bot (a message queued for it, its owner acting on it, the link
+        refresh). False when it is not expired, does not fit in memory, or another node
+        took it first; nothing is lost then (a message waits in the queue)."""
+        if session.state is not S.EXPIRED or self.engine is None:
+            if not refresh:
+                session.keep_awake()
+            return False
+        if self.memory_guard is not None:
+            try:
+                self.memory_guard.check_room()
+            except MemoryFullError as exc:
+                log.bind(session=session.id).warning("Not woken ({}): {}", why, exc)
+                return False
+        try:
+            woke = await session.wake(f"woken: {why}", refresh=refresh)
+        except (IllegalTransitionError, ConcurrentChangeError) as exc:
+            log.bind(session=session.id).debug("Not woken: {}", exc)
+            return False
+        if woke:
+            log.bind(session=session.id).info("⏰ Session '{}' woken: {}", session.record.name, why)
+        return woke
+
+    def _alert_links_at_risk(self, now: datetime) -> int:
+        """A linked bot WhatsApp has not seen for LINK_ALERT_AFTER: one alert per incident
+        (resolved when it connects: bot.session)."""
+        count = 0
+        after = _duration(self.policy.link_alert_after)
+        for session in self.sessions.values():
+            record = session.record
+            if session.owned_elsewhere():
+                continue
+            seen = link_last_seen(
+                record.state, record.last_connected_at, record.last_heartbeat_at, now
+            )
+            if not link_at_risk(self.policy, record.state, seen, now):
+                continue
+            count += 1
+            assert seen is not None
+            self.ctx.alerter.alert(
+                f"session:{session.id}:link",
+                f"bot '{record.name}' ({session.id}) has not been connected for {after} or more "
+                f"(last seen {seen.isoformat()}, {record.state.value}); WhatsApp unlinks a "
+                "device it has not seen for 30 days: start it, or it will need a new QR scan",
+                title=f"bot {record.name} may lose its link",
+            )
+        return count
 
     async def health_sweep_once(self) -> dict[str, Any]:
         """Level every session, reconnect what is due, alert on entering critical."""

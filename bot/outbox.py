@@ -334,5 +334,13 @@ class OutboxStore:
             )
         return int(done.rowcount)
 
+    @shielded
+    async def sessions_waiting(self) -> set[str]:
+        """Bots with messages waiting to be sent (an expired one is woken for them)."""
+        c = outbox_messages.c
+        query = select(c.session_id).where(c.status.in_(("queued", "sending"))).distinct()
+        async with self.db.engine.connect() as conn:
+            return {row.session_id for row in (await conn.execute(query)).all()}
+
 
 Jitter = Callable[[], float]

@@ -14,6 +14,11 @@ from enum import StrEnum
 from bot.states import RUNNING_STATES, SessionState
 
 
+class MaxAgeAction(StrEnum):
+    RECYCLE = "recycle"  # close the browser and start it again at once (no QR)
+    EXPIRE = "expire"  # close it: EXPIRED until something wakes it
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     backoff_base: timedelta = timedelta(seconds=1)
@@ -28,8 +33,14 @@ class Policy:
     heartbeat_every: timedelta = timedelta(seconds=30)
     heartbeat_stale_after: timedelta = timedelta(minutes=5)
     offline_alert_after: timedelta = timedelta(hours=6)
-    inactive_timeout: timedelta = timedelta(hours=24)
+    inactive_timeout: timedelta = timedelta(hours=24)  # 0: never
     max_age: timedelta = timedelta(days=7)
+    max_age_action: MaxAgeAction = MaxAgeAction.RECYCLE
+    link_refresh_every: timedelta = timedelta(days=7)  # 0: never
+    link_refresh_for: timedelta = timedelta(minutes=5)
+    # A refresh that did not connect is tried again no sooner than this.
+    link_refresh_retry: timedelta = timedelta(hours=1)
+    link_alert_after: timedelta = timedelta(days=25)
 
 
 def backoff_delay(policy: Policy, attempt: int, random_unit: float) -> timedelta:
@@ -145,18 +156,67 @@ class CleanupReason(StrEnum):
     MAX_AGE = "max_age"
 
 
+@dataclass(frozen=True, slots=True)
+class CleanupVerdict:
+    reason: CleanupReason
+    # RECYCLE: started again at once; EXPIRE: closed, EXPIRED.
+    action: MaxAgeAction
+
+
 def cleanup_verdict(
     policy: Policy,
     state: SessionState,
     last_activity_at: datetime | None,
     started_at: datetime | None,
     now: datetime,
-) -> CleanupReason | None:
-    """Close a running session idle for `inactive_timeout` or running past `max_age`."""
+) -> CleanupVerdict | None:
+    """Recycle (or close) a running session past `max_age`; close one idle for
+    `inactive_timeout` (never, when that is 0)."""
     if state not in RUNNING_STATES or started_at is None:
         return None
     if now - started_at > policy.max_age:
-        return CleanupReason.MAX_AGE
-    if now - (last_activity_at or started_at) > policy.inactive_timeout:
-        return CleanupReason.INACTIVE
+        return CleanupVerdict(CleanupReason.MAX_AGE, policy.max_age_action)
+    idle_for = now - (last_activity_at or started_at)
+    if policy.inactive_timeout and idle_for > policy.inactive_timeout:
+        return CleanupVerdict(CleanupReason.INACTIVE, MaxAgeAction.EXPIRE)
     return None
+
+
+def link_last_seen(
+    state: SessionState,
+    last_connected_at: datetime | None,
+    last_heartbeat_at: datetime | None,
+    now: datetime,
+) -> datetime | None:
+    """When WhatsApp last saw this linked device: now while connected, else its last
+    connection or good heartbeat (None: it never connected)."""
+    if state is SessionState.CONNECTED:
+        return now
+    seen = [at for at in (last_connected_at, last_heartbeat_at) if at is not None]
+    return max(seen) if seen else None
+
+
+def link_refresh_due(
+    policy: Policy,
+    state: SessionState,
+    last_seen: datetime | None,
+    last_started_at: datetime | None,
+    now: datetime,
+) -> bool:
+    """An EXPIRED (linked) bot not seen by WhatsApp for `link_refresh_every` wakes for a
+    while, so WhatsApp does not unlink it; a refresh that failed is retried after
+    `link_refresh_retry`, not at every sweep."""
+    if state is not SessionState.EXPIRED or not policy.link_refresh_every or last_seen is None:
+        return False
+    if now - last_seen < policy.link_refresh_every:
+        return False
+    return last_started_at is None or now - last_started_at >= policy.link_refresh_retry
+
+
+def link_at_risk(
+    policy: Policy, state: SessionState, last_seen: datetime | None, now: datetime
+) -> bool:
+    """A linked bot WhatsApp has not seen for `link_alert_after` (it unlinks at 30 days)."""
+    if state in (SessionState.IDLE, SessionState.LOGGED_OUT) or last_seen is None:
+        return False
+    return now - last_seen >= policy.link_alert_after

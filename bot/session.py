@@ -130,6 +130,7 @@ class BotSession:
         "_last_heartbeat_write",
         "_launch_task",
         "_lock",
+        "_refresh",
         "_start_lock",
         "_timer",
         "_trial",
@@ -156,6 +157,8 @@ class BotSession:
         self._error_times: list[datetime] = []
         self._breaker_opened_at: datetime | None = None
         self._trial = False
+        # Awake only to show WhatsApp the link (LINK_REFRESH_EVERY): asleep again after a while.
+        self._refresh = False
         self._first_qr_at: datetime | None = None
         self._last_activity_write: datetime | None = None
         self._last_heartbeat_write: datetime | None = None
@@ -271,8 +274,10 @@ class BotSession:
 
     # Owner actions ---------------------------------------------------------------------
 
-    async def start(self, reason: str) -> None:
-        """Start (or start again) on a person's request: counters and breaker are reset."""
+    async def start(self, reason: str, *, refresh: bool = False) -> None:
+        """Start (or start again) on a person's request: counters and breaker are reset.
+        `refresh`: only to show WhatsApp the link; the bot expires again LINK_REFRESH_FOR
+        after it connects."""
         if self._ctx.engine is None:
             raise EngineUnavailableError
         if self._start_lock is None:
@@ -280,6 +285,29 @@ class BotSession:
         # One start at a time: a second waits, then finds the bot started (a 409).
         async with self._start_lock:
             await self._start(reason)
+            self._refresh = refresh
+
+    def keep_awake(self) -> None:
+        """Something else than the link refresh needs the bot: it stays up after it."""
+        self._refresh = False
+
+    async def wake(self, reason: str, *, refresh: bool = False) -> bool:
+        """An EXPIRED bot comes back by itself (a message queued for it, its owner acting on
+        it, the link refresh), through the lease like any start. True if it was started.
+        Anything but a refresh also keeps a bot awake that woke for a refresh."""
+        if not refresh:
+            self.keep_awake()
+        if self.record.state is not S.EXPIRED:
+            return False
+        await self.start(reason, refresh=refresh)
+        return True
+
+    async def recycle(self, reason: str) -> None:
+        """SESSION_MAX_AGE: close the browser and start it again at once. The profile (the
+        link) is kept, so it reconnects with no QR; it is never left EXPIRED for it."""
+        if self.record.state in RUNNING_STATES:
+            await self.stop(reason, by_owner=False, keep_lease=True)
+        await self.start(f"recycled ({reason})")
 
     async def _start(self, reason: str) -> None:
         if self.held() and self.record.state not in STARTABLE_STATES:
@@ -324,8 +352,15 @@ class BotSession:
         self._cancel_timers()
         await self._close_engine()
         want = False if by_owner else self.record.want_running
+        # The last good heartbeat is written only now and then; its latest value is when
+        # WhatsApp last saw the link (what the link refresh counts from).
+        seen = (
+            {"last_heartbeat_at": self.record.last_heartbeat_at}
+            if self.record.state is S.CONNECTED
+            else {}
+        )
         await self._transition(
-            target, reason, release=not keep_lease, want_running=want, next_retry_at=None
+            target, reason, release=not keep_lease, want_running=want, next_retry_at=None, **seen
         )
 
     async def expire(self, reason: str) -> None:
@@ -608,6 +643,26 @@ class BotSession:
         self._heartbeat_task = self._ctx.spawn(
             self._heartbeat_loop(generation), f"heartbeat {self.id}"
         )
+        self._ctx.alerter.resolve(
+            f"session:{self.id}:link",
+            f"bot '{self.record.name}' ({self.id}) is connected: WhatsApp keeps its link",
+            title=f"bot {self.record.name} link safe",
+        )
+        if self._refresh:
+            self._set_timer(self._refresh_end(generation))
+
+    async def _refresh_end(self, generation: int) -> None:
+        """A bot woken only to refresh its link goes back to sleep (EXPIRED)."""
+        await asyncio.sleep(self._ctx.policy.link_refresh_for.total_seconds())
+        if generation != self._generation or not self._refresh:
+            return
+        if self.record.state is not S.CONNECTED:
+            return
+        self._refresh = False
+        try:
+            await self.expire("link refreshed; asleep again until the next refresh")
+        except (IllegalTransitionError, ConcurrentChangeError) as exc:
+            self._log().debug("Not put back to sleep: {}", exc)
 
     async def _on_socket_state(self, state: str) -> None:
         state = state.upper()

@@ -106,6 +106,13 @@ async def get_qr(request: Request) -> Response:
     fmt = choice_param(request, "format", QR_FORMATS, "png")
     qr, generated = session.qr, session.qr_at
     if qr is None or generated is None:
+        if await manager(request).wake(session, "its owner asked for the QR code"):
+            raise Problem(
+                404,
+                "No QR code is pending. The bot was asleep (EXPIRED, its link kept) and is "
+                "starting again; it should need no QR code.",
+                state=session.state.value,
+            )
         raise _no_qr(session)
     if _wants_json(request):
         deadline = session.qr_deadline

@@ -139,6 +139,8 @@ async def send_message(request: Request) -> Response:
             )
         return JSONResponse(message.as_json(), status_code=200)
     sender: OutboxSender = request.app.state.sender
+    # An expired bot wakes for it (through the lease: another node may have been first).
+    await manager(request).wake(session, "a message was queued")
     sender.wake(session.id)
     if not session.held():
         # Another node runs the bot: its worker is told at once (Postgres NOTIFY).

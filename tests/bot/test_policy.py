@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -10,13 +11,18 @@ from bot.policy import (
     Breaker,
     BreakerVerdict,
     CleanupReason,
+    CleanupVerdict,
     HealthLevel,
+    MaxAgeAction,
     Policy,
     backoff_delay,
     breaker_verdict,
     cleanup_verdict,
     health_level,
     heartbeat_stale,
+    link_at_risk,
+    link_last_seen,
+    link_refresh_due,
     qr_expired,
     qr_should_emit,
 )
@@ -281,6 +287,11 @@ DAY = timedelta(days=1)
 WEEK = timedelta(days=7)
 
 
+def cleanup_reason(*args: Any) -> CleanupReason | None:
+    verdict = cleanup_verdict(*args)
+    return None if verdict is None else verdict.reason
+
+
 @pytest.mark.parametrize("state", RUNNING)
 @pytest.mark.parametrize(
     ("idle_for", "verdict"),
@@ -294,7 +305,7 @@ WEEK = timedelta(days=7)
 )
 def test_cleanup_inactive(state, idle_for, verdict):
     started = T0 - timedelta(days=5)
-    assert cleanup_verdict(P, state, T0 - idle_for, started, T0) is verdict
+    assert cleanup_reason(P, state, T0 - idle_for, started, T0) is verdict
 
 
 @pytest.mark.parametrize("state", RUNNING)
@@ -308,15 +319,15 @@ def test_cleanup_inactive(state, idle_for, verdict):
     ],
 )
 def test_cleanup_max_age(state, age, verdict):
-    assert cleanup_verdict(P, state, T0, T0 - age, T0) is verdict
+    assert cleanup_reason(P, state, T0, T0 - age, T0) is verdict
 
 
 @pytest.mark.parametrize("state", RUNNING)
 def test_cleanup_max_age_wins_over_inactive(state):
     started = T0 - WEEK - US
     last = T0 - DAY - US
-    assert cleanup_verdict(P, state, last, started, T0) is CleanupReason.MAX_AGE
-    assert cleanup_verdict(P, state, None, started, T0) is CleanupReason.MAX_AGE
+    assert cleanup_reason(P, state, last, started, T0) is CleanupReason.MAX_AGE
+    assert cleanup_reason(P, state, None, started, T0) is CleanupReason.MAX_AGE
 
 
 @pytest.mark.parametrize("state", RUNNING)
@@ -325,13 +336,13 @@ def test_cleanup_max_age_wins_over_inactive(state):
     [(DAY, None), (DAY + US, CleanupReason.INACTIVE)],
 )
 def test_cleanup_missing_activity_falls_back_to_started_at(state, started_ago, verdict):
-    assert cleanup_verdict(P, state, None, T0 - started_ago, T0) is verdict
+    assert cleanup_reason(P, state, None, T0 - started_ago, T0) is verdict
 
 
 @pytest.mark.parametrize("state", RUNNING)
 def test_cleanup_never_started_is_left_alone(state):
-    assert cleanup_verdict(P, state, T0 - timedelta(days=30), None, T0) is None
-    assert cleanup_verdict(P, state, None, None, T0) is None
+    assert cleanup_reason(P, state, T0 - timedelta(days=30), None, T0) is None
+    assert cleanup_reason(P, state, None, None, T0) is None
 
 
 @pytest.mark.parametrize("state", NOT_RUNNING)
@@ -346,7 +357,7 @@ def test_cleanup_never_started_is_left_alone(state):
 )
 def test_cleanup_ignores_non_running_states(state, last_ago, started_ago):
     last = None if last_ago is None else T0 - last_ago
-    assert cleanup_verdict(P, state, last, T0 - started_ago, T0) is None
+    assert cleanup_reason(P, state, last, T0 - started_ago, T0) is None
 
 
 def test_health_facts_beyond_the_state() -> None:
@@ -359,3 +370,91 @@ def test_health_facts_beyond_the_state() -> None:
         is HealthLevel.INACTIVE
     )
     assert health_level(P, S.LOGGED_OUT, None, None, T0) is HealthLevel.CRITICAL
+
+
+# --- a link that never lapses ------------------------------------------------------------
+
+RECYCLE, EXPIRE = MaxAgeAction.RECYCLE, MaxAgeAction.EXPIRE
+
+
+@pytest.mark.parametrize(
+    ("policy", "last", "started", "verdict"),
+    [
+        # Max age recycles by default; SESSION_MAX_AGE_ACTION=expire closes instead.
+        (P, T0, T0 - WEEK - US, CleanupVerdict(CleanupReason.MAX_AGE, RECYCLE)),
+        (
+            Policy(max_age_action=EXPIRE),
+            T0,
+            T0 - WEEK - US,
+            CleanupVerdict(CleanupReason.MAX_AGE, EXPIRE),
+        ),
+        # Inactivity always closes (EXPIRED), whatever the max-age action.
+        (P, T0 - DAY - US, T0 - 2 * DAY, CleanupVerdict(CleanupReason.INACTIVE, EXPIRE)),
+        # SESSION_INACTIVE_TIMEOUT=0: never closed for inactivity, still recycled at max age.
+        (Policy(inactive_timeout=timedelta(0)), T0 - 6 * DAY, T0 - 6 * DAY, None),
+        (Policy(inactive_timeout=timedelta(0)), None, T0 - 6 * DAY, None),
+        (
+            Policy(inactive_timeout=timedelta(0)),
+            None,
+            T0 - WEEK - US,
+            CleanupVerdict(CleanupReason.MAX_AGE, RECYCLE),
+        ),
+    ],
+)
+def test_cleanup_verdict_says_what_to_do(policy, last, started, verdict):
+    assert cleanup_verdict(policy, S.CONNECTED, last, started, T0) == verdict
+
+
+def test_link_last_seen_is_now_while_connected_else_the_latest_sign_of_life():
+    connected = T0 - timedelta(days=9)
+    beat = T0 - timedelta(days=8)
+    assert link_last_seen(S.CONNECTED, connected, beat, T0) == T0
+    assert link_last_seen(S.EXPIRED, connected, beat, T0) == beat
+    assert link_last_seen(S.EXPIRED, connected, None, T0) == connected
+    assert link_last_seen(S.STOPPED, None, None, T0) is None
+
+
+@pytest.mark.parametrize(
+    ("state", "seen_ago", "started_ago", "due"),
+    [
+        (S.EXPIRED, WEEK - US, WEEK, False),
+        (S.EXPIRED, WEEK, WEEK, True),
+        (S.EXPIRED, timedelta(days=20), None, True),
+        # A refresh started half an hour ago that did not connect: not again yet.
+        (S.EXPIRED, WEEK, timedelta(minutes=30), False),
+        (S.EXPIRED, WEEK, timedelta(hours=1), True),
+        # Never linked: nothing to refresh.
+        (S.EXPIRED, None, WEEK, False),
+        # Only expired bots sleep; the others are running, or stopped on purpose.
+        (S.STOPPED, timedelta(days=20), timedelta(days=20), False),
+        (S.CONNECTED, timedelta(days=20), timedelta(days=20), False),
+        (S.LOGGED_OUT, timedelta(days=20), timedelta(days=20), False),
+    ],
+)
+def test_link_refresh_due(state, seen_ago, started_ago, due):
+    seen = None if seen_ago is None else T0 - seen_ago
+    started = None if started_ago is None else T0 - started_ago
+    assert link_refresh_due(P, state, seen, started, T0) is due
+
+
+def test_link_refresh_off():
+    off = Policy(link_refresh_every=timedelta(0))
+    assert link_refresh_due(off, S.EXPIRED, T0 - timedelta(days=29), None, T0) is False
+
+
+@pytest.mark.parametrize(
+    ("state", "seen_ago", "risk"),
+    [
+        (S.EXPIRED, timedelta(days=25) - US, False),
+        (S.EXPIRED, timedelta(days=25), True),
+        (S.STOPPED, timedelta(days=26), True),
+        (S.SUSPENDED, timedelta(days=26), True),
+        (S.DISCONNECTED, timedelta(days=26), True),
+        (S.IDLE, timedelta(days=26), False),
+        (S.LOGGED_OUT, timedelta(days=26), False),
+        (S.EXPIRED, None, False),
+    ],
+)
+def test_link_at_risk_after_25_days_unseen(state, seen_ago, risk):
+    seen = None if seen_ago is None else T0 - seen_ago
+    assert link_at_risk(P, state, seen, T0) is risk

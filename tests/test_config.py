@@ -104,6 +104,18 @@ def test_url_precedence():
             "NODE_RENEW_INTERVAL=3s must be at most half of NODE_LEASE=5s",
         ),
         ({"bots_per_node": "0"}, "BOTS_PER_NODE='0': expected a number greater than or equal to 1"),
+        (
+            {"session_max_age_action": "restart"},
+            "SESSION_MAX_AGE_ACTION='restart': expected 'recycle' or 'expire'",
+        ),
+        ({"session_inactive_timeout": "-1h"}, "SESSION_INACTIVE_TIMEOUT='-1h': expected"),
+        ({"link_refresh_every": "30d"}, "LINK_REFRESH_EVERY=2.592e+06s (30d) must be shorter"),
+        ({"link_refresh_for": "0"}, "LINK_REFRESH_FOR='0': must be greater than zero"),
+        (
+            {"link_refresh_every": "1h", "link_refresh_for": "1h"},
+            "LINK_REFRESH_FOR=3600s (1h) must be shorter than LINK_REFRESH_EVERY=3600s (1h)",
+        ),
+        ({"link_alert_after": "soon"}, "LINK_ALERT_AFTER='soon': expected milliseconds"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_variable(values: dict[str, object], line: str):
@@ -113,6 +125,17 @@ def test_bad_values_give_one_line_naming_the_variable(values: dict[str, object],
     assert line in message
     assert "\n" not in message
     assert "pw@" not in message
+
+
+def test_lifecycle_switches():
+    s = settings(session_inactive_timeout="0", session_max_age_action="EXPIRE")
+    assert s.session_inactive_timeout == timedelta(0)  # never
+    assert s.session_max_age_action == "expire"
+    assert settings(link_refresh_every="0").link_refresh_every == timedelta(0)  # off
+    defaults = settings()
+    assert defaults.session_max_age_action == "recycle"
+    assert defaults.link_refresh_every == timedelta(days=7)
+    assert defaults.link_alert_after == timedelta(days=25)
 
 
 def test_a_short_interval_with_the_default_timeout_fits_the_timeout_in():

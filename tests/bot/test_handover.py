@@ -165,3 +165,31 @@ async def test_the_per_user_limit_holds_across_nodes_under_concurrent_creates(no
     assert len(stored) == 3
     # Each node sees all three (created through either), at once on the next look.
     await until(lambda: len(a.sessions) == 3 and len(b.sessions) == 3)
+
+
+async def test_an_expired_bot_is_woken_by_one_node_only(nodes):
+    """A wake is a start: it takes the bot's lease, so two nodes waking it at once (a message
+    queued through each) start one browser between them."""
+    a = await nodes("node-a")
+    sleepy = await connected_bot(a, "sleepy")
+    await sleepy.expire("cleanup: no activity for 24h")
+    b_engine = ScriptedEngine(auto=True)
+    b_engine.linked.add(sleepy.id)
+    b = await nodes("node-b", b_engine)
+    await until(lambda: sleepy.id in b.sessions and b.sessions[sleepy.id].state is S.EXPIRED)
+    a_engine = a.engine
+    assert isinstance(a_engine, ScriptedEngine)
+    a_engine.linked.add(sleepy.id)
+    a_starts = len(a_engine.starts)
+    mirror = b.sessions[sleepy.id]
+    woken = await asyncio.gather(
+        a.wake(sleepy, "a message was queued"), b.wake(mirror, "a message was queued")
+    )
+    assert sorted(woken) == [False, True]
+    winner, loser = (a, b) if woken[0] else (b, a)
+    session = winner.sessions[sleepy.id]
+    await until(lambda: session.state is S.CONNECTED)
+    assert session.held()
+    starts = len(a_engine.starts) - a_starts + len(b_engine.starts)
+    assert starts == 1
+    await until(lambda: loser.sessions[sleepy.id].record.owner_node == winner.node.id)

@@ -218,6 +218,12 @@ class Settings(BaseSettings):
     webhook_allowed_networks: str = ""
     webhook_timeout: Duration = timedelta(seconds=10)
 
+    # Number checks (POST /api/sessions/{id}/contacts/check): WhatsApp logs out accounts that
+    # check numbers in bulk. A bot asks at most one number per gap (plus up to half of it at
+    # random); an answer is reused for the TTL instead of being asked again.
+    contact_check_gap: Duration = timedelta(seconds=3)
+    contact_check_ttl: Duration = timedelta(days=7)
+
     # WhatsApp engine
     chromium_path: Path | None = None
     # Launch the driver and the browser once at boot; /health is not `pass` before it worked.
@@ -293,6 +299,8 @@ class Settings(BaseSettings):
         "session_cleanup_interval",
         "link_refresh_for",
         "link_alert_after",
+        "contact_check_gap",
+        "contact_check_ttl",
         "health_check_interval",
         "memory_check_interval",
         "profile_backup_delay",

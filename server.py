@@ -28,6 +28,7 @@ from starlette.middleware import Middleware
 
 from bot.cluster import ClusterConfig, Node
 from bot.commands import ChatCommands
+from bot.contacts import ContactChecker
 from bot.engines import engine_factory, load_engine
 from bot.engines.whatsapp.driver import WhatsAppEngine
 from bot.engines.whatsapp.preflight import BootPreflight
@@ -289,6 +290,13 @@ def create_app(
             monotonic=clock.monotonic,
         )
         app.state.sender = sender
+        app.state.contacts = ContactChecker(
+            db,
+            clock,
+            gap=settings.contact_check_gap,
+            ttl=settings.contact_check_ttl,
+            rand=random.random,
+        )
         app.state.deliveries = deliveries
         app.state.webhooks = webhooks
         app.state.secret_box = secret_box
@@ -335,6 +343,7 @@ def create_app(
             health.draining = True
             jobs.cancel()
             await sender.shutdown(within=settings.shutdown_timeout.total_seconds() / 4)
+            await app.state.contacts.close()
             for task in background:
                 task.cancel()
             await asyncio.wait(background, timeout=1)

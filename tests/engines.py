@@ -55,6 +55,26 @@ class ScriptedSession:
     async def request_pair_code(self, phone: str) -> str:
         return "WAKEFUL1"  # 8 characters, as WhatsApp's codes are (shown as WAKE-FUL1)
 
+    # Contacts and groups (bot.engines.base.ContactsSession)
+
+    async def query_exists(self, phone: str) -> dict[str, Any]:
+        self.engine.exists_asked.append(phone)
+        if phone not in self.engine.registered:
+            return {"exists": False}
+        return {"exists": True, "id": f"{phone}@c.us", "lid": None}
+
+    async def groups(self) -> list[dict[str, Any]]:
+        return [
+            {"id": g["id"], "name": g["name"], "size": len(g["participants"])}
+            for g in self.engine.groups
+        ]
+
+    async def group(self, group_id: str) -> dict[str, Any] | None:
+        for found in self.engine.groups:
+            if found["id"] == group_id:
+                return {**found, "size": len(found["participants"])}
+        return None
+
 
 class ScriptedEngine:
     name = "scripted"
@@ -70,6 +90,9 @@ class ScriptedEngine:
         self.concurrent = 0
         self.max_concurrent = 0
         self.forgotten: list[str] = []
+        self.registered: set[str] = {"15550000001"}  # numbers on "WhatsApp"
+        self.exists_asked: list[str] = []
+        self.groups: list[dict[str, Any]] = []
         self._state_file = state_file
         self.linked: set[str] = set(self._load_linked())
         self._tasks: set[asyncio.Task[None]] = set()

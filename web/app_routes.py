@@ -7,6 +7,7 @@ from starlette.routing import BaseRoute, Route
 from web.admin_api import ADMIN_ROUTES
 from web.api import PUBLIC_ROUTES
 from web.api import routes as public_routes
+from web.contacts_api import CONTACT_ROUTES
 from web.dashboard import DASHBOARD_ROUTES
 from web.linking_api import LINKING_ROUTES
 from web.me_api import ME_ROUTES
@@ -15,7 +16,13 @@ from web.routing import ApiRoute, openapi_endpoint, starlette_routes
 from web.sessions_api import SESSION_ROUTES
 from web.webhooks_api import WEBHOOK_ROUTES
 
-BOT_ROUTES = [*SESSION_ROUTES, *LINKING_ROUTES, *MESSAGE_ROUTES, *WEBHOOK_ROUTES]
+BOT_ROUTES = [
+    *SESSION_ROUTES,
+    *LINKING_ROUTES,
+    *MESSAGE_ROUTES,
+    *WEBHOOK_ROUTES,
+    *CONTACT_ROUTES,
+]
 API: list[ApiRoute] = [*PUBLIC_ROUTES, *BOT_ROUTES, *ADMIN_ROUTES, *ME_ROUTES]
 
 

@@ -75,3 +75,16 @@ class Engine(Protocol):
 
     async def close(self) -> None:
         """Release what the engine holds across sessions (a shared browser, say)."""
+
+
+class ContactsSession(Protocol):
+    """Number checks and groups (an engine session may offer them; the WhatsApp one does)."""
+
+    async def query_exists(self, phone: str) -> dict[str, Any]:
+        """{"exists": bool, "id": str, "lid": str | None} for one number (digits)."""
+
+    async def groups(self) -> list[dict[str, Any]]:
+        """The account's groups: {"id", "name", "size"}."""
+
+    async def group(self, group_id: str) -> dict[str, Any] | None:
+        """One group with its participants, or None when the account is not in it."""

@@ -120,11 +120,24 @@ def real_ids(target: Target, caller: dict[str, str]) -> dict[str, str]:
     sent = target.post(
         f"/api/sessions/{bot['id']}/messages", {"to": "+15550001111", "text": "hi"}, caller
     )
+    # A group the scripted engine's accounts are in (GET /groups/{group_id}).
+    groups = target.app.state.manager.engine.groups
+    if not groups:
+        groups.append(
+            {
+                "id": "120363000000000001@g.us",
+                "name": "Fuzzed",
+                "participants": [
+                    {"id": "15550000001@c.us", "phone": "+15550000001", "lid": None},
+                ],
+            }
+        )
     return {
         "session_id": bot["id"],
         "message_id": sent["id"],
         "user_id": owner["id"],
         "name": "cleanup",
+        "group_id": groups[0]["id"],
     }
 
 

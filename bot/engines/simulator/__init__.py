@@ -55,6 +55,19 @@ class SentMessage:
     result: str = "OK"  # the messageSendResult the page answered
 
 
+# Demo mode's contacts: these numbers are on (simulated) WhatsApp, and the bot is in one
+# group with two of them (one an admin) and a member whose number WhatsApp does not tell.
+DEMO_REGISTERED = ("15550000001", "15550000002", "15550000003")
+DEMO_GROUPS: tuple[dict[str, Any], ...] = (
+    {
+        "name": "Demo group",
+        "participants": ["15550000001", "15550000002", {"phone": "15550000009", "hidden": True}],
+        "admins": ["15550000001"],
+        "description": "A group of the WhatsApp simulator",
+    },
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Behaviour:
     """How the simulated WhatsApp Web behaves. The defaults are what the real site does
@@ -72,6 +85,13 @@ class Behaviour:
     pair_code_ttl_ms: int = 195_000  # a pairing code's lifetime (3.25 min)
     headless_check: bool = True  # the unsupported-browser page for HeadlessChrome
     logout_signal: str = "logout_from_bridge"  # the Cmd event a phone's unlink arrives as
+    # Contacts and groups: the numbers that have a WhatsApp account (and the bot's own), the
+    # groups the account is in once linked ({"name", "participants", "admins", "id"}), and
+    # how many number checks in a window WhatsApp takes before it unlinks the device.
+    registered: tuple[str, ...] = DEMO_REGISTERED
+    groups: tuple[dict[str, Any], ...] = DEMO_GROUPS
+    exists_limit: int = 30
+    exists_window_ms: int = 60_000
     extra: dict[str, Any] = field(default_factory=dict)
 
     def page_config(self, qr_every_ms: int) -> dict[str, Any]:
@@ -91,6 +111,10 @@ class Behaviour:
             "pairCodeTtl": self.pair_code_ttl_ms,
             "headlessCheck": self.headless_check,
             "logoutSignal": self.logout_signal,
+            "registered": list(self.registered),
+            "groups": list(self.groups),
+            "existsLimit": self.exists_limit,
+            "existsWindowMs": self.exists_window_ms,
             **self.extra,
         }
 
@@ -309,6 +333,37 @@ class Simulator:
         else:
             raise SimulatorError(f"unknown action '{action}'; expected one of {', '.join(ACTIONS)}")
         return {}
+
+    # Contacts and groups ---------------------------------------------------------------
+
+    async def set_registered(self, session_id: str, phones: list[str]) -> None:
+        """The numbers that have a WhatsApp account from now on (the bot's own always has)."""
+        await self._call(
+            session_id, "p => window.__waSim.setRegistered(p)", [p.lstrip("+") for p in phones]
+        )
+
+    async def exists_queries(self, session_id: str) -> int:
+        """How many number checks reached WhatsApp's servers from this bot's page."""
+        count: int = await self._call(session_id, "window.__waSim.existsQueries()")
+        return count
+
+    async def add_group(
+        self,
+        session_id: str,
+        name: str,
+        participants: list[str | dict[str, Any]],
+        *,
+        admins: tuple[str, ...] = (),
+        group_id: str | None = None,
+    ) -> str:
+        """A group the bot's account is in (created by it), with these members: phone
+        numbers, or {"phone", "hidden": True} for a member known only by its LID."""
+        created: str = await self._call(
+            session_id,
+            "g => window.__waSim.addGroup(g)",
+            {"id": group_id, "name": name, "participants": participants, "admins": list(admins)},
+        )
+        return created
 
     def _page(self, session_id: str) -> Page:
         page = self._pages.get(session_id)

@@ -28,6 +28,10 @@
     advModule: "WAWebUserPrefsMultiDevice", lidContacts: true, minifiedKeys: true,
     syncMs: 1500, resyncMs: 300, pairCodeTtl: 195000, headlessCheck: true,
     logoutSignal: "logout_from_bridge",
+    // Contacts and groups: the numbers on WhatsApp, the bot's groups, and how many number
+    // checks WhatsApp's servers take in a window before they unlink the device for it.
+    registered: ["15550000001", "15550000002", "15550000003"], groups: [],
+    existsLimit: 30, existsWindowMs: 60000,
     ...(window.__SIM_CONFIG || {}),
   };
   const LINK_DB = "wawc";
@@ -398,6 +402,88 @@
       getCurrentLid: (id) => (wid(id).server === "c.us" && cfg.lidContacts ? lidWidFor(wid(id).user) : undefined),
     })],
   ];
+
+  // Contacts and groups: number checks and the groups the account is in ------------------
+  // `WAWebQueryExistsJob.queryWidExists(wid)` asks WhatsApp's servers whether a number has
+  // an account: the account's wid, or nothing. Checking numbers in bulk gets the device
+  // unlinked: more than `existsLimit` checks within `existsWindowMs` and the server logs
+  // it out, as WhatsApp does to accounts that check numbers in bulk.
+  const registered = new Set((cfg.registered || []).map((p) => String(p).replace(/\D/g, "")));
+  const existsQueries = []; // when each check reached the server (ms)
+  const groupMetadata = new Collection();
+  groupMetadata.refreshes = 0;
+  groupMetadata.update = async (id) => {
+    requireConnected();
+    groupMetadata.refreshes += 1;
+    return groupMetadata.get(String(id));
+  };
+  const unlinkForAbuse = () => {
+    setTimeout(async () => {
+      await clearLink();
+      Cmd.emit(cfg.logoutSignal);
+      Socket.set("hasSynced", false);
+      setTimeout(() => location.replace("/"), 50);
+    }, 0);
+  };
+  const queryWidExists = async (target) => {
+    requireConnected();
+    const now = Date.now();
+    existsQueries.push(now);
+    const recent = existsQueries.filter((at) => now - at < cfg.existsWindowMs).length;
+    if (recent > cfg.existsLimit) {
+      unlinkForAbuse();
+      throw new Error("rate-overlimit");
+    }
+    await new Promise((r) => setTimeout(r, 30));
+    const id = wid(target);
+    if (id.server !== "c.us" || !(registered.has(id.user) || id.user === me)) return null;
+    if (cfg.lidContacts) lidWidFor(id.user); // the server tells the LID with the answer
+    return { wid: new Wid(`${id.user}@c.us`), biz: false };
+  };
+  // A participant: a phone number (WhatsApp knows the LID and the number), or
+  // {phone, hidden: true} (a LID whose number WhatsApp does not tell).
+  const participantWid = (entry) => {
+    const phone = String(entry.phone || entry).replace(/\D/g, "");
+    if (!cfg.lidContacts) return new Wid(`${phone}@c.us`);
+    return entry.hidden ? new Wid(`${lidOf(phone)}@lid`) : lidWidFor(phone);
+  };
+  const addGroup = ({ id, name, participants = [], admins = [], description = "" }) => {
+    const gid = wid(id || `1203630${String(Date.now()).slice(-8)}${randomHex(2).replace(/\D/g, "7")}@g.us`);
+    const members = new Collection();
+    const adminPhones = new Set(admins.map((p) => String(p).replace(/\D/g, "")));
+    const self = Object.assign(new Model(), {
+      id: cfg.lidContacts ? lidWidFor(me) : new Wid(`${me}@c.us`), isAdmin: true, isSuperAdmin: true,
+    });
+    members.add(self);
+    for (const entry of participants) {
+      const phone = String(entry.phone || entry).replace(/\D/g, "");
+      const admin = adminPhones.has(phone);
+      members.add(Object.assign(new Model(), { id: participantWid(entry), isAdmin: admin, isSuperAdmin: false }));
+    }
+    const metadata = Object.assign(new Model(), {
+      id: gid, subject: name, desc: description, owner: self.id, creation: Math.floor(Date.now() / 1000),
+      announce: false, restrict: false, isLidAddressingMode: cfg.lidContacts, participants: members,
+    });
+    groupMetadata.add(metadata);
+    const chat = chatModel(gid);
+    chat.name = name;
+    chat.groupMetadata = metadata;
+    return String(gid);
+  };
+  CHAT_MODULES.push(["WAWebQueryExistsJob", () => ({
+    queryWidExists,
+    queryPhoneExists: async (phone) => queryWidExists(new Wid(`${String(phone).replace(/\D/g, "")}@c.us`)),
+  })]);
+  const collectionsEntry = CHAT_MODULES.find(([name]) => name === "WAWebCollections");
+  const baseCollections = collectionsEntry[1];
+  collectionsEntry[1] = () => ({ ...baseCollections(), GroupMetadata: groupMetadata });
+  const addConfiguredGroups = () => {
+    if (addConfiguredGroups.done || !me) return;
+    addConfiguredGroups.done = true;
+    for (const group of cfg.groups || []) addGroup(group);
+  };
+  Cmd.on("main_loaded", addConfiguredGroups);
+
   const withheld = new Set(cfg.withhold);
   const define = (batch, done) => {
     const queue = batch.filter(([name]) => !withheld.has(name));
@@ -560,6 +646,20 @@
       Socket.set("state", "TIMEOUT");
     },
   };
+
+  // Contacts and groups, as the phone and the servers drive them.
+  Object.assign(window.__waSim, {
+    setRegistered: (phones) => {
+      registered.clear();
+      for (const p of phones) registered.add(String(p).replace(/\D/g, ""));
+    },
+    existsQueries: () => existsQueries.length,
+    addGroup: (group) => {
+      requireConnected();
+      return addGroup(group);
+    },
+    groupRefreshes: () => groupMetadata.refreshes,
+  });
 
   setTimeout(bootLoader, cfg.loaderDelay);
   (async () => {

@@ -478,4 +478,84 @@
       await auth.Socket.logout();
     },
   };
+
+  // Contacts and groups: number checks and the account's groups, read on demand ---------
+  // As whatsapp-web.js (getNumberId) and wa-js (contact.queryWidExists) do it today: the
+  // servers are asked through WAWebQueryExistsJob.queryWidExists, which answers with the
+  // account's wid (the number as WhatsApp has it), or nothing. The pacing is the driver's
+  // caller's: this asks once per call. Groups are the chats with group metadata; their
+  // members are LIDs in LID-addressed groups, told as phone numbers where WhatsApp knows them.
+  const LOOKUP = {
+    QueryExists: {
+      names: ["WAWebQueryExistsJob"], pick: (m) => (typeof m.queryWidExists === "function" ? m : null), shape: true,
+    },
+  };
+  let lookup = null;
+  const lookupModules = () => {
+    if (lookup) return lookup;
+    const result = resolveAll(LOOKUP);
+    if (result.missing.length) {
+      throw new Error(`WhatsApp Web changed; the bridge needs an update: missing ${result.missing.join(", ")}`);
+    }
+    lookup = result.found;
+    return lookup;
+  };
+  const requireChats = () => {
+    if (!auth) throw new Error("WhatsApp Web is not loaded");
+    if (auth.Socket.state !== "CONNECTED") throw new Error(`not connected (${auth.Socket.state})`);
+    if (!chat) throw new Error("WhatsApp Web's chats are not loaded yet");
+  };
+  const models = (value) => (Array.isArray(value) ? value : (value && value.getModelsArray && value.getModelsArray()) || []);
+  const groupChats = () => models(chat.Collections.Chat)
+    .filter((c) => c && widText(c.id).endsWith("@g.us") && c.groupMetadata);
+  const member = (p) => {
+    const who = identify(p.id);
+    return {
+      id: who.from, phone: who.phone, lid: who.lid,
+      isAdmin: Boolean(p.isAdmin || p.isSuperAdmin), isSuperAdmin: Boolean(p.isSuperAdmin),
+    };
+  };
+  const groupSummary = (c) => {
+    const meta = c.groupMetadata;
+    return {
+      id: widText(c.id),
+      name: text(meta.subject || c.name || c.formattedTitle) || null,
+      size: models(meta.participants).length || Number(meta.size) || 0,
+    };
+  };
+
+  Object.assign(window.__wakefulBridge, {
+    queryExists: async (phone) => {
+      requireChats();
+      const digits = String(phone).replace(/\D/g, "");
+      const answer = await lookupModules().QueryExists.queryWidExists(chat.WidFactory.createWid(`${digits}@c.us`));
+      if (!answer || !answer.wid) return { exists: false };
+      let lid = null;
+      try {
+        lid = widText(chat.Contact && chat.Contact.getCurrentLid && chat.Contact.getCurrentLid(answer.wid)) || null;
+      } catch (_) { /* the LID is a bonus */ }
+      return { exists: true, id: widText(answer.wid), lid, business: Boolean(answer.biz) };
+    },
+    groups: async () => {
+      requireChats();
+      return groupChats().map(groupSummary);
+    },
+    group: async (id) => {
+      requireChats();
+      const found = groupChats().find((c) => widText(c.id) === String(id));
+      if (!found) return null;
+      // The members as WhatsApp's servers have them now, not as this page last saw them.
+      const metadata = chat.Collections.GroupMetadata;
+      try { if (metadata && metadata.update) await metadata.update(found.id); } catch (_) { /* stale is better than none */ }
+      const meta = found.groupMetadata;
+      return {
+        ...groupSummary(found),
+        description: text(meta.desc) || null,
+        owner: meta.owner ? identify(meta.owner).from : null,
+        createdAt: Number(meta.creation) || null,
+        announce: Boolean(meta.announce),
+        participants: models(meta.participants).map(member),
+      };
+    },
+  });
 })();

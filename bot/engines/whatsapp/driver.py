@@ -425,6 +425,25 @@ class WhatsAppSession:
     async def logout(self) -> None:
         await self._call("window.__wakefulBridge.logout()")
 
+    # Contacts and groups ---------------------------------------------------------------
+
+    async def query_exists(self, phone: str) -> dict[str, Any]:
+        """Ask WhatsApp's servers whether `phone` (digits) has an account: {"exists": bool,
+        "id": the account's id, "lid": its LID or None}. One question per call: the
+        caller paces them (bulk checks get an account unlinked)."""
+        found = await self._call("p => window.__wakefulBridge.queryExists(p)", phone)
+        return dict(found) if isinstance(found, dict) else {"exists": False}
+
+    async def groups(self) -> list[dict[str, Any]]:
+        """The account's groups: {"id", "name", "size"}."""
+        found = await self._call("window.__wakefulBridge.groups()")
+        return [dict(g) for g in found] if isinstance(found, list) else []
+
+    async def group(self, group_id: str) -> dict[str, Any] | None:
+        """One group with its members (phone numbers where WhatsApp knows them), or None."""
+        found = await self._call("g => window.__wakefulBridge.group(g)", group_id)
+        return dict(found) if isinstance(found, dict) else None
+
     # Backups -------------------------------------------------------------------------
 
     def _schedule_backups(self) -> None:

@@ -44,6 +44,7 @@ from bot.sender import OutboxSender
 from bot.session import BotSession
 from bot.states import SessionState
 from bot.store import BotStore
+from bot.webhook_reply import Reply
 from bot.webhooks import DeliveryStore, WebhookConfig, Webhooks
 from config import VERSION, ConfigError, Settings, format_duration, load_settings
 from services.alerts import AlertConfigError, Alerter
@@ -228,6 +229,31 @@ def create_app(
             rand=random.random,
         )
         manager.add_listener(webhooks)
+        quota = MessageQuota(
+            db,
+            max_queued=settings.max_queued_messages_per_user,
+            per_minute=settings.message_accept_rate,
+            monotonic=clock.monotonic,
+        )
+
+        async def queue_webhook_reply(session_id: str, reply: Reply) -> str | None:
+            """A webhook answered a received message with a reply: queued like a send
+            through the API (same quota, an expired bot woken), once per delivery (its key).
+            The quoted id is not sent: the outbox of this version sends text only."""
+            session = manager.sessions.get(session_id)
+            if session is None:
+                return "the bot was deleted"
+            exceeded = await quota.check(session.record.user_id)
+            if exceeded is not None:
+                return f"not queued: {exceeded.reason}"
+            await outbox.enqueue(session_id, reply.to, reply.text, reply.key, clock.now())
+            await manager.wake(session, "its webhook answered with a reply")
+            sender.wake(session_id)
+            if not session.held():
+                await node.notify(f"outbox:{session_id}")
+            return None
+
+        webhooks.on_reply = queue_webhook_reply
         if settings.bot_commands:
 
             async def reply(session: BotSession, to: str, text: str, key: str | None) -> None:
@@ -283,12 +309,7 @@ def create_app(
         app.state.scheduler = scheduler
         app.state.alerter = alerter
         app.state.outbox = outbox
-        app.state.quota = MessageQuota(
-            db,
-            max_queued=settings.max_queued_messages_per_user,
-            per_minute=settings.message_accept_rate,
-            monotonic=clock.monotonic,
-        )
+        app.state.quota = quota
         app.state.sender = sender
         app.state.contacts = ContactChecker(
             db,

@@ -39,6 +39,13 @@ from sqlalchemy import (
 )
 
 from bot.outbox import RetryPolicy, claimable, retry_delay
+from bot.webhook_reply import (
+    MAX_REPLY_BYTES,
+    REPLY_EVENT,
+    QueueReply,
+    ReplyRefusedError,
+    parse_reply,
+)
 from services.clock import Clock
 from services.database import Database, UTCDateTime, metadata, shielded
 from services.metrics import Metrics
@@ -262,6 +269,9 @@ class Webhooks:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: dict[str, int] = {}
+        # Queues a reply a receiver answered a `message.received` delivery with (the app
+        # sets it: the outbox); None: answers are not read.
+        self.on_reply: QueueReply | None = None
 
     # Queueing ------------------------------------------------------------------------
 
@@ -451,9 +461,10 @@ class Webhooks:
         deadline = min(self.config.timeout, self.policy.lease.total_seconds() * 0.8)
         try:
             # One deadline for the whole exchange (a receiver dripping a byte at a time never
-            # trips a per-read timeout). The response body is never read: the status is all
-            # a delivery needs. The client's transport checks the address and connects to
-            # exactly that one (services.pinned); a refusal there is permanent.
+            # trips a per-read timeout). The response body is read only for a reply to a
+            # received message (bounded, bot.webhook_reply); otherwise the status is all.
+            # The client's transport checks the address and connects to exactly that one
+            # (services.pinned); a refusal there is permanent.
             async with asyncio.timeout(deadline):
                 async with self.client.stream(
                     "POST",
@@ -464,6 +475,7 @@ class Webhooks:
                     follow_redirects=False,
                 ) as response:
                     status = response.status_code
+                    answer = await self._read_answer(delivery, response)
         except BlockedAddressError as exc:
             await self._give_up(delivery, None, f"refused: {exc}")
             return
@@ -474,18 +486,58 @@ class Webhooks:
             await self._retry(delivery, None, f"{type(exc).__name__}: {exc}"[:300] or "network")
             return
         if 200 <= status < 300:
+            # The reply is queued before the delivery is marked: if queueing fails, the
+            # delivery is retried, and its reply (same key) is still queued only once.
+            note = await self._queue_reply(delivery, answer)
             self.metrics.webhook_deliveries.labels(result="delivered").inc()
             await self.store.finish(
                 delivery.id,
                 status="delivered",
                 last_status=status,
-                last_error=None,
+                last_error=note,
                 delivered_at=self.clock.now(),
             )
         elif is_retryable(status):
             await self._retry(delivery, status, f"HTTP {status}")
         else:
             await self._give_up(delivery, status, f"HTTP {status}: not retried")
+
+    async def _read_answer(
+        self, delivery: Delivery, response: httpx.Response
+    ) -> bytes | str | None:
+        """A 2xx answer to a `message.received` delivery, read up to MAX_REPLY_BYTES
+        (within the delivery's deadline): it may carry a reply (bot.webhook_reply). A
+        string says why it cannot."""
+        if self.on_reply is None or delivery.event != REPLY_EVENT:
+            return None
+        if not 200 <= response.status_code < 300:
+            return None
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_REPLY_BYTES:
+                return f"the answer is over {MAX_REPLY_BYTES} bytes"
+        return bytes(body)
+
+    async def _queue_reply(self, delivery: Delivery, answer: bytes | str | None) -> str | None:
+        """None when there was no reply or it was queued; else why it was refused."""
+        if answer is None or self.on_reply is None or delivery.session_id is None:
+            return None
+        if isinstance(answer, str):
+            return f"reply refused: {answer}"
+        try:
+            reply = parse_reply(answer, delivery.id, delivery.payload)
+        except ReplyRefusedError as exc:
+            return f"reply refused: {exc}"
+        if reply is None:
+            return None
+        refused = await self.on_reply(delivery.session_id, reply)
+        if refused is not None:
+            return f"reply refused: {refused}"
+        log.bind(session=delivery.session_id).info(
+            "Webhook {} answered with a reply to {}: queued", delivery.id, reply.to
+        )
+        return None
 
     async def _retry(self, delivery: Delivery, status: int | None, error: str) -> None:
         if delivery.attempts >= self.policy.max_attempts:

@@ -38,6 +38,7 @@ MISSING = {
     "user_id": "usr_000000000000",
     "name": "no-job",
     "message_id": "msg_0000000000000000",
+    "group_id": "120363000000000000@g.us",
 }
 
 _names = itertools.count(1)
@@ -241,8 +242,9 @@ class Operation:
         schema = self.spec["requestBody"]["content"]["application/json"]["schema"]
         body = {}
         for name in schema.get("required", []):
-            assert schema["properties"][name]["type"] == "string", f"{self}: no sample {name}"
-            body[name] = unique("sample")
+            kind = schema["properties"][name]["type"]
+            assert kind in ("string", "array"), f"{self}: no sample {name}"
+            body[name] = unique("sample") if kind == "string" else [unique("sample")]
         return body
 
     def __str__(self) -> str:
@@ -298,6 +300,7 @@ async def test_auth_matrix_from_openapi(api: Api, alice: User, bob: User, style:
         "user_id": bob.id,
         "name": "cleanup",
         "message_id": sent.json()["id"],
+        "group_id": "120363000000000001@g.us",
     }
     document = (await client.get("/openapi.json")).json()
     failures: list[str] = []

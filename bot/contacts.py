@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from loguru import logger
-from sqlalchemy import Boolean, Column, ForeignKey, String, Table, delete, insert, select
+from sqlalchemy import Boolean, Column, ForeignKey, String, Table, delete, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from services.clock import Clock
@@ -224,9 +224,12 @@ class ContactChecker:
         }
         try:
             async with self.db.engine.begin() as conn:
+                # The old answer for this number, and this bot's answers past the TTL (they
+                # would never be served again): the table holds what is fresh, no more.
                 await conn.execute(
                     delete(contact_checks).where(
-                        c.session_id == session_id, c.phone == result.phone
+                        c.session_id == session_id,
+                        or_(c.phone == result.phone, c.checked_at <= result.checked_at - self.ttl),
                     )
                 )
                 await conn.execute(insert(contact_checks).values(**row))

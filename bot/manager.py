@@ -474,7 +474,12 @@ class BotManager:
         expired = [s for s in self.sessions.values() if s.state is S.EXPIRED]
         if not expired or self.engine is None:
             return woken
-        waiting = await self.queued_for() if self.queued_for is not None else set()
+        waiting: set[str] = set()
+        if self.queued_for is not None:
+            try:
+                waiting = await self.queued_for()
+            except Exception as exc:  # the database away: the refresh still goes on
+                log.warning("Could not read which bots have messages waiting: {}", exc)
         for session in expired:
             record = session.record
             if session.id in waiting:

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
-from bot.contacts import ContactCheck, ContactChecker, pace_gap
+from bot.contacts import ContactCheck, ContactChecker, contact_checks, pace_gap
 from bot.engines.base import EngineError
 from bot.states import SessionState
 from bot.store import BotStore, SessionRecord
@@ -107,6 +108,16 @@ async def test_answers_are_stored_and_reused_until_the_ttl(db: Database, clock: 
     later = await answered(contacts, "bot_000000000001", phone, ["15559990000"])
     assert (later[0].on_whatsapp, later[0].cached) == (True, False)
     assert later[0].checked_at == clock.now()
+    # The stale answer for the other number went with that write: the table keeps what is
+    # fresh only (the other bot's answers are its own).
+    async with db.engine.connect() as conn:
+        rows = (
+            await conn.execute(select(contact_checks.c.session_id, contact_checks.c.phone))
+        ).all()
+    assert sorted(rows) == [
+        ("bot_000000000001", "15559990000"),
+        ("bot_000000000002", "15550000001"),
+    ]
 
 
 async def test_one_question_at_a_time_and_the_gap_apart(db: Database, clock: FakeClock):

@@ -10,6 +10,8 @@ whenever it changed (see `profile.py`).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import shutil
@@ -29,7 +31,15 @@ from playwright.async_api import (
     async_playwright,
 )
 
-from bot.engines.base import EngineError, EngineEvent, EventKind, EventSink, Heartbeat
+from bot.engines.base import (
+    EngineError,
+    EngineEvent,
+    EventKind,
+    EventSink,
+    Heartbeat,
+    MediaFile,
+    MediaNotFoundError,
+)
 from bot.engines.simulator import WHATSAPP_URL, Simulator
 from bot.engines.whatsapp.browser import (
     LEAN_FLAGS,
@@ -57,6 +67,10 @@ PAGE_EVENTS = frozenset(
         "sync",
         "ready",
         "message",
+        "reaction",
+        "edited",
+        "revoked",
+        "group",
         "state",
         "logout",
         "bridge_outdated",
@@ -64,6 +78,8 @@ PAGE_EVENTS = frozenset(
 )
 CLOSE_TIMEOUT = 10.0
 CALL_TIMEOUT = 30.0
+# A file is fetched from WhatsApp's servers and decrypted in the page: room for a large video.
+DOWNLOAD_TIMEOUT = 120.0
 
 log = logger.bind(component="bot")
 
@@ -77,6 +93,7 @@ class BridgeTimings:
     give_up_ms: int = 60_000
     pair_refresh_ms: int = 180_000
     pair_refreshes: int = 5
+    resend_ms: int = 5000  # undecryptable messages batched this long before asking the phone
 
     def script(self) -> str:
         values = {
@@ -84,6 +101,7 @@ class BridgeTimings:
             "giveUpMs": self.give_up_ms,
             "pairRefreshMs": self.pair_refresh_ms,
             "pairRefreshes": self.pair_refreshes,
+            "resendMs": self.resend_ms,
         }
         return f"window.__wakefulConfig = {json.dumps(values)};"
 
@@ -396,12 +414,12 @@ class WhatsAppSession:
 
     # Calls into the page -------------------------------------------------------------
 
-    async def _call(self, script: str, arg: Any = None) -> Any:
+    async def _call(self, script: str, arg: Any = None, *, bound: float = CALL_TIMEOUT) -> Any:
         page = self.page
         if page is None or page.is_closed():
             raise EngineError("the page is closed")
         try:
-            return await asyncio.wait_for(page.evaluate(script, arg), CALL_TIMEOUT)
+            return await asyncio.wait_for(page.evaluate(script, arg), bound)
         except Error as exc:
             raise EngineError(_page_error(exc)) from None
         except TimeoutError:
@@ -424,6 +442,27 @@ class WhatsAppSession:
 
     async def logout(self) -> None:
         await self._call("window.__wakefulBridge.logout()")
+
+    async def download_media(self, message_id: str) -> MediaFile:
+        answer = await self._call(
+            "id => window.__wakefulBridge.downloadMedia(id)", message_id, bound=DOWNLOAD_TIMEOUT
+        )
+        if not isinstance(answer, dict):
+            raise EngineError("the page gave no answer about the file")
+        if answer.get("missing"):
+            raise MediaNotFoundError(str(answer["missing"]))
+        try:
+            data = await asyncio.to_thread(
+                base64.b64decode, str(answer.get("data", "")), validate=True
+            )
+        except binascii.Error:
+            raise EngineError("the page gave a file that is not base64") from None
+        filename = answer.get("filename")
+        return MediaFile(
+            data=data,
+            mimetype=str(answer.get("mimetype") or "application/octet-stream"),
+            filename=str(filename) if filename else None,
+        )
 
     # Backups -------------------------------------------------------------------------
 

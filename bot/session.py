@@ -83,9 +83,11 @@ class NotLinkingError(Exception):
 class NotConnectedError(Exception):
     """Something only a connected bot can do (fetch a received file) asked of another."""
 
-    def __init__(self, state: SessionState) -> None:
-        super().__init__(f"the bot is {state.value}, not CONNECTED")
+    def __init__(self, state: SessionState, *, elsewhere: bool = False) -> None:
+        where = "its browser runs in another process" if elsewhere else "not CONNECTED"
+        super().__init__(f"the bot is {state.value}, {where}")
         self.state = state
+        self.elsewhere = elsewhere
 
 
 class EngineUnavailableError(Exception):
@@ -474,8 +476,9 @@ class BotSession:
 
     async def download_media(self, message_id: str) -> MediaFile:
         """A received message's file, fetched and decrypted through WhatsApp Web now."""
-        if self.record.state is not S.CONNECTED or self._engine_session is None:
-            raise NotConnectedError(self.record.state)
+        state = self.record.state
+        if state is not S.CONNECTED or self._engine_session is None:
+            raise NotConnectedError(state, elsewhere=state is S.CONNECTED)
         return await self._engine_session.download_media(message_id)
 
     @property

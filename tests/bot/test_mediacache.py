@@ -4,6 +4,7 @@ and message, one download shared by everyone asking at once."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,7 +24,7 @@ class Downloads:
     def __init__(self) -> None:
         self.count = 0
 
-    def of(self, media: MediaFile):  # type: ignore[no-untyped-def]
+    def of(self, media: MediaFile) -> Callable[[], Awaitable[MediaFile]]:
         async def download() -> MediaFile:
             self.count += 1
             await asyncio.sleep(0)

@@ -82,5 +82,6 @@ MEDIA_ROUTES = [
             502: ("WhatsApp Web could not give the file now", {}),
         },
         content_type="application/octet-stream",
+        creation_link=False,
     ),
 ]

@@ -182,3 +182,49 @@ async def test_a_message_the_page_cannot_decrypt_is_asked_of_the_phone_again(
     message = (await events.wait_for(EventKind.MESSAGE, timeout=15)).data
     assert message["body"] == "can you read me?"
     assert (await sim.receiving(bot))["resendRequests"] == 1
+
+
+# Issue 16: what the browser says it is, in workers too ------------------------------------
+
+WORKER_IDENTITY = """async () => {
+  const source = "postMessage({userAgent: navigator.userAgent, "
+    + "brands: navigator.userAgentData.brands})";
+  const url = URL.createObjectURL(new Blob([source], {type: "application/javascript"}));
+  const worker = new Worker(url);
+  return await new Promise((resolve) => { worker.onmessage = (e) => resolve(e.data); });
+}"""
+SERVICE_WORKER_IDENTITY = """async () => {
+  const reg = await navigator.serviceWorker.register("/sw.js");
+  const sw = reg.installing || reg.waiting || reg.active;
+  await new Promise((resolve) => {
+    if (sw.state === "activated") resolve();
+    sw.addEventListener("statechange", () => sw.state === "activated" && resolve());
+  });
+  return await new Promise((resolve) => {
+    navigator.serviceWorker.onmessage = (e) => resolve(e.data);
+    sw.postMessage("who are you?");
+  });
+}"""
+
+
+async def test_a_worker_presents_the_same_user_agent_and_client_hints_as_its_page(
+    make_engine: MakeEngine,
+):
+    bot = "bot_00000000c009"
+    _sim, _events, session = await linked(make_engine, bot)
+    page = session.page
+    assert page is not None
+    in_page = await page.evaluate(
+        "({userAgent: navigator.userAgent, brands: navigator.userAgentData.brands})"
+    )
+    assert not any("Headless" in b["brand"] for b in in_page["brands"])
+    # Playwright's own user agent override left workers with no brands at all.
+    assert await page.evaluate(WORKER_IDENTITY) == in_page
+    # A service worker: the user agent is right; its client hints are the browser's (see
+    # WhatsAppSession._present_identity for why they cannot be set without a race).
+    service_worker = await asyncio.wait_for(page.evaluate(SERVICE_WORKER_IDENTITY), WAIT_SW)
+    assert service_worker["userAgent"] == in_page["userAgent"]
+    assert "HeadlessChrome" not in service_worker["userAgent"]
+
+
+WAIT_SW = 20.0

@@ -104,6 +104,12 @@ UNSUPPORTED_PAGE = (
 )
 
 
+SERVICE_WORKER = (
+    "self.addEventListener('message', (e) => e.source.postMessage({userAgent: navigator.userAgent,"
+    " brands: (navigator.userAgentData || {}).brands || []}));"
+)
+
+
 def _says_headless(headers: dict[str, str]) -> bool:
     return any(
         "headlesschrome" in headers.get(name, "").lower() for name in ("user-agent", "sec-ch-ua")
@@ -162,6 +168,11 @@ class Simulator:
                 config = self.behaviour.page_config(self._qr_every_ms)
                 body = self._page_html.replace("__CONFIG__", json.dumps(config))
                 await route.fulfill(status=200, content_type="text/html", body=body)
+            elif path == "/sw.js":
+                # WhatsApp Web's service worker lives here; ours says what it is told it is.
+                await route.fulfill(
+                    status=200, content_type="application/javascript", body=SERVICE_WORKER
+                )
             elif path == "/__sim/whatsapp.js":
                 await route.fulfill(
                     status=200, content_type="application/javascript", body=self._script

@@ -227,9 +227,10 @@ class WhatsAppEngine:
                 str(profile),
                 executable_path=self.options.chromium.path,
                 headless=True,
-                args=list(self.options.flags),
-                # Playwright gives this to pages and workers; the client hints are ours (CDP).
-                user_agent=identity.user_agent,
+                # The user agent as the browser's own default (pages before our override,
+                # service workers); not Playwright's `user_agent`, whose override has no
+                # client hints and would leave workers with none (see _present_identity).
+                args=[*self.options.flags, f"--user-agent={identity.user_agent}"],
                 viewport={"width": width, "height": height},
             )
         except Error as exc:
@@ -360,8 +361,17 @@ class WhatsAppSession:
 
     async def _present_identity(self, page: Page) -> None:
         """The user agent with its client hints (brands without HeadlessChrome), set through
-        CDP before the page loads anything. Playwright's own override has no brands. The
-        CDP session is kept open: an override ends with the session that set it."""
+        CDP before the page loads anything. The CDP session is kept open: an override ends
+        with the session that set it.
+
+        Workers: a dedicated worker inherits its page's override, brands included, as long
+        as nothing overrides it again (Playwright's `user_agent` option does, per worker,
+        without client hints: workers then had no brands at all). A service worker is a
+        target of its own that Playwright attaches and resumes itself (its Python API gives
+        no CDP session for it, and a persistent context no browser session), so an
+        override of ours would race its first script: it gets the user agent from the
+        `--user-agent` switch, and its client hints stay the browser's (they still name
+        HeadlessChrome; WhatsApp Web's checks run in the page)."""
         cdp = await self.context.new_cdp_session(page)
         await cdp.send("Emulation.setUserAgentOverride", self.identity.override())
         self._cdp_sessions.append(cdp)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from functools import partial
 from typing import Any
 
 from tests.support import Receiver
@@ -156,3 +157,32 @@ async def test_group_changes_reach_the_webhook(demo: Api):
         assert left["author"] == "15550001111@c.us"
         await asyncio.sleep(1.0)
         assert events_of(receiver, "group.update") == []
+
+
+async def test_demo_mode_plays_the_phone_replying_reacting_editing_and_deleting(demo: Api):
+    with Receiver() as receiver:
+        bot = await linked(demo, webhookUrl=receiver.url())
+        url = f"/api/sessions/{bot}/simulator"
+
+        async def phone(**body: Any) -> dict[str, Any]:
+            response = await demo.client.post(url, json=body, headers=ADMIN)
+            assert response.status_code == 200, response.text
+            answer: dict[str, Any] = response.json()
+            return answer
+
+        first = (await phone(action="message", **{"from": "+15550002222"}, body="hi"))["id"]
+        await phone(action="message", **{"from": "+15550002222"}, body="re: hi", quote=first)
+        await phone(action="react", **{"from": "+15550002222"}, messageId=first, reaction="👍")
+        await phone(action="edit", messageId=first, body="hello")
+        await phone(action="revoke", messageId=first)
+        for event in ("message.reaction", "message.edited", "message.revoked"):
+            await eventually(partial(events_of, receiver, event), event, timeout=WAIT)
+        replies = [m for m in events_of(receiver, "message.received") if m["quotedMessageId"]]
+        assert [m["quotedMessageId"] for m in replies] == [first]
+
+        missing = await demo.client.post(url, json={"action": "edit", "body": "x"}, headers=ADMIN)
+        assert "messageId" in {e["field"] for e in assert_problem(missing, 422)["errors"]}
+        unknown = await demo.client.post(
+            url, json={"action": "revoke", "messageId": "false_1@lid_NOPE"}, headers=ADMIN
+        )
+        assert "no message" in assert_problem(unknown, 409)["detail"]

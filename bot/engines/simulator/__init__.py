@@ -33,7 +33,19 @@ SENT_BINDING = "__wakefulSimSent"
 # The record file keeps everything; memory keeps the latest (a demo left running for weeks).
 KEEP_SENT_IN_MEMORY = 10_000
 WHATSAPP_URL = "https://web.whatsapp.com/"
-ACTIONS = ("scan", "pair", "message", "logout", "conflict", "drop", "crash")
+ACTIONS = (
+    "scan",
+    "pair",
+    "message",
+    "logout",
+    "conflict",
+    "drop",
+    "crash",
+    # the phone's side of what a bot receives besides text
+    "react",
+    "edit",
+    "revoke",
+)
 
 log = logger.bind(component="bot")
 
@@ -433,7 +445,13 @@ class Simulator:
             sender = str(data.get("from") or "15550000001")
             body = str(data.get("body", ""))
             encrypted = bool(data.get("encrypted"))
-            return {"id": await self.incoming(session_id, sender, body, encrypted=encrypted)}
+            quote = str(data["quote"]) if data.get("quote") else None
+            message_id = await self.incoming(
+                session_id, sender, body, encrypted=encrypted, quote=quote
+            )
+            return {"id": message_id}
+        if action in ("react", "edit", "revoke"):
+            return {"id": await self._act_on_message(session_id, action, data)}
         if action == "logout":
             await self.phone_logout(session_id)
         elif action == "conflict":
@@ -445,6 +463,15 @@ class Simulator:
         else:
             raise SimulatorError(f"unknown action '{action}'; expected one of {', '.join(ACTIONS)}")
         return {}
+
+    async def _act_on_message(self, session_id: str, action: str, data: dict[str, Any]) -> str:
+        target = str(data.get("messageId") or "")
+        if action == "react":
+            sender = str(data.get("from") or "15550000001")
+            return await self.react(session_id, sender, target, str(data.get("reaction") or ""))
+        if action == "edit":
+            return await self.edit(session_id, target, str(data.get("body", "")))
+        return await self.revoke(session_id, target)
 
     def _page(self, session_id: str) -> Page:
         page = self._pages.get(session_id)

@@ -33,7 +33,7 @@ class EventKind(StrEnum):
     # message was edited by its sender (`id` is the edited message's)
     EDITED = "edited"
     # data: {"id", "chat", "from", "phone", "lid", "by", "timestamp"}: a message was deleted
-    # for everyone (`by`: "sender" or "admin")
+    # for everyone; `from` is who deleted it (`by`: "sender" or "admin")
     REVOKED = "revoked"
     # data: {"chat", "action", "subtype", "author", "participants", "timestamp"}: a group's
     # membership or settings changed; action "join", "leave" or "update"

@@ -228,3 +228,18 @@ async def test_a_worker_presents_the_same_user_agent_and_client_hints_as_its_pag
 
 
 WAIT_SW = 20.0
+
+
+async def test_a_file_over_the_download_limit_is_refused_before_it_is_fetched(
+    make_engine: MakeEngine,
+):
+    bot = "bot_00000000c010"
+    limit = replace(TEST_BRIDGE, max_download_bytes=100_000)
+    sim, events, session = await linked(make_engine, bot, bridge=limit)
+    big_id, _ = await sim.incoming_media(bot, "+15550002222", os.urandom(200_000))
+    small = os.urandom(99_000)
+    small_id, _ = await sim.incoming_media(bot, "+15550002222", small)
+    await events.wait_for(EventKind.MESSAGE, count=2)
+    with pytest.raises(EngineError, match=r"the file is 0\.2 MB, over the 0\.1 MB limit"):
+        await session.download_media(big_id)
+    assert (await session.download_media(small_id)).data == small

@@ -28,6 +28,7 @@
     pairRefreshMs: 180000, // a pairing code is replaced this often (it lives ~3.25 min)
     pairRefreshes: 5, // then the QR takes over again
     resendMs: 5000, // undecryptable messages are batched this long before the phone is asked
+    maxDownloadBytes: 32 * 1024 * 1024, // a larger file is not fetched (MEDIA_DOWNLOAD_MAX_MB)
     ...(window.__wakefulConfig || {}),
   };
 
@@ -550,6 +551,12 @@
     if (!msg) return { missing: "no such message" };
     if (!MEDIA_TYPES.has(msg.type) || !msg.directPath || !msg.mediaData) return { missing: "the message has no file" };
     if (!chat.Download) throw new Error("WhatsApp Web's download manager is missing (WAWebDownloadManager)");
+    const limit = config.maxDownloadBytes;
+    const tooLarge = (size) => {
+      const mb = (n) => `${(n / 1024 / 1024).toFixed(1)} MB`;
+      return new Error(`the file is ${mb(size)}, over the ${mb(limit)} limit (MEDIA_DOWNLOAD_MAX_MB)`);
+    };
+    if (limit > 0 && Number(msg.size) > limit) throw tooLarge(Number(msg.size));
     if (msg.mediaData.mediaStage === "REUPLOADING") throw new Error("the file expired; the phone is uploading it again, try again later");
     if (msg.mediaData.mediaStage !== "RESOLVED" && typeof msg.downloadMedia === "function") {
       await msg.downloadMedia({ downloadEvenIfExpensive: true, rmrReason: 1, isUserInitiated: true });
@@ -569,6 +576,7 @@
       if (err && err.status === 404) return { missing: "the file is no longer on WhatsApp's servers" };
       throw err;
     }
+    if (limit > 0 && data.byteLength > limit) throw tooLarge(data.byteLength);
     return {
       data: toBase64(data),
       mimetype: text(msg.mimetype) || "application/octet-stream",

@@ -94,6 +94,7 @@ class BridgeTimings:
     pair_refresh_ms: int = 180_000
     pair_refreshes: int = 5
     resend_ms: int = 5000  # undecryptable messages batched this long before asking the phone
+    max_download_bytes: int = 32 * 1024 * 1024  # a received file larger is not fetched
 
     def script(self) -> str:
         values = {
@@ -102,6 +103,7 @@ class BridgeTimings:
             "pairRefreshMs": self.pair_refresh_ms,
             "pairRefreshes": self.pair_refreshes,
             "resendMs": self.resend_ms,
+            "maxDownloadBytes": self.max_download_bytes,
         }
         return f"window.__wakefulConfig = {json.dumps(values)};"
 
@@ -132,7 +134,8 @@ def driver_options(settings: Settings) -> DriverOptions:
         # A pairing code is replaced before the bot would stop waiting for it (QR_TIMEOUT
         # counts from the latest code), and at the latest when WhatsApp's lifetime ends.
         bridge=BridgeTimings(
-            pair_refresh_ms=min(180_000, int(settings.qr_timeout.total_seconds() * 900))
+            pair_refresh_ms=min(180_000, int(settings.qr_timeout.total_seconds() * 900)),
+            max_download_bytes=settings.media_download_max_mb * 1024 * 1024,
         ),
     )
 

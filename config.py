@@ -230,7 +230,7 @@ class Settings(BaseSettings):
     media_cache_mb: int = Field(default=64, ge=0)
     # A received file larger than this is not fetched (it crosses from the page to the server
     # in memory, base64: a 2 GB video would take the container down).
-    media_download_max_mb: int = Field(default=32, ge=1)
+    media_download_max_mb: int = Field(default=16, ge=1)
     media_cache_ttl: Duration = timedelta(minutes=10)
 
     # Platform variables, read only to find the public URL and the sleep threshold.

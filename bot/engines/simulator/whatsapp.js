@@ -459,7 +459,24 @@
   };
   const fromB64 = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
   const sha256B64 = async (bytes) => btoa(String.fromCharCode(...new Uint8Array(await crypto.subtle.digest("SHA-256", bytes))));
+  // What the page downloaded, kept as WhatsApp Web keeps it (its media store): tapping a
+  // file and then reading it fetches it once.
+  const mediaStore = new Map();
+  let mediaStoreBytes = 0;
   const fetchEncrypted = async (directPath) => {
+    const stored = mediaStore.get(directPath);
+    if (stored) return stored;
+    const bytes = await fetchFromHost(directPath);
+    mediaStore.set(directPath, bytes);
+    mediaStoreBytes += bytes.length;
+    while (mediaStoreBytes > 64 * 1024 * 1024 && mediaStore.size > 1) {
+      const [oldest, dropped] = mediaStore.entries().next().value;
+      mediaStore.delete(oldest);
+      mediaStoreBytes -= dropped.length;
+    }
+    return bytes;
+  };
+  const fetchFromHost = async (directPath) => {
     const response = await fetch(`${MEDIA_HOST}${directPath}`);
     if (response.status === 404 || response.status === 410) {
       const err = new Error(`media ${response.status}`);

@@ -28,7 +28,7 @@
     pairRefreshMs: 180000, // a pairing code is replaced this often (it lives ~3.25 min)
     pairRefreshes: 5, // then the QR takes over again
     resendMs: 5000, // undecryptable messages are batched this long before the phone is asked
-    maxDownloadBytes: 32 * 1024 * 1024, // a larger file is not fetched (MEDIA_DOWNLOAD_MAX_MB)
+    maxDownloadBytes: 16 * 1024 * 1024, // a larger file is not fetched (MEDIA_DOWNLOAD_MAX_MB)
     ...(window.__wakefulConfig || {}),
   };
 

@@ -94,7 +94,7 @@ class BridgeTimings:
     pair_refresh_ms: int = 180_000
     pair_refreshes: int = 5
     resend_ms: int = 5000  # undecryptable messages batched this long before asking the phone
-    max_download_bytes: int = 32 * 1024 * 1024  # a received file larger is not fetched
+    max_download_bytes: int = 16 * 1024 * 1024  # a received file larger is not fetched
 
     def script(self) -> str:
         values = {

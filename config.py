@@ -241,6 +241,13 @@ class Settings(BaseSettings):
     profile_backup_interval: Duration = timedelta(minutes=10)
     whatsapp_simulator: bool = False
     simulator_qr_every: Duration = timedelta(seconds=20)
+    # Received files, downloaded through WhatsApp Web on demand: kept in memory this long and
+    # up to this size in all (0: not kept; each download asks WhatsApp again).
+    media_cache_mb: int = Field(default=64, ge=0)
+    # A received file larger than this is not fetched (it crosses from the page to the server
+    # in memory, base64: a 2 GB video would take the container down).
+    media_download_max_mb: int = Field(default=16, ge=1)
+    media_cache_ttl: Duration = timedelta(minutes=10)
 
     # Platform variables, read only to find the public URL and the sleep threshold.
     render_external_url: str | None = None
@@ -306,6 +313,7 @@ class Settings(BaseSettings):
         "profile_backup_delay",
         "profile_backup_interval",
         "simulator_qr_every",
+        "media_cache_ttl",
         "retry_base_delay",
         "retry_max_delay",
         "outbox_lease",

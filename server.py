@@ -33,6 +33,7 @@ from bot.engines import engine_factory, load_engine
 from bot.engines.whatsapp.driver import WhatsAppEngine
 from bot.engines.whatsapp.preflight import BootPreflight
 from bot.manager import BotManager, manager_config_from, policy_from
+from bot.mediacache import MediaCache
 from bot.outbox import STATUSES as OUTBOX_STATUSES
 from bot.outbox import OutboxStore, RetryPolicy
 from bot.ownership import OwnershipStore
@@ -321,6 +322,11 @@ def create_app(
         app.state.deliveries = deliveries
         app.state.webhooks = webhooks
         app.state.secret_box = secret_box
+        app.state.media_cache = MediaCache(
+            max_bytes=settings.media_cache_mb * 1024 * 1024,
+            ttl=settings.media_cache_ttl,
+            clock=clock,
+        )
         app.state.auth.signer = SessionSigner(
             await dashboard_secret_key(settings, store, secret_box, clock)
         )

@@ -18,7 +18,7 @@ from typing import Any
 from loguru import logger
 
 from bot.cluster import Node
-from bot.engines.base import Engine, EngineEvent, EngineSession, EventKind
+from bot.engines.base import Engine, EngineEvent, EngineSession, EventKind, MediaFile
 from bot.policy import (
     Breaker,
     HealthLevel,
@@ -30,6 +30,7 @@ from bot.policy import (
     qr_expired,
     qr_should_emit,
 )
+from bot.received import RECEIVED_KINDS, webhook_event
 from bot.states import (
     RUNNING_STATES,
     STARTABLE_STATES,
@@ -77,6 +78,16 @@ class NotLinkingError(Exception):
     def __init__(self, state: SessionState) -> None:
         super().__init__(f"the bot is {state.value}, not waiting for a link (SCAN_QR)")
         self.state = state
+
+
+class NotConnectedError(Exception):
+    """Something only a connected bot can do (fetch a received file) asked of another."""
+
+    def __init__(self, state: SessionState, *, elsewhere: bool = False) -> None:
+        where = "its browser runs in another process" if elsewhere else "not CONNECTED"
+        super().__init__(f"the bot is {state.value}, {where}")
+        self.state = state
+        self.elsewhere = elsewhere
 
 
 class EngineUnavailableError(Exception):
@@ -498,6 +509,13 @@ class BotSession:
         await self.touch()
         return code
 
+    async def download_media(self, message_id: str) -> MediaFile:
+        """A received message's file, fetched and decrypted through WhatsApp Web now."""
+        state = self.record.state
+        if state is not S.CONNECTED or self._engine_session is None:
+            raise NotConnectedError(state, elsewhere=state is S.CONNECTED)
+        return await self._engine_session.download_media(message_id)
+
     @property
     def qr_deadline(self) -> datetime | None:
         """When the bot stops waiting for a scan (and backs off)."""
@@ -603,9 +621,9 @@ class BotSession:
             await self._bridge_outdated(data)
         elif kind is EventKind.READY:
             await self._on_ready(generation, data, now)
-        elif kind is EventKind.MESSAGE:
+        elif kind in RECEIVED_KINDS:
             await self.touch()
-            await self.emit("message.received", dict(data))
+            await self.emit(*webhook_event(self.id, kind, data))
         elif kind is EventKind.STATE:
             await self._on_socket_state(str(data.get("state", "")))
         elif kind is EventKind.LOGOUT:

@@ -53,7 +53,20 @@ from services.netguard import BlockedAddressError
 from services.redaction import redact_userinfo as redact_userinfo  # used by web too
 from services.secretbox import SecretBox, SecretUnreadableError
 
-EVENTS = ("session.status", "message.received", "message.sent", "message.failed", "qr")
+EVENTS = (
+    "session.status",
+    "message.received",
+    "message.sent",
+    "message.failed",
+    "qr",
+    # What the bot received besides messages (see bot/received.py).
+    "message.reaction",
+    "message.edited",
+    "message.revoked",
+    "group.join",
+    "group.leave",
+    "group.update",
+)
 RETRYABLE_STATUS = frozenset({408, 429})
 # What a delivery to WEBHOOK_URL stores in place of the URL: the setting is a secret (its path
 # or query often is the receiver's credential), so it stays out of the database and is read

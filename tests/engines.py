@@ -13,7 +13,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bot.engines.base import EngineError, EngineEvent, EventKind, EventSink, Heartbeat
+from bot.engines.base import (
+    EngineError,
+    EngineEvent,
+    EventKind,
+    EventSink,
+    Heartbeat,
+    MediaFile,
+    MediaNotFoundError,
+)
 
 
 class ScriptedSession:
@@ -26,6 +34,9 @@ class ScriptedSession:
         self.healthy = True
         self.hang_heartbeat = False
         self.sent: list[tuple[str, str]] = []
+        # What a received message's file is (by message id), and how often it was fetched.
+        self.media: dict[str, MediaFile] = {}
+        self.media_fetches = 0
 
     async def emit(self, kind: EventKind, **data: Any) -> None:
         await self.on_event(EngineEvent(kind, data))
@@ -74,6 +85,13 @@ class ScriptedSession:
             if found["id"] == group_id:
                 return {**found, "size": len(found["participants"])}
         return None
+
+    async def download_media(self, message_id: str) -> MediaFile:
+        self.media_fetches += 1
+        found = self.media.get(message_id)
+        if found is None:
+            raise MediaNotFoundError(f"no message {message_id} with a file")
+        return found
 
 
 class ScriptedEngine:

@@ -11,6 +11,7 @@ from web.contacts_api import CONTACT_ROUTES
 from web.dashboard import DASHBOARD_ROUTES
 from web.linking_api import LINKING_ROUTES
 from web.me_api import ME_ROUTES
+from web.media_api import MEDIA_ROUTES
 from web.messages_api import MESSAGE_ROUTES
 from web.routing import ApiRoute, openapi_endpoint, starlette_routes
 from web.sessions_api import SESSION_ROUTES
@@ -22,6 +23,7 @@ BOT_ROUTES = [
     *MESSAGE_ROUTES,
     *WEBHOOK_ROUTES,
     *CONTACT_ROUTES,
+    *MEDIA_ROUTES,
 ]
 API: list[ApiRoute] = [*PUBLIC_ROUTES, *BOT_ROUTES, *ADMIN_ROUTES, *ME_ROUTES]
 

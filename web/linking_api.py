@@ -75,6 +75,12 @@ SIMULATE_SCHEMA: dict[str, Any] = {
         "from": {"type": "string", "description": "message: the sender"},
         "body": {"type": "string", "description": "message: the text"},
         "encrypted": {"type": "boolean", "description": "message: arrives undecrypted first"},
+        "quote": {"type": "string", "description": "message: the id of the message it replies to"},
+        "messageId": {
+            "type": "string",
+            "description": "react / edit / revoke: the message reacted to, edited or deleted",
+        },
+        "reaction": {"type": "string", "description": "react: an emoji (empty: remove)"},
     },
 }
 
@@ -187,7 +193,10 @@ async def simulate(request: Request) -> Response:
     session = find(request)
     simulator = _simulator(request)
     body = await read_json(request, request.app.state.settings.max_body_bytes)
-    fields = Fields(body, {"action", "phone", "code", "from", "body", "encrypted"})
+    fields = Fields(
+        body,
+        {"action", "phone", "code", "from", "body", "encrypted", "quote", "messageId", "reaction"},
+    )
     action = fields.text("action", required=True, max_length=20)
     if action is not None and action not in ACTIONS:
         fields.error("action", f"expected one of {list(ACTIONS)}")
@@ -196,8 +205,12 @@ async def simulate(request: Request) -> Response:
         data["phone"] = normalise_phone(fields, "phone")
     data["code"] = fields.text("code", max_length=9, required=action == "pair")
     data["from"] = normalise_phone(fields, "from") if "from" in body else None
-    data["body"] = fields.text("body", max_length=4096, required=action == "message")
+    data["body"] = fields.text("body", max_length=4096, required=action in ("message", "edit"))
     data["encrypted"] = fields.boolean("encrypted", False)
+    data["quote"] = fields.text("quote", max_length=200)
+    on_message = action in ("react", "edit", "revoke")
+    data["messageId"] = fields.text("messageId", max_length=200, required=on_message)
+    data["reaction"] = fields.text("reaction", max_length=20)
     fields.done()
     assert action is not None
     try:
@@ -255,7 +268,8 @@ LINKING_ROUTES = [
         "POST",
         "/api/sessions/{session_id}/simulator",
         simulate,
-        "Demo mode: act as the phone (scan, pair, message, logout, conflict, drop, crash)",
+        "Demo mode: act as the phone (scan, pair, message, logout, conflict, drop, crash, "
+        "react, edit, revoke)",
         body=SIMULATE_SCHEMA,
         responses={200: ("Done", {"type": "object"}), 409: ("Not possible now", {})},
     ),

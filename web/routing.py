@@ -35,6 +35,9 @@ class ApiRoute:
     content_type: str = "application/json"
     # More media types the success response can take (content negotiation), with schemas.
     alt_media: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # False: the id under the creation's path is not the one the creation answers with (a
+    # received message's WhatsApp id under …/messages/, not a queued message's id).
+    creation_link: bool = True
 
 
 def principal(request: Request) -> Principal:
@@ -224,7 +227,7 @@ def _link_creations(api: list[ApiRoute], paths: dict[str, dict[str, Any]]) -> No
         prefix = creation.path.rstrip("/") + "/{"
         links: dict[str, Any] = {}
         for target in api:
-            if not target.path.startswith(prefix):
+            if not target.path.startswith(prefix) or not target.creation_link:
                 continue
             new_id = target.path[len(prefix) :].split("}", 1)[0]
             parameters = {name: f"$request.path.{name}" for name in _path_params(creation.path)}

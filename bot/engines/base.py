@@ -21,8 +21,23 @@ class EventKind(StrEnum):
     SYNC = "sync"  # data: {"percent": int}, the sync's progress after linking
     READY = "ready"  # data: {"me": str} (the linked account, when known)
     # data: {"id", "chat", "from", "phone", "lid", "isGroup", "author", "type", "body",
-    # "timestamp"}: `from` is the sender's phone-number id when known, else its LID
+    # "timestamp", "quotedMessageId", "media"}: `from` is the sender's phone-number id when
+    # known, else its LID; `quotedMessageId` the message a reply quotes (else None); `media`
+    # {"mimetype", "size", "filename", "caption"} for image, video, audio, ptt, document and
+    # sticker messages (else None), whose `body` is the caption
     MESSAGE = "message"
+    # data: {"id", "messageId", "chat", "from", "phone", "lid", "reaction", "removed",
+    # "timestamp"}: someone reacted to `messageId` (an empty reaction removes theirs)
+    REACTION = "reaction"
+    # data: {"id", "chat", "from", "phone", "lid", "body", "previousBody", "timestamp"}: a
+    # message was edited by its sender (`id` is the edited message's)
+    EDITED = "edited"
+    # data: {"id", "chat", "from", "phone", "lid", "by", "timestamp"}: a message was deleted
+    # for everyone; `from` is who deleted it (`by`: "sender" or "admin")
+    REVOKED = "revoked"
+    # data: {"chat", "action", "subtype", "author", "participants", "timestamp"}: a group's
+    # membership or settings changed; action "join", "leave" or "update"
+    GROUP = "group"
     STATE = "state"  # data: {"state": "CONNECTED" | "OPENING" | "CONFLICT" | ...}
     LOGOUT = "logout"  # data: {"reason": str}
     CRASH = "crash"  # data: {"reason": str}; the session is gone, the manager restarts it
@@ -38,6 +53,19 @@ class EngineEvent:
 
 
 EventSink = Callable[[EngineEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFile:
+    """A received message's file, as WhatsApp Web downloaded and decrypted it."""
+
+    data: bytes
+    mimetype: str
+    filename: str | None = None
+
+
+class MediaNotFoundError(Exception):
+    """No such message in the bot's WhatsApp, or it has no file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +93,10 @@ class EngineSession(Protocol):
 
     async def request_pair_code(self, phone: str) -> str:
         """Ask for an 8-character pairing code for linking without a camera."""
+
+    async def download_media(self, message_id: str) -> MediaFile:
+        """Fetch and decrypt a received message's file; MediaNotFoundError when there is
+        none, EngineError when WhatsApp could not give it now."""
 
 
 class Engine(Protocol):

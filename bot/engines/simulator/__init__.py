@@ -25,13 +25,27 @@ from urllib.parse import urlsplit
 from loguru import logger
 from playwright.async_api import BrowserContext, Error, Page, Route
 
+from bot.engines.simulator.media import MEDIA_HOST, MEDIA_KINDS, EncryptedMedia, MediaHost
+
 HERE = Path(__file__).resolve().parent
 SIMULATOR_VERSION = "2.3000.1044999999"
 SENT_BINDING = "__wakefulSimSent"
 # The record file keeps everything; memory keeps the latest (a demo left running for weeks).
 KEEP_SENT_IN_MEMORY = 10_000
 WHATSAPP_URL = "https://web.whatsapp.com/"
-ACTIONS = ("scan", "pair", "message", "logout", "conflict", "drop", "crash")
+ACTIONS = (
+    "scan",
+    "pair",
+    "message",
+    "logout",
+    "conflict",
+    "drop",
+    "crash",
+    # the phone's side of what a bot receives besides text
+    "react",
+    "edit",
+    "revoke",
+)
 
 log = logger.bind(component="bot")
 
@@ -126,6 +140,12 @@ UNSUPPORTED_PAGE = (
 )
 
 
+SERVICE_WORKER = (
+    "self.addEventListener('message', (e) => e.source.postMessage({userAgent: navigator.userAgent,"
+    " brands: (navigator.userAgentData || {}).brands || []}));"
+)
+
+
 def _says_headless(headers: dict[str, str]) -> bool:
     return any(
         "headlesschrome" in headers.get(name, "").lower() for name in ("user-agent", "sec-ch-ua")
@@ -148,6 +168,7 @@ class Simulator:
         self._record = record_dir / "simulator-sent.jsonl" if record_dir else None
         self._page_html = (HERE / "page.html").read_text(encoding="utf-8")
         self._script = (HERE / "whatsapp.js").read_text(encoding="utf-8")
+        self.media = MediaHost()
         if self._record is not None and self._record.exists():
             # WhatsApp's servers outlive the bot's process; so does the record of what arrived.
             for line in self._record.read_text(encoding="utf-8").splitlines():
@@ -162,6 +183,7 @@ class Simulator:
             self._record_sent(session_id, data or {})
 
         await context.route("https://web.whatsapp.com/**", fulfil)
+        await context.route(f"{MEDIA_HOST}/**", self._fulfil_media)
         await context.expose_binding(SENT_BINDING, record_sent)
         context.on("page", lambda page: self._pages.__setitem__(session_id, page))
         for page in context.pages:
@@ -182,6 +204,11 @@ class Simulator:
                 config = self.behaviour.page_config(self._qr_every_ms)
                 body = self._page_html.replace("__CONFIG__", json.dumps(config))
                 await route.fulfill(status=200, content_type="text/html", body=body)
+            elif path == "/sw.js":
+                # WhatsApp Web's service worker lives here; ours says what it is told it is.
+                await route.fulfill(
+                    status=200, content_type="application/javascript", body=SERVICE_WORKER
+                )
             elif path == "/__sim/whatsapp.js":
                 await route.fulfill(
                     status=200, content_type="application/javascript", body=self._script
@@ -190,6 +217,21 @@ class Simulator:
                 await route.fulfill(status=404, body="not in the simulator")
         except Error as exc:  # the page went away while we answered
             log.debug("Simulator: request {} not answered: {}", path, exc)
+
+    async def _fulfil_media(self, route: Route) -> None:
+        url = urlsplit(route.request.url)
+        found = self.media.get(url.path + (f"?{url.query}" if url.query else ""))
+        # The media host answers WhatsApp Web's page across origins.
+        cors = {"Access-Control-Allow-Origin": "https://web.whatsapp.com"}
+        try:
+            if found is None:
+                await route.fulfill(status=404, headers=cors, body="no such media")
+            else:
+                await route.fulfill(
+                    status=200, headers=cors, content_type="application/octet-stream", body=found
+                )
+        except Error as exc:
+            log.debug("Simulator: media {} not answered: {}", url.path, exc)
 
     def _record_sent(self, session_id: str, data: dict[str, Any]) -> None:
         def text(key: str) -> str | None:
@@ -250,10 +292,14 @@ class Simulator:
         encrypted: bool = False,
         kind: str = "chat",
         group: str | None = None,
+        quote: str | None = None,
+        undecryptable: bool = False,
     ) -> str:
         """A message from `sender` (a phone number: it arrives by its LID, as WhatsApp sends
         them today; or a full id). `kind`: chat, status, gp2, notification_template,
-        e2e_notification or revoked; `group`: the group it was written in."""
+        e2e_notification or revoked; `group`: the group it was written in; `quote`: the id
+        of the message it replies to; `undecryptable`: it stays undecrypted until the page
+        asks the phone to send it again."""
         message_id: str = await self._call(
             session_id,
             "args => window.__waSim.incoming(args)",
@@ -263,9 +309,111 @@ class Simulator:
                 "encrypted": encrypted,
                 "kind": kind,
                 "group": group,
+                "quote": quote,
+                "undecryptable": undecryptable,
             },
         )
         return message_id
+
+    # The phone's side of replies, reactions, edits, revokes, media, group changes --------
+
+    async def react(self, session_id: str, sender: str, message_id: str, reaction: str) -> str:
+        """`sender` reacts to a message (an empty reaction removes theirs)."""
+        reaction_id: str = await self._call(
+            session_id,
+            "args => window.__waSim.react(args)",
+            {"from": sender.lstrip("+"), "messageId": message_id, "text": reaction},
+        )
+        return reaction_id
+
+    async def edit(self, session_id: str, message_id: str, body: str) -> str:
+        """The sender of a received message edits it."""
+        edit_id: str = await self._call(
+            session_id, "args => window.__waSim.edit(args)", {"messageId": message_id, "body": body}
+        )
+        return edit_id
+
+    async def revoke(
+        self,
+        session_id: str,
+        message_id: str,
+        *,
+        admin: str | None = None,
+        unloaded: bool = False,
+    ) -> str:
+        """A received message is deleted for everyone: by its sender, or by a group `admin`;
+        `unloaded`: the page no longer holds it in its chat store."""
+        revoke_id: str = await self._call(
+            session_id,
+            "args => window.__waSim.revoke(args)",
+            {
+                "messageId": message_id,
+                "admin": admin.lstrip("+") if admin else None,
+                "unloaded": unloaded,
+            },
+        )
+        return revoke_id
+
+    async def incoming_media(
+        self,
+        session_id: str,
+        sender: str,
+        data: bytes,
+        *,
+        kind: str = "image",
+        mimetype: str = "image/jpeg",
+        filename: str | None = None,
+        caption: str | None = None,
+        group: str | None = None,
+        quote: str | None = None,
+    ) -> tuple[str, EncryptedMedia]:
+        """A file from `sender`: encrypted onto the media host, announced to the page."""
+        if kind not in MEDIA_KINDS:
+            raise SimulatorError(f"unknown media kind '{kind}'; expected one of {MEDIA_KINDS}")
+        uploaded = self.media.upload(data, kind)
+        message_id: str = await self._call(
+            session_id,
+            "args => window.__waSim.incomingMedia(args)",
+            {
+                "from": sender.lstrip("+"),
+                "kind": kind,
+                "mimetype": mimetype,
+                "filename": filename,
+                "caption": caption,
+                "group": group,
+                "quote": quote,
+                **uploaded.message_fields(),
+            },
+        )
+        return message_id, uploaded
+
+    async def group_event(
+        self,
+        session_id: str,
+        group: str,
+        subtype: str,
+        *,
+        author: str | None = None,
+        participants: tuple[str, ...] = (),
+    ) -> str:
+        """A group notification: subtype add, invite, remove, leave, promote, demote,
+        subject, description, ..."""
+        event_id: str = await self._call(
+            session_id,
+            "args => window.__waSim.groupEvent(args)",
+            {
+                "group": group,
+                "subtype": subtype,
+                "author": author.lstrip("+") if author else None,
+                "participants": [p.lstrip("+") for p in participants],
+            },
+        )
+        return event_id
+
+    async def receiving(self, session_id: str) -> dict[str, Any]:
+        """What the page did about received messages: resend requests, reactions stored."""
+        result: dict[str, Any] = await self._call(session_id, "window.__waSim.receiving()")
+        return result
 
     async def lid_of(self, session_id: str, phone: str) -> str:
         """The LID WhatsApp knows this phone number's account by."""
@@ -321,7 +469,13 @@ class Simulator:
             sender = str(data.get("from") or "15550000001")
             body = str(data.get("body", ""))
             encrypted = bool(data.get("encrypted"))
-            return {"id": await self.incoming(session_id, sender, body, encrypted=encrypted)}
+            quote = str(data["quote"]) if data.get("quote") else None
+            message_id = await self.incoming(
+                session_id, sender, body, encrypted=encrypted, quote=quote
+            )
+            return {"id": message_id}
+        if action in ("react", "edit", "revoke"):
+            return {"id": await self._act_on_message(session_id, action, data)}
         if action == "logout":
             await self.phone_logout(session_id)
         elif action == "conflict":
@@ -364,6 +518,15 @@ class Simulator:
             {"id": group_id, "name": name, "participants": participants, "admins": list(admins)},
         )
         return created
+
+    async def _act_on_message(self, session_id: str, action: str, data: dict[str, Any]) -> str:
+        target = str(data.get("messageId") or "")
+        if action == "react":
+            sender = str(data.get("from") or "15550000001")
+            return await self.react(session_id, sender, target, str(data.get("reaction") or ""))
+        if action == "edit":
+            return await self.edit(session_id, target, str(data.get("body", "")))
+        return await self.revoke(session_id, target)
 
     def _page(self, session_id: str) -> Page:
         page = self._pages.get(session_id)

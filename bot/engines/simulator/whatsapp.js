@@ -11,6 +11,13 @@
 // - message keys keep their serialized form in a minified property (`toString()` reads it);
 // - a send's second promise resolves to `{messageSendResult}`, "OK" or an `ERROR_*` value;
 // - status broadcasts, group notifications, system and revoked messages arrive in `Msg`;
+// - incoming stanzas pass `Msg.processMultipleMessages` first; replies carry the quoted
+//   message's stanza id and participant; reactions are written through the reaction
+//   table's `bulkUpsert`; edits and revokes arrive as `protocol` messages that change the
+//   original in place; media messages carry a thumbnail as `body`, and their file is
+//   fetched encrypted from the media host and decrypted by `WAWebDownloadManager`;
+//   messages that cannot be decrypted stay `ciphertext` until the page asks the phone to
+//   resend them (a placeholder resend, off behind WhatsApp's own switch by default);
 // - the first sync after a scan takes a while and reports its progress;
 // - pairing codes expire; the phone's logout arrives as Cmd `logout_from_bridge`;
 // - a HeadlessChrome user agent or client hint gets the unsupported-browser page.
@@ -76,7 +83,13 @@
     set(key, value) {
       const old = this[key];
       this[key] = value;
-      if (old !== value) this.emit(`change:${key}`, this, value);
+      if (old === value) return;
+      this.emit(`change:${key}`, this, value, old);
+      // As in WhatsApp's collections, a model's changes are heard on its collection too.
+      if (this.collection) {
+        this.collection.emit(`change:${key}`, this, value, old);
+        this.collection.emit("change", this);
+      }
     }
   }
 
@@ -84,6 +97,7 @@
     constructor(keep = Infinity) { super(); this._models = new Map(); this._keep = keep; }
     add(model) {
       this._models.set(String(model.id), model);
+      if (model instanceof Emitter) Object.defineProperty(model, "collection", { value: this, configurable: true });
       // A phone keeps its history; a demo page open for days must not grow without end.
       if (this._models.size > this._keep) this._models.delete(this._models.keys().next().value);
       this.emit("add", model);
@@ -375,6 +389,173 @@
       },
     })],
   ];
+  // Receiving more: what the phone sends besides text ------------------------------------
+  // Every stanza passes Msg.processMultipleMessages (read from the collection at each call,
+  // as WhatsApp does: a client may wrap it); protocol messages change the original and are
+  // not added themselves.
+  const history = new Map(); // every message the page has seen (Msg keeps only the latest)
+  const remember = (msg) => {
+    history.set(String(msg.id), msg);
+    if (history.size > 2000) history.delete(history.keys().next().value);
+  };
+  Msg.on("add", remember);
+  Msg.remove = (msg) => {
+    Msg._models.delete(String(msg.id));
+    Msg.emit("remove", msg);
+  };
+  Msg.getMessagesById = async (ids) => ({ messages: ids.map((i) => history.get(String(i))).filter(Boolean) });
+  Msg.processMultipleMessages = async (_chatId, msgs) => {
+    for (const msg of msgs) {
+      if (msg.type !== "protocol") {
+        Msg.add(msg);
+        continue;
+      }
+      const original = Msg.get(msg.protocolMessageKey) || history.get(String(msg.protocolMessageKey));
+      if (!original) continue;
+      if (msg.subtype === "message_edit") {
+        original.set(original.caption !== undefined ? "caption" : "body", msg.editedBody);
+        original.latestEditSenderTimestampMs = msg.t * 1000;
+        original.set("latestEditMsgKey", msg.id);
+      } else if (["sender_revoke", "admin_revoke"].includes(msg.subtype)) {
+        original.body = "";
+        original.subtype = msg.subtype;
+        original.set("type", "revoked");
+      }
+      render();
+    }
+  };
+  const senderWid = (from) => {
+    const phone = String(from).split("@")[0];
+    return cfg.lidContacts && !String(from).includes("@") ? lidWidFor(phone) : wid(String(from).includes("@") ? from : `${phone}@c.us`);
+  };
+  const findMsg = (id) => {
+    const msg = Msg.get(id) || history.get(String(id));
+    if (!msg) throw new Error(`no message ${id} on the phone`);
+    return msg;
+  };
+  // A reply names the quoted message by its stanza id and author, as the protocol does.
+  const quoteFields = (quotedId) => {
+    const quoted = findMsg(quotedId);
+    const author = quoted.id.fromMe ? quoted.from : (quoted.author || quoted.from);
+    return {
+      quotedStanzaID: quoted.id.id,
+      quotedParticipant: wid(author),
+      quotedMsg: { type: quoted.type, body: quoted.body },
+    };
+  };
+  // What the phone resends once asked (placeholder resend), by message id.
+  const awaitingResend = new Map();
+  let resendRequests = 0;
+  const gating = { isPlaceholderMessageResendEnabled: () => false };
+  const reactionRows = [];
+  const reactionTable = {
+    bulkUpsert: async (rows) => {
+      reactionRows.push(...rows);
+      if (reactionRows.length > 500) reactionRows.splice(0, reactionRows.length - 500);
+    },
+  };
+
+  // Media: the file lives encrypted on the media host; WhatsApp Web fetches and decrypts it.
+  const MEDIA_HOST = "https://mmg.whatsapp.net";
+  const MEDIA_INFO = {
+    image: "WhatsApp Image Keys", sticker: "WhatsApp Image Keys", video: "WhatsApp Video Keys",
+    audio: "WhatsApp Audio Keys", ptt: "WhatsApp Audio Keys", document: "WhatsApp Document Keys",
+  };
+  const fromB64 = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const sha256B64 = async (bytes) => btoa(String.fromCharCode(...new Uint8Array(await crypto.subtle.digest("SHA-256", bytes))));
+  // What the page downloaded, kept as WhatsApp Web keeps it (its media store): tapping a
+  // file and then reading it fetches it once.
+  const mediaStore = new Map();
+  let mediaStoreBytes = 0;
+  const fetchEncrypted = async (directPath) => {
+    const stored = mediaStore.get(directPath);
+    if (stored) return stored;
+    const bytes = await fetchFromHost(directPath);
+    mediaStore.set(directPath, bytes);
+    mediaStoreBytes += bytes.length;
+    while (mediaStoreBytes > 64 * 1024 * 1024 && mediaStore.size > 1) {
+      const [oldest, dropped] = mediaStore.entries().next().value;
+      mediaStore.delete(oldest);
+      mediaStoreBytes -= dropped.length;
+    }
+    return bytes;
+  };
+  const fetchFromHost = async (directPath) => {
+    const response = await fetch(`${MEDIA_HOST}${directPath}`);
+    if (response.status === 404 || response.status === 410) {
+      const err = new Error(`media ${response.status}`);
+      err.status = 404;
+      throw err;
+    }
+    if (!response.ok) throw new Error(`media host answered ${response.status}`);
+    return new Uint8Array(await response.arrayBuffer());
+  };
+  const downloadAndMaybeDecrypt = async ({ directPath, encFilehash, filehash, mediaKey, type, signal, downloadQpl }) => {
+    if (!signal || !downloadQpl || typeof downloadQpl.addPoint !== "function") {
+      throw new TypeError("downloadQpl.addPoint is not a function");
+    }
+    downloadQpl.addPoint("download_start");
+    const enc = await fetchEncrypted(directPath);
+    if (await sha256B64(enc) !== encFilehash) throw new Error("encrypted file hash mismatch");
+    const info = new TextEncoder().encode(MEDIA_INFO[type] || MEDIA_INFO.document);
+    const base = await crypto.subtle.importKey("raw", fromB64(mediaKey), "HKDF", false, ["deriveBits"]);
+    const keys = new Uint8Array(await crypto.subtle.deriveBits(
+      { name: "HKDF", hash: "SHA-256", salt: new Uint8Array(32), info }, base, 112 * 8));
+    const iv = keys.slice(0, 16);
+    const ciphertext = enc.slice(0, enc.length - 10);
+    const macKey = await crypto.subtle.importKey("raw", keys.slice(48, 80), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+    const macInput = new Uint8Array(iv.length + ciphertext.length);
+    macInput.set(iv);
+    macInput.set(ciphertext, iv.length);
+    const mac = new Uint8Array(await crypto.subtle.sign("HMAC", macKey, macInput)).slice(0, 10);
+    if (mac.some((b, i) => b !== enc[enc.length - 10 + i])) throw new Error("media MAC mismatch");
+    const aes = await crypto.subtle.importKey("raw", keys.slice(16, 48), "AES-CBC", false, ["decrypt"]);
+    const plain = await crypto.subtle.decrypt({ name: "AES-CBC", iv }, aes, ciphertext);
+    if (await sha256B64(plain) !== filehash) throw new Error("file hash mismatch");
+    downloadQpl.addPoint("download_end");
+    return plain;
+  };
+  const THUMBNAIL = "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAMCAgMCAgMDAwMEAwMEBQgFBQQEBQoHBwYIDAoMDAsKCwsNDhIQDQ4RDgsLEBYQERMUFRUVDA8XGBYUGBIUFRT/wAALCAABAAEBAREA/8QAFAABAAAAAAAAAAAAAAAAAAAACf/EABQQAQAAAAAAAAAAAAAAAAAAAAD/2gAIAQEAAD8AKp//2Q==";
+  const mediaModel = (fields) => {
+    const mediaData = Object.assign(new Model(), { mediaStage: "INIT" });
+    return {
+      ...fields,
+      body: ["image", "video", "sticker"].includes(fields.type) ? THUMBNAIL : "",
+      mediaKeyTimestamp: Math.floor(Date.now() / 1000),
+      mediaData,
+      // What WhatsApp does when a person taps the file: fetch it, note where it stands.
+      async downloadMedia({ downloadEvenIfExpensive } = {}) {
+        if (!downloadEvenIfExpensive && fields.size > 1024 * 1024) return;
+        mediaData.set("mediaStage", "FETCHING");
+        try {
+          await fetchEncrypted(fields.directPath);
+          mediaData.set("mediaStage", "RESOLVED");
+        } catch (err) {
+          mediaData.set("mediaStage", err.status === 404 ? "ERROR_MISSING" : "ERROR_UNKNOWN");
+        }
+      },
+    };
+  };
+
+  const RECEIVE_MODULES = [
+    ["WAWebAddonReactionTableMode", () => ({ reactionTableMode: reactionTable })],
+    ["WAWebDownloadManager", () => ({ downloadManager: { downloadAndMaybeDecrypt } })],
+    ["WAWebSyncGatingUtils", () => gating],
+    ["WAWebNonMessageDataRequestPlaceholderMessageResendUtils", () => ({
+      handlePlaceholderMsgsSeen: async (msgs) => {
+        // WhatsApp's own switch, read from its module at each call.
+        if (!load("WAWebSyncGatingUtils").isPlaceholderMessageResendEnabled()) return;
+        resendRequests += 1;
+        for (const msg of msgs) {
+          const pending = awaitingResend.get(String(msg.id));
+          if (!pending) continue;
+          awaitingResend.delete(String(msg.id));
+          setTimeout(() => { msg.body = pending.body; msg.set("type", pending.type); render(); }, 150);
+        }
+      },
+    })],
+  ];
+
   const CHAT_MODULES = [
     ["WAWebCollections", () => ({ Msg, Chat })],
     ["WAWebSendMsgChatAction", () => ({ addAndSendMsgToChat })],
@@ -485,6 +666,7 @@
   Cmd.on("main_loaded", addConfiguredGroups);
 
   const withheld = new Set(cfg.withhold);
+  CHAT_MODULES.push(...RECEIVE_MODULES);
   const define = (batch, done) => {
     const queue = batch.filter(([name]) => !withheld.has(name));
     const step = () => {
@@ -597,7 +779,7 @@
     // One message from the phone's side. `kind`: chat, status, gp2, notification_template,
     // e2e_notification, revoked; `group`: the group it was written in; `encrypted`: it
     // arrives undecrypted first (and becomes `kind` once decrypted).
-    incoming: ({ from, body, encrypted, kind = "chat", group = null }) => {
+    incoming: ({ from, body, encrypted, kind = "chat", group = null, quote = null, undecryptable = false }) => {
       requireConnected();
       const phone = String(from).split("@")[0];
       const sender = cfg.lidContacts && !String(from).includes("@") ? lidWidFor(phone) : wid(String(from).includes("@") ? from : `${phone}@c.us`);
@@ -613,8 +795,14 @@
         subtype: kind === "gp2" ? "add" : undefined,
       });
       if (group) chatModel(chatId);
-      Msg.add(msg);
-      if (encrypted) {
+      if (quote) Object.assign(msg, quoteFields(quote));
+      if (undecryptable) {
+        msg.type = "ciphertext";
+        msg.body = "";
+        awaitingResend.set(String(id), { body, type: finalType });
+      }
+      Msg.processMultipleMessages(chatId, [msg]);
+      if (encrypted && !undecryptable) {
         setTimeout(() => { msg.body = finalType === "revoked" ? "" : body; msg.set("type", finalType); render(); }, 200);
       }
       return String(id);
@@ -659,6 +847,86 @@
       return addGroup(group);
     },
     groupRefreshes: () => groupMetadata.refreshes,
+  });
+
+  // The phone's side of replies, reactions, edits, revokes, media and group changes.
+  Object.assign(window.__waSim, {
+    react: ({ from, messageId, text }) => {
+      requireConnected();
+      const parent = findMsg(messageId);
+      const sender = senderWid(from);
+      const chatId = parent.id.remote;
+      const inGroup = chatId.isGroup();
+      const id = new MsgKey({ from: chatId, to: Conn.wid, id: "SIMR" + randomHex(8), fromMe: false, participant: inGroup ? sender : undefined });
+      const row = {
+        id, reactionParentKey: parent.id, reactionText: text, reactionTimestamp: Date.now(),
+        from: inGroup ? chatId : sender, author: inGroup ? sender : undefined, orphan: 0, read: false,
+      };
+      // As WhatsApp does: through the module, so whoever wrapped it hears of it.
+      load("WAWebAddonReactionTableMode").reactionTableMode.bulkUpsert([row]);
+      return String(id);
+    },
+    edit: ({ messageId, body }) => {
+      requireConnected();
+      const original = findMsg(messageId);
+      const chatId = original.id.remote;
+      const id = new MsgKey({ from: chatId, to: Conn.wid, id: "SIME" + randomHex(8), fromMe: false, participant: original.author });
+      Msg.processMultipleMessages(chatId, [{
+        id, type: "protocol", subtype: "message_edit", isNewMsg: true, protocolMessageKey: original.id,
+        editedBody: body, from: chatId, author: original.author, t: Math.floor(Date.now() / 1000),
+      }]);
+      return String(id);
+    },
+    // `admin`: a group admin (a phone number) deletes it; `unloaded`: the page no longer
+    // holds the original in its chat store (only the protocol message says what went).
+    revoke: ({ messageId, admin = null, unloaded = false }) => {
+      requireConnected();
+      const original = findMsg(messageId);
+      const chatId = original.id.remote;
+      const by = admin ? senderWid(admin) : (original.author || original.from);
+      if (unloaded) {
+        Msg.remove(original);
+        history.delete(String(original.id));
+      }
+      const id = new MsgKey({ from: chatId, to: Conn.wid, id: "SIMX" + randomHex(8), fromMe: false, participant: chatId.isGroup() ? by : undefined });
+      Msg.processMultipleMessages(chatId, [{
+        id, type: "protocol", subtype: admin ? "admin_revoke" : "sender_revoke", isNewMsg: true,
+        protocolMessageKey: original.id, from: chatId.isGroup() ? chatId : by,
+        author: chatId.isGroup() ? by : undefined, t: Math.floor(Date.now() / 1000),
+      }]);
+      return String(id);
+    },
+    incomingMedia: ({ from, kind, group = null, quote = null, ...file }) => {
+      requireConnected();
+      const sender = senderWid(from);
+      const chatId = group ? wid(group) : sender;
+      const id = new MsgKey({ from: chatId, to: Conn.wid, id: "SIMM" + randomHex(8), fromMe: false, participant: group ? sender : undefined });
+      const msg = Object.assign(new Model(), mediaModel({ type: kind, ...file }), {
+        id, from: chatId, to: Conn.wid, author: group ? sender : undefined,
+        t: Math.floor(Date.now() / 1000), isNewMsg: true,
+      });
+      if (quote) Object.assign(msg, quoteFields(quote));
+      if (group) chatModel(chatId);
+      Msg.processMultipleMessages(chatId, [msg]);
+      return String(id);
+    },
+    groupEvent: ({ group, subtype, author = null, participants = [] }) => {
+      requireConnected();
+      const chatId = wid(group);
+      chatModel(chatId);
+      const by = author ? senderWid(author) : undefined;
+      const id = new MsgKey({ from: chatId, to: Conn.wid, id: "SIMG" + randomHex(8), fromMe: false, participant: by });
+      Msg.processMultipleMessages(chatId, [Object.assign(new Model(), {
+        id, type: "gp2", subtype, from: chatId, to: Conn.wid, author: by, body: "",
+        recipients: participants.map(senderWid), t: Math.floor(Date.now() / 1000), isNewMsg: true,
+      })]);
+      return String(id);
+    },
+    receiving: () => ({
+      resendRequests,
+      awaitingResend: awaitingResend.size,
+      reactions: reactionRows.length,
+    }),
   });
 
   setTimeout(bootLoader, cfg.loaderDelay);

@@ -8,12 +8,17 @@
 // `__wakefulEmit(kind, data)`, as normalised events:
 //   qr {qr} · pair_code {code} · authenticated {fresh} · sync {percent}
 //   · ready {me, wid, lid, version}
-//   · message {id, chat, from, phone, lid, isGroup, author, type, body, timestamp}
+//   · message {id, chat, from, phone, lid, isGroup, author, type, body, timestamp,
+//              quotedMessageId, media}
+//   · reaction {id, messageId, chat, from, phone, lid, reaction, removed, timestamp}
+//   · edited {id, chat, from, phone, lid, body, previousBody, timestamp}
+//   · revoked {id, chat, from, phone, lid, by, timestamp}
+//   · group {chat, action, subtype, author, participants, timestamp}
 //   · state {state} · logout {reason} · bridge_outdated {missing, stage, version}
 // When a module it needs does not appear while the module list grows, and then for a bound
 // of quiet, it says so (`bridge_outdated`, naming the module) instead of limping on.
 // The driver calls back into `window.__wakefulBridge` (state, sendText, requestPairCode,
-// logout). Timings come from `window.__wakefulConfig`, set by the driver just before.
+// logout, downloadMedia). Timings come from `window.__wakefulConfig`, set by the driver just before.
 (() => {
   "use strict";
   if (window.__wakefulBridge) return;
@@ -22,6 +27,8 @@
     giveUpMs: 60000, // no new module for this long and one is still missing: outdated
     pairRefreshMs: 180000, // a pairing code is replaced this often (it lives ~3.25 min)
     pairRefreshes: 5, // then the QR takes over again
+    resendMs: 5000, // undecryptable messages are batched this long before the phone is asked
+    maxDownloadBytes: 16 * 1024 * 1024, // a larger file is not fetched (MEDIA_DOWNLOAD_MAX_MB)
     ...(window.__wakefulConfig || {}),
   };
 
@@ -116,6 +123,22 @@
       names: ["WAWebGetEphemeralFieldsMsgActionsUtils"], pick: has("getEphemeralFields"), shape: true,
     },
     Contact: { names: ["WAWebApiContact"], pick: has("getPhoneNumber"), optional: true },
+    // Receiving more than text (see "Receiving more" below); each one optional: without it
+    // that one event is missing, the rest works.
+    Reactions: {
+      names: ["WAWebAddonReactionTableMode"],
+      pick: (m) => (m.reactionTableMode && typeof m.reactionTableMode.bulkUpsert === "function" ? m : null),
+      optional: true,
+    },
+    Download: {
+      names: ["WAWebDownloadManager"],
+      pick: (m) => (m.downloadManager && typeof m.downloadManager.downloadAndMaybeDecrypt === "function" ? m : null),
+      optional: true,
+    },
+    Gating: { names: ["WAWebSyncGatingUtils"], pick: (m) => ("isPlaceholderMessageResendEnabled" in m ? m : null), optional: true },
+    Resend: {
+      names: ["WAWebNonMessageDataRequestPlaceholderMessageResendUtils"], pick: has("handlePlaceholderMsgsSeen"), optional: true,
+    },
   };
 
   const version = () => {
@@ -299,17 +322,23 @@
 
   const onMessage = (msg) => {
     if (!msg || !msg.isNewMsg || (msg.id && msg.id.fromMe)) return;
-    // Not decrypted yet: WhatsApp changes its type once it is (or to "revoked").
+    // Not decrypted yet: WhatsApp changes its type once it is (or to "revoked"); one it
+    // cannot decrypt is asked of the phone again (a placeholder resend).
     if (msg.type === "ciphertext" && typeof msg.on === "function") {
       const decrypted = () => {
         msg.off?.("change:type", decrypted);
         onMessage(msg);
       };
       msg.on("change:type", decrypted);
+      askPhoneToResend(msg);
       return;
     }
     const chatId = widText((msg.id && msg.id.remote) || msg.from);
     if (chatId === "status@broadcast" || msg.isStatusV3 || chatId.endsWith("@broadcast")) return;
+    if (msg.type === "gp2") {
+      reportGroupNotification(msg, chatId);
+      return;
+    }
     if (NOT_MESSAGES.has(msg.type)) return;
     const isGroup = chatId.endsWith("@g.us");
     const sender = isGroup ? (msg.author || (msg.id && msg.id.participant)) : msg.from;
@@ -323,9 +352,236 @@
       isGroup,
       author: isGroup ? who.from : null,
       type: msg.type || "chat",
-      body: typeof msg.body === "string" ? msg.body : "",
+      ...received(msg),
       timestamp: msg.t || Math.floor(Date.now() / 1000),
     });
+  };
+
+  // Receiving more: replies, media, reactions, edits, revokes, group notifications ------
+
+  const MEDIA_TYPES = new Set(["image", "video", "audio", "ptt", "document", "sticker"]);
+  const lastBodies = new WeakMap(); // message -> the text last reported (for edits)
+  const textOf = (msg) => {
+    // A media message's `body` is its thumbnail (base64); what a person wrote is the caption.
+    const value = MEDIA_TYPES.has(msg.type) ? msg.caption : msg.body;
+    return typeof value === "string" ? value : "";
+  };
+  const isMe = (id) => {
+    const me = chat && chat.MeUser;
+    const serialized = widText(id);
+    if (!me || !serialized) return false;
+    return [me.getMaybeMePnUser?.(), me.getMaybeMeLidUser?.()].some((w) => w && widText(w) === serialized);
+  };
+  // The quoted message's key, built as WhatsApp serializes keys (fromMe_remote_id[_participant]).
+  const quotedKey = (msg) => {
+    if (!msg.quotedStanzaID) return null;
+    const remote = widText(msg.quotedRemoteJid || (msg.id && msg.id.remote) || msg.from);
+    const fromMe = isMe(msg.quotedParticipant);
+    const inGroup = remote.endsWith("@g.us") || remote === "status@broadcast";
+    const participant = inGroup && msg.quotedParticipant ? `_${widText(msg.quotedParticipant)}` : "";
+    return `${fromMe}_${remote}_${msg.quotedStanzaID}${participant}`;
+  };
+  const received = (msg) => {
+    const body = textOf(msg);
+    lastBodies.set(msg, body);
+    const media = MEDIA_TYPES.has(msg.type) && (msg.directPath || msg.mediaData)
+      ? {
+        mimetype: text(msg.mimetype) || null,
+        size: Number.isFinite(Number(msg.size)) ? Number(msg.size) : null,
+        filename: text(msg.filename) || null,
+        caption: typeof msg.caption === "string" ? msg.caption : null,
+      }
+      : null;
+    return { body, quotedMessageId: quotedKey(msg), media };
+  };
+  const senderOf = (msg) => {
+    const chatId = widText((msg.id && msg.id.remote) || msg.from);
+    const sender = chatId.endsWith("@g.us") ? (msg.author || (msg.id && msg.id.participant)) : msg.from;
+    return { chatId, who: identify(sender) };
+  };
+
+  // Bounded memory of what was reported, so the two ways a revoke is seen report it once.
+  const reportedRevokes = new Set();
+  const reportRevoke = (key, sender, subtype, t) => {
+    const id = widText(key);
+    if (!id || reportedRevokes.has(id)) return;
+    reportedRevokes.add(id);
+    if (reportedRevokes.size > 500) reportedRevokes.delete(reportedRevokes.values().next().value);
+    const chatId = widText(key.remote) || id.split("_")[1] || "";
+    const who = identify(sender);
+    emit("revoked", {
+      id, chat: chatId, from: who.from, phone: who.phone, lid: who.lid,
+      by: subtype === "admin_revoke" ? "admin" : "sender",
+      timestamp: t || Math.floor(Date.now() / 1000),
+    });
+  };
+  const REVOKES = new Set(["revoke", "sender_revoke", "admin_revoke"]);
+  // wa-js: every stanza passes Msg.processMultipleMessages before the chat store, and a
+  // revoke is a `protocol` message naming the revoked key (the message may not be loaded).
+  const watchProtocolMessages = (Msg) => {
+    const original = Msg.processMultipleMessages;
+    if (typeof original !== "function" || original.__wakeful) return;
+    const wrapped = function (chatId, msgs, ...rest) {
+      try {
+        for (const raw of msgs || []) {
+          if (!raw || !raw.isNewMsg || raw.type !== "protocol" || !REVOKES.has(raw.subtype)) continue;
+          if (!raw.protocolMessageKey || raw.protocolMessageKey.fromMe) continue;
+          const sender = raw.author || raw.from;
+          reportRevoke(raw.protocolMessageKey, sender, raw.subtype, raw.t);
+        }
+      } catch (_) { /* never in WhatsApp's way */ }
+      return original.call(this, chatId, msgs, ...rest);
+    };
+    wrapped.__wakeful = true;
+    Msg.processMultipleMessages = wrapped;
+  };
+  // wwebjs: a loaded message turns `revoked` in place.
+  const onTypeChange = (msg) => {
+    if (!msg || msg.type !== "revoked" || (msg.id && msg.id.fromMe)) return;
+    const inGroup = widText((msg.id && msg.id.remote) || "").endsWith("@g.us");
+    reportRevoke(msg.id, inGroup ? (msg.author || msg.id.participant) : msg.from, msg.subtype, null);
+  };
+
+  const onEdit = (msg) => {
+    if (!msg || (msg.id && msg.id.fromMe) || msg.type === "revoked") return;
+    // The new text is set with the key or just after it (wa-js reads it a microtask later).
+    queueMicrotask(() => {
+      const body = textOf(msg);
+      const previousBody = lastBodies.has(msg) ? lastBodies.get(msg) : null;
+      lastBodies.set(msg, body);
+      const { chatId, who } = senderOf(msg);
+      emit("edited", {
+        id: widText(msg.id), chat: chatId, from: who.from, phone: who.phone, lid: who.lid,
+        body, previousBody,
+        timestamp: Math.floor(Number(msg.latestEditSenderTimestampMs || Date.now()) / 1000),
+      });
+    });
+  };
+
+  // wwebjs: reactions are written through the reaction table's bulkUpsert; its caller reads
+  // it from the module each time, so the module's property is where to listen.
+  const watchReactions = (module) => {
+    const table = module.reactionTableMode;
+    const original = table.bulkUpsert;
+    if (original.__wakeful) return;
+    const wrapped = function (rows, ...rest) {
+      try {
+        for (const row of Array.isArray(rows) ? rows : []) {
+          const key = row.id;
+          if (!key || key.fromMe || isMe(row.author || row.from)) continue;
+          const parent = widText(row.reactionParentKey);
+          const who = identify(row.author || row.from);
+          const reaction = text(row.reactionText);
+          emit("reaction", {
+            id: widText(key), messageId: parent,
+            chat: widText(row.reactionParentKey && row.reactionParentKey.remote) || parent.split("_")[1] || "",
+            from: who.from, phone: who.phone, lid: who.lid,
+            reaction, removed: reaction === "",
+            timestamp: Math.floor(Number(row.reactionTimestamp || Date.now()) / 1000),
+          });
+        }
+      } catch (_) { /* never in WhatsApp's way */ }
+      return original.apply(this, [rows, ...rest]);
+    };
+    wrapped.__wakeful = true;
+    table.bulkUpsert = wrapped;
+  };
+
+  const GROUP_ACTIONS = {
+    add: "join", invite: "join", linked_group_join: "join",
+    remove: "leave", leave: "leave",
+  };
+  const reportGroupNotification = (msg, chatId) => {
+    if (!chatId.endsWith("@g.us")) return;
+    const subtype = text(msg.subtype) || null;
+    const author = msg.author ? identify(msg.author).from : null;
+    const participants = (msg.recipients || []).map((r) => identify(r).from);
+    emit("group", {
+      chat: chatId, action: GROUP_ACTIONS[subtype] || "update", subtype, author, participants,
+      timestamp: msg.t || Math.floor(Date.now() / 1000),
+    });
+  };
+
+  // wwebjs: messages WhatsApp could not decrypt are asked of the phone again, in batches,
+  // with WhatsApp's own switch for it turned on; a fan-out the phone never had is not.
+  const resendQueue = new Set();
+  let resendTimer = null;
+  const askPhoneToResend = (msg) => {
+    if (!chat || !chat.Resend) return;
+    if (msg.subtype && String(msg.subtype).endsWith("_unavailable_fanout")) return;
+    resendQueue.add(msg);
+    if (resendTimer) return;
+    resendTimer = setTimeout(() => {
+      resendTimer = null;
+      const batch = [...resendQueue].filter((m) => m.type === "ciphertext");
+      resendQueue.clear();
+      if (!batch.length) return;
+      try {
+        if (chat.Gating) chat.Gating.isPlaceholderMessageResendEnabled = () => true;
+        Promise.resolve(chat.Resend.handlePlaceholderMsgsSeen(batch, true)).catch(() => undefined);
+      } catch (_) { /* the phone will send it again on its own, or not */ }
+    }, config.resendMs);
+  };
+
+  const attachReceiving = () => {
+    const { Msg } = chat.Collections;
+    watchProtocolMessages(Msg);
+    Msg.on("change:type", onTypeChange);
+    Msg.on("change:latestEditMsgKey", onEdit);
+    if (chat.Reactions) watchReactions(chat.Reactions);
+  };
+
+  // The file of a received message, fetched and decrypted by WhatsApp Web as wwebjs does.
+  const toBase64 = (buffer) => {
+    const bytes = new Uint8Array(buffer);
+    let binary = "";
+    for (let i = 0; i < bytes.length; i += 0x8000) {
+      binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+    }
+    return btoa(binary);
+  };
+  const downloadMedia = async (id) => {
+    if (!chat) throw new Error("WhatsApp Web's chats are not loaded yet");
+    const { Msg } = chat.Collections;
+    let msg = Msg.get(id);
+    if (!msg && typeof Msg.getMessagesById === "function") {
+      const found = await Msg.getMessagesById([id]);
+      msg = found && found.messages && found.messages[0];
+    }
+    if (!msg) return { missing: "no such message" };
+    if (!MEDIA_TYPES.has(msg.type) || !msg.directPath || !msg.mediaData) return { missing: "the message has no file" };
+    if (!chat.Download) throw new Error("WhatsApp Web's download manager is missing (WAWebDownloadManager)");
+    const limit = config.maxDownloadBytes;
+    const tooLarge = (size) => {
+      const mb = (n) => `${(n / 1024 / 1024).toFixed(1)} MB`;
+      return new Error(`the file is ${mb(size)}, over the ${mb(limit)} limit (MEDIA_DOWNLOAD_MAX_MB)`);
+    };
+    if (limit > 0 && Number(msg.size) > limit) throw tooLarge(Number(msg.size));
+    if (msg.mediaData.mediaStage === "REUPLOADING") throw new Error("the file expired; the phone is uploading it again, try again later");
+    if (msg.mediaData.mediaStage !== "RESOLVED" && typeof msg.downloadMedia === "function") {
+      await msg.downloadMedia({ downloadEvenIfExpensive: true, rmrReason: 1, isUserInitiated: true });
+    }
+    const stage = String(msg.mediaData.mediaStage || "");
+    if (stage.includes("ERROR") || stage === "FETCHING") throw new Error(`WhatsApp could not fetch the file (${stage})`);
+    // The download wants a performance logger; a stand-in that records nothing.
+    const qpl = { addAnnotations() { return this; }, addPoint() { return this; } };
+    let data;
+    try {
+      data = await chat.Download.downloadManager.downloadAndMaybeDecrypt({
+        directPath: msg.directPath, encFilehash: msg.encFilehash, filehash: msg.filehash,
+        mediaKey: msg.mediaKey, mediaKeyTimestamp: msg.mediaKeyTimestamp, type: msg.type,
+        signal: new AbortController().signal, downloadQpl: qpl,
+      });
+    } catch (err) {
+      if (err && err.status === 404) return { missing: "the file is no longer on WhatsApp's servers" };
+      throw err;
+    }
+    if (limit > 0 && data.byteLength > limit) throw tooLarge(data.byteLength);
+    return {
+      data: toBase64(data),
+      mimetype: text(msg.mimetype) || "application/octet-stream",
+      filename: text(msg.filename) || null,
+    };
   };
 
   const attachChat = () => {
@@ -334,6 +590,7 @@
     whenModules("chat", CHAT, (found) => {
       chat = found;
       chat.Collections.Msg.on("add", onMessage);
+      attachReceiving();
       reportReady();
     });
   };
@@ -477,6 +734,7 @@
       if (!auth) throw new Error("WhatsApp Web is not loaded");
       await auth.Socket.logout();
     },
+    downloadMedia: (id) => downloadMedia(String(id)),
   };
 
   // Contacts and groups: number checks and the account's groups, read on demand ---------

@@ -10,6 +10,8 @@ whenever it changed (see `profile.py`).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import shutil
@@ -29,7 +31,15 @@ from playwright.async_api import (
     async_playwright,
 )
 
-from bot.engines.base import EngineError, EngineEvent, EventKind, EventSink, Heartbeat
+from bot.engines.base import (
+    EngineError,
+    EngineEvent,
+    EventKind,
+    EventSink,
+    Heartbeat,
+    MediaFile,
+    MediaNotFoundError,
+)
 from bot.engines.simulator import WHATSAPP_URL, Simulator
 from bot.engines.whatsapp.browser import (
     LEAN_FLAGS,
@@ -57,6 +67,10 @@ PAGE_EVENTS = frozenset(
         "sync",
         "ready",
         "message",
+        "reaction",
+        "edited",
+        "revoked",
+        "group",
         "state",
         "logout",
         "bridge_outdated",
@@ -64,6 +78,8 @@ PAGE_EVENTS = frozenset(
 )
 CLOSE_TIMEOUT = 10.0
 CALL_TIMEOUT = 30.0
+# A file is fetched from WhatsApp's servers and decrypted in the page: room for a large video.
+DOWNLOAD_TIMEOUT = 120.0
 
 log = logger.bind(component="bot")
 
@@ -77,6 +93,8 @@ class BridgeTimings:
     give_up_ms: int = 60_000
     pair_refresh_ms: int = 180_000
     pair_refreshes: int = 5
+    resend_ms: int = 5000  # undecryptable messages batched this long before asking the phone
+    max_download_bytes: int = 16 * 1024 * 1024  # a received file larger is not fetched
 
     def script(self) -> str:
         values = {
@@ -84,6 +102,8 @@ class BridgeTimings:
             "giveUpMs": self.give_up_ms,
             "pairRefreshMs": self.pair_refresh_ms,
             "pairRefreshes": self.pair_refreshes,
+            "resendMs": self.resend_ms,
+            "maxDownloadBytes": self.max_download_bytes,
         }
         return f"window.__wakefulConfig = {json.dumps(values)};"
 
@@ -114,7 +134,8 @@ def driver_options(settings: Settings) -> DriverOptions:
         # A pairing code is replaced before the bot would stop waiting for it (QR_TIMEOUT
         # counts from the latest code), and at the latest when WhatsApp's lifetime ends.
         bridge=BridgeTimings(
-            pair_refresh_ms=min(180_000, int(settings.qr_timeout.total_seconds() * 900))
+            pair_refresh_ms=min(180_000, int(settings.qr_timeout.total_seconds() * 900)),
+            max_download_bytes=settings.media_download_max_mb * 1024 * 1024,
         ),
     )
 
@@ -209,9 +230,10 @@ class WhatsAppEngine:
                 str(profile),
                 executable_path=self.options.chromium.path,
                 headless=True,
-                args=list(self.options.flags),
-                # Playwright gives this to pages and workers; the client hints are ours (CDP).
-                user_agent=identity.user_agent,
+                # The user agent as the browser's own default (pages before our override,
+                # service workers); not Playwright's `user_agent`, whose override has no
+                # client hints and would leave workers with none (see _present_identity).
+                args=[*self.options.flags, f"--user-agent={identity.user_agent}"],
                 viewport={"width": width, "height": height},
             )
         except Error as exc:
@@ -342,8 +364,17 @@ class WhatsAppSession:
 
     async def _present_identity(self, page: Page) -> None:
         """The user agent with its client hints (brands without HeadlessChrome), set through
-        CDP before the page loads anything. Playwright's own override has no brands. The
-        CDP session is kept open: an override ends with the session that set it."""
+        CDP before the page loads anything. The CDP session is kept open: an override ends
+        with the session that set it.
+
+        Workers: a dedicated worker inherits its page's override, brands included, as long
+        as nothing overrides it again (Playwright's `user_agent` option does, per worker,
+        without client hints: workers then had no brands at all). A service worker is a
+        target of its own that Playwright attaches and resumes itself (its Python API gives
+        no CDP session for it, and a persistent context no browser session), so an
+        override of ours would race its first script: it gets the user agent from the
+        `--user-agent` switch, and its client hints stay the browser's (they still name
+        HeadlessChrome; WhatsApp Web's checks run in the page)."""
         cdp = await self.context.new_cdp_session(page)
         await cdp.send("Emulation.setUserAgentOverride", self.identity.override())
         self._cdp_sessions.append(cdp)
@@ -396,12 +427,12 @@ class WhatsAppSession:
 
     # Calls into the page -------------------------------------------------------------
 
-    async def _call(self, script: str, arg: Any = None) -> Any:
+    async def _call(self, script: str, arg: Any = None, *, bound: float = CALL_TIMEOUT) -> Any:
         page = self.page
         if page is None or page.is_closed():
             raise EngineError("the page is closed")
         try:
-            return await asyncio.wait_for(page.evaluate(script, arg), CALL_TIMEOUT)
+            return await asyncio.wait_for(page.evaluate(script, arg), bound)
         except Error as exc:
             raise EngineError(_page_error(exc)) from None
         except TimeoutError:
@@ -443,6 +474,27 @@ class WhatsAppSession:
         """One group with its members (phone numbers where WhatsApp knows them), or None."""
         found = await self._call("g => window.__wakefulBridge.group(g)", group_id)
         return dict(found) if isinstance(found, dict) else None
+
+    async def download_media(self, message_id: str) -> MediaFile:
+        answer = await self._call(
+            "id => window.__wakefulBridge.downloadMedia(id)", message_id, bound=DOWNLOAD_TIMEOUT
+        )
+        if not isinstance(answer, dict):
+            raise EngineError("the page gave no answer about the file")
+        if answer.get("missing"):
+            raise MediaNotFoundError(str(answer["missing"]))
+        try:
+            data = await asyncio.to_thread(
+                base64.b64decode, str(answer.get("data", "")), validate=True
+            )
+        except binascii.Error:
+            raise EngineError("the page gave a file that is not base64") from None
+        filename = answer.get("filename")
+        return MediaFile(
+            data=data,
+            mimetype=str(answer.get("mimetype") or "application/octet-stream"),
+            filename=str(filename) if filename else None,
+        )
 
     # Backups -------------------------------------------------------------------------
 

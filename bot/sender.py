@@ -10,6 +10,7 @@ SEND_RATE apart on average, with a random gap.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import time
@@ -18,7 +19,9 @@ from typing import Any
 
 from loguru import logger
 
-from bot.outbox import OutboxStore, RetryPolicy, retry_delay
+from bot.content import MEDIA_KINDS, TEXT, load_content, typing_seconds
+from bot.mediastore import MediaStore
+from bot.outbox import OutboxMessage, OutboxStore, RetryPolicy, retry_delay
 from bot.session import BotSession
 from bot.states import SessionState
 from services.clock import Clock
@@ -48,8 +51,13 @@ class OutboxSender:
         clock: Clock,
         metrics: Metrics,
         rand: Callable[[], float],
+        presence: bool = False,
     ) -> None:
         self.store = store
+        self.media = MediaStore(store)
+        # "typing…" before a send and the chat marked read (SEND_PRESENCE).
+        self.presence = presence
+        self._typed: dict[str, float] = {}
         self.policy = policy
         self.per_minute = per_minute
         self.clock = clock
@@ -119,7 +127,9 @@ class OutboxSender:
                     continue
                 errors = 0
                 if sent:
-                    gap = send_gap(self.per_minute, self.rand())
+                    # The time spent "typing" was part of the gap: the rate stays SEND_RATE.
+                    typed = self._typed.pop(session.id, 0.0)
+                    gap = max(send_gap(self.per_minute, self.rand()) - typed, 0.0)
                     if gap:
                         # New messages do not shorten the gap; a shutdown does.
                         with contextlib.suppress(TimeoutError):
@@ -146,9 +156,9 @@ class OutboxSender:
             return False
         started = time.monotonic()
         try:
-            engine_id = await asyncio.wait_for(
-                handle.send_text(message.to, message.text), self.send_timeout
-            )
+            if self.presence:
+                await self._show_presence(session.id, handle, message)
+            engine_id = await asyncio.wait_for(self._deliver(handle, message), self.send_timeout)
         except Exception as exc:
             error = _describe(exc)
             now = self.clock.now()
@@ -193,6 +203,40 @@ class OutboxSender:
             "message.sent", {"id": message.id, "to": message.to, "whatsappId": str(engine_id)}
         )
         return True
+
+    async def _deliver(self, handle: Any, message: OutboxMessage) -> str:
+        """Plain text as ever; any other kind with its fields (and its file's bytes)."""
+        content = load_content(message.kind, message.payload)
+        if content.kind == TEXT and not content.fields:
+            return str(await handle.send_text(message.to, message.text))
+        wire: dict[str, Any] = {**content.fields, "kind": content.kind, "text": message.text}
+        if content.kind in MEDIA_KINDS:
+            media = await self.media.load(message.id)
+            if media is None:
+                raise LookupError("the message's file is not in the database")
+            wire.update(
+                data=base64.b64encode(media.data).decode("ascii"),
+                mimetype=media.mimetype,
+                filename=media.filename,
+            )
+        return str(await handle.send_content(message.to, wire))
+
+    async def _show_presence(self, session_id: str, handle: Any, message: OutboxMessage) -> None:
+        """Mark the chat read, then "typing…" (or "recording…") for as long as a person would,
+        within the pacing's shortest gap. Best effort: a presence that fails sends anyway."""
+        content = load_content(message.kind, message.payload)
+        budget = send_gap(self.per_minute, 0.0) if self.per_minute > 0 else 0.0
+        wait = 0.0 if content.kind == "reaction" else typing_seconds(message.text, budget)
+        state = content.presence if wait > 0 else "read"
+        try:
+            await asyncio.wait_for(handle.presence(message.to, state), self.send_timeout / 4)
+        except Exception as exc:
+            log.bind(session=session_id).debug("No presence before {}: {}", message.id, exc)
+            return
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), wait)
+            self._typed[session_id] = wait
 
     async def shutdown(self, within: float) -> None:
         """Let sends under way finish (their marks are what prevents a re-send), then stop."""

@@ -85,8 +85,7 @@ SEND_FIELDS = {
 }
 # What a server is asked for when it is given a URL of each kind.
 ACCEPT = {
-    kind: ", ".join(MEDIA_TYPES.get(kind, ("*/*",)))
-    + ("" if kind == "document" else ";q=1, */*;q=0.1")
+    kind: ", ".join(MEDIA_TYPES.get(kind, ())) + ", */*;q=0.1" if kind in MEDIA_TYPES else "*/*"
     for kind in MEDIA_KINDS
 }
 SEND_SCHEMA: dict[str, Any] = {

@@ -12,7 +12,17 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Column, ForeignKey, Integer, LargeBinary, String, Table, insert, select
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    delete,
+    insert,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 
 from bot.content import Content
@@ -105,6 +115,13 @@ class MediaStore:
     @shielded
     async def by_key(self, session_id: str, key: str) -> OutboxMessage | None:
         return await self.outbox._by_key(session_id, key)
+
+    @shielded
+    async def forget(self, message_id: str) -> None:
+        """A sent message's file is WhatsApp's now: its bytes leave the database (its hash,
+        type and size stay on the message)."""
+        async with self.db.engine.begin() as conn:
+            await conn.execute(delete(outbox_media).where(outbox_media.c.message_id == message_id))
 
     @shielded
     async def load(self, message_id: str) -> MediaFile | None:

@@ -198,6 +198,8 @@ class OutboxSender:
             log.bind(session=session.id).warning(
                 "Message {} was sent after its lease ran out", message.id
             )
+        elif message.kind in MEDIA_KINDS:
+            await self.media.forget(message.id)
         await session.touch()
         await session.emit(
             "message.sent", {"id": message.id, "to": message.to, "whatsappId": str(engine_id)}

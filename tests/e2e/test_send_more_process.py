@@ -181,14 +181,16 @@ def test_a_sigkill_mid_drain_of_media_loses_none(tmp_path: Path):
         assert first.process.wait(timeout=10) == -signal.SIGKILL
         before = recorded(data, bot_id)
         with sqlite3.connect(data / "wakeful.db") as db:
-            rows = dict(
-                db.execute(
-                    "SELECT m.id, m.status FROM outbox_messages m JOIN outbox_media f "
-                    "ON f.message_id = m.id WHERE m.session_id = ?",
-                    (bot_id,),
-                ).fetchall()
-            )
-        assert len(rows) == total  # every 202 was committed, its file with it
+            stored = db.execute(
+                "SELECT m.id, m.status, f.size FROM outbox_messages m LEFT JOIN outbox_media f "
+                "ON f.message_id = m.id WHERE m.session_id = ?",
+                (bot_id,),
+            ).fetchall()
+        rows = {mid: status for mid, status, _ in stored}
+        assert len(rows) == total  # every 202 was committed
+        # Each file is kept until its message is sent (then WhatsApp has it).
+        assert all(size == 40_000 for _, status, size in stored if status != "sent"), stored
+        assert all(size is None for _, status, size in stored if status == "sent"), stored
         in_flight = sum(status == "sending" for status in rows.values())
         assert len(before) < total, "the drain ended before the kill; nothing was tested"
 

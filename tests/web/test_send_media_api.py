@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from bot.mediastore import MediaStore
 from tests.web.test_messages_api import (
     connected_bot,
     eventually,
@@ -122,6 +123,8 @@ async def test_an_image_in_base64_is_stored_then_sent_with_its_bytes(api: Api):
     assert content["kind"] == "image" and content["caption"] == "a pixel"
     assert base64.b64decode(content["data"]) == PNG
     assert content["mimetype"] == "image/png"
+    # Sent: the file is WhatsApp's now, and its bytes leave the database.
+    assert await MediaStore(api.app.state.outbox).load(queued["id"]) is None
 
 
 async def test_media_from_a_url_is_fetched_once_at_accept_and_survives_as_bytes(

@@ -114,6 +114,11 @@ async def test_a_reaction_is_set_and_removed_on_the_received_message(make_engine
     await session.send_content(
         f"+{CUSTOMER}", {"kind": "reaction", "messageId": received, "emoji": "", "text": ""}
     )
+    # A reaction names its chat too: the message must be in it.
+    with pytest.raises(EngineError, match="is not in the chat with"):
+        await session.send_content(
+            "+15550002222", {"kind": "reaction", "messageId": received, "emoji": "👍", "text": ""}
+        )
     set_, removed = sim.sent(BOT)
     assert (set_.type, set_.reacted_to, set_.emoji) == ("reaction", received, "👍")
     assert (removed.type, removed.reacted_to, removed.emoji) == ("reaction", received, "")

@@ -573,6 +573,8 @@
     const target = await outgoingChat(to);
     if (content.kind === "reaction") {
       const reacted = await findMessage(content.messageId);
+      const where = widText(reacted.id && reacted.id.remote);
+      if (where && where !== widText(target.id)) throw new Error(`the message ${content.messageId} is not in the chat with ${to}`);
       const outcome = await sendMore().Reaction.sendReactionToMsg(reacted, content.emoji || "");
       const code = outcome && typeof outcome === "object" ? outcome.messageSendResult : outcome;
       if (typeof code === "string" && code !== "OK") throw new Error(`WhatsApp did not send the reaction: ${code}`);

@@ -195,6 +195,8 @@ class Settings(BaseSettings):
     # most media), and how long fetching one from a URL may take.
     max_media_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
     media_fetch_timeout: Duration = timedelta(seconds=30)
+    # Each user's share of the database for files not yet sent (waiting or dead); 0: none.
+    max_stored_media_bytes_per_user: int = Field(default=256 * 1024 * 1024, ge=0)
     # "typing…" / "recording…" before a send, and the chat marked read when the bot answers.
     send_presence: bool = True
     # Each user's share of the outbox (0 turns a bound off).

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     delete,
+    func,
     insert,
     select,
 )
@@ -27,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.content import Content
 from bot.outbox import OutboxMessage, OutboxStore, new_message_id, outbox_messages
+from bot.store import bot_sessions
 from services.database import metadata, shielded
 
 outbox_media = Table(
@@ -122,6 +124,21 @@ class MediaStore:
         type and size stay on the message)."""
         async with self.db.engine.begin() as conn:
             await conn.execute(delete(outbox_media).where(outbox_media.c.message_id == message_id))
+
+    @shielded
+    async def stored_bytes(self, owner: str) -> int:
+        """The size of the files this user's bots hold in the database (not yet sent)."""
+        query = (
+            select(func.coalesce(func.sum(outbox_media.c.size), 0))
+            .select_from(
+                outbox_media.join(
+                    outbox_messages, outbox_messages.c.id == outbox_media.c.message_id
+                ).join(bot_sessions, bot_sessions.c.id == outbox_messages.c.session_id)
+            )
+            .where(bot_sessions.c.user_id == owner)
+        )
+        async with self.db.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
 
     @shielded
     async def load(self, message_id: str) -> MediaFile | None:

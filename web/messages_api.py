@@ -187,6 +187,8 @@ async def send_message(request: Request) -> Response:
             if known is not None:
                 return _again(known, to, parsed, key)
         media = await media_of(request, parsed)
+        if media is not None:
+            await media_share(request, session.record.user_id, len(media.data))
         message, created = await MediaStore(store).enqueue(
             session.id, to, parsed.text, parsed.content(), media, key, now
         )
@@ -248,6 +250,24 @@ def parse_body(fields: Fields, max_media_bytes: int) -> ParsedSend | None:
         if reply is not None and kind != "reaction":
             parsed.fields["replyTo"] = reply
     return parsed
+
+
+async def media_share(request: Request, owner: str | None, size: int) -> None:
+    """A user's files not yet sent stay within their share of the database (the admin's
+    own bots are not limited, as with the message quota)."""
+    bound: int = request.app.state.settings.max_stored_media_bytes_per_user
+    if owner is None or not bound:
+        return
+    stored = await MediaStore(outbox(request)).stored_bytes(owner)
+    if stored + size > bound:
+        raise Problem(
+            429,
+            f"Not queued: this user's bots already hold {stored} bytes of files not yet sent; "
+            f"with this one ({size} bytes) that is more than "
+            f"MAX_STORED_MEDIA_BYTES_PER_USER={bound}. Try again once some are sent "
+            f"(dead messages keep their files: retry or remove them).",
+            headers={"Retry-After": "60"},
+        )
 
 
 async def media_of(request: Request, parsed: ParsedSend) -> MediaFile | None:
@@ -350,8 +370,8 @@ MESSAGE_ROUTES = [
             200: ("Already queued under this idempotency key", MESSAGE_SCHEMA),
             409: ("The key was used for another message", {}),
             429: (
-                "The owner's message quota is used up (MAX_QUEUED_MESSAGES_PER_USER or "
-                "MESSAGE_ACCEPT_RATE); see Retry-After",
+                "The owner's message quota is used up (MAX_QUEUED_MESSAGES_PER_USER, "
+                "MESSAGE_ACCEPT_RATE or MAX_STORED_MEDIA_BYTES_PER_USER); see Retry-After",
                 {},
             ),
         },

@@ -358,3 +358,24 @@ async def test_presence_comes_before_each_send_and_only_when_asked(tmp_path: Pat
         await wait_status(api, bot, mid, "sent")
         await eventually(lambda: api.engine.sent, "the send")
         assert api.engine.presences == []
+
+
+async def test_a_users_unsent_files_stay_within_their_share(tmp_path: Path):
+    async with running(fast(tmp_path, max_stored_media_bytes_per_user=10_000)) as api:
+        alice = await api.new_user("alice")
+        bot = (await api.new_session(alice.headers, start=False))["id"]  # nothing is sent
+        doc = {"type": "document", "mimetype": "application/pdf"}
+        first = await send(api, bot, alice.headers, to=TO, media={**doc, "data": b64(bytes(6000))})
+        assert first.status_code == 202, first.text
+        over = await send(api, bot, alice.headers, to=TO, media={**doc, "data": b64(bytes(4001))})
+        problem = assert_problem(over, 429)
+        assert "MAX_STORED_MEDIA_BYTES_PER_USER=10000" in problem["detail"]
+        assert "6000 bytes" in problem["detail"]
+        assert over.headers["retry-after"] == "60"
+        fits = await send(api, bot, alice.headers, to=TO, media={**doc, "data": b64(bytes(4000))})
+        assert fits.status_code == 202, fits.text
+        # Text takes no share of it; the admin's own bots are not limited.
+        assert (await send(api, bot, alice.headers, to=TO, text="hi")).status_code == 202
+        admins = (await api.new_session(start=False))["id"]
+        big = await send(api, admins, to=TO, media={**doc, "data": b64(bytes(20_000))})
+        assert big.status_code == 202, big.text

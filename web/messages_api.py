@@ -9,7 +9,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bot.content import MEDIA_KINDS, MEDIA_TYPES, TEXT, allowed_type, expected_types, identity
+from bot.content import (
+    KINDS,
+    MEDIA_KINDS,
+    MEDIA_TYPES,
+    TEXT,
+    allowed_type,
+    expected_types,
+    identity,
+)
 from bot.mediastore import MediaFile, MediaStore
 from bot.outbox import MAX_TEXT, STATUSES, OutboxMessage, OutboxStore
 from bot.quota import MessageQuota
@@ -71,6 +79,15 @@ MESSAGE_SCHEMA: dict[str, Any] = {
         "lastError": {"type": ["string", "null"]},
         "createdAt": {"type": "string"},
         "sentAt": {"type": ["string", "null"]},
+        "kind": {"type": "string", "enum": list(KINDS)},
+        "replyTo": {"type": "string", "description": "the quoted message's WhatsApp id"},
+        "media": {
+            "type": "object",
+            "description": "type, caption, url, mimetype, filename, size, sha256",
+        },
+        "reaction": {"type": "object"},
+        "location": {"type": "object"},
+        "contact": {"type": "object", "description": "name, phone and the vCard sent"},
     },
 }
 SEND_FIELDS = {

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -379,3 +380,26 @@ async def test_a_users_unsent_files_stay_within_their_share(tmp_path: Path):
         admins = (await api.new_session(start=False))["id"]
         big = await send(api, admins, to=TO, media={**doc, "data": b64(bytes(20_000))})
         assert big.status_code == 202, big.text
+
+
+async def test_a_streamed_body_past_the_send_routes_bound_is_cut_off(tmp_path: Path):
+    """Without a Content-Length the body is counted as it arrives: past MAX_BODY_BYTES plus
+    MAX_MEDIA_BYTES as base64, a 413, and nothing stored."""
+    async with running(fast(tmp_path, max_media_bytes=4096)) as api:
+        bot = (await connected_bot(api))["id"]
+        raw = json.dumps(
+            {"to": TO, "media": {"type": "document", "mimetype": "a/b", "data": "A" * 80_000}}
+        ).encode()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(raw), 4096):
+                yield raw[start : start + 4096]
+
+        response = await api.client.post(
+            f"/api/sessions/{bot}/messages",
+            content=chunks(),
+            headers={**ADMIN, "Content-Type": "application/json"},
+        )
+        problem = assert_problem(response, 413)
+        assert "MAX_MEDIA_BYTES (4096 bytes)" in problem["detail"], problem
+        assert await listed(api, bot) == 0

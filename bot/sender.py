@@ -28,6 +28,7 @@ from services.clock import Clock
 from services.metrics import Metrics
 
 SEND_TIMEOUT = 60.0
+PRESENCE_LEAD_MAX = 10.0
 IDLE_POLL = 30.0
 ERROR_BACKOFF = (1.0, 30.0)
 
@@ -57,7 +58,9 @@ class OutboxSender:
         self.media = MediaStore(store)
         # "typing…" before a send and the chat marked read (SEND_PRESENCE).
         self.presence = presence
-        self._typed: dict[str, float] = {}
+        # When each bot's next send is due (monotonic): the gap is waited partly before the
+        # claim and the rest, at most `presence_lead`, just before the send, typing.
+        self._due: dict[str, float] = {}
         self.policy = policy
         self.per_minute = per_minute
         self.clock = clock
@@ -127,10 +130,12 @@ class OutboxSender:
                     continue
                 errors = 0
                 if sent:
-                    # The time spent "typing" was part of the gap: the rate stays SEND_RATE.
-                    typed = self._typed.pop(session.id, 0.0)
-                    gap = max(send_gap(self.per_minute, self.rand()) - typed, 0.0)
-                    if gap:
+                    full = send_gap(self.per_minute, self.rand())
+                    self._due[session.id] = time.monotonic() + full
+                    # The last `presence_lead` of the gap is spent typing the next message
+                    # (after its claim): the rate stays SEND_RATE.
+                    gap = full - self.presence_lead
+                    if gap > 0:
                         # New messages do not shorten the gap; a shutdown does.
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._stopped.wait(), gap)
@@ -142,6 +147,7 @@ class OutboxSender:
                     await asyncio.wait_for(wakeup.wait(), wait)
         finally:
             self._wakeups.pop(session.id, None)
+            self._due.pop(session.id, None)
 
     async def send_once(self, session: BotSession) -> bool:
         """Claim this bot's oldest due message and send it. True if one was handled."""
@@ -223,22 +229,34 @@ class OutboxSender:
             )
         return str(await handle.send_content(message.to, wire))
 
+    @property
+    def presence_lead(self) -> float:
+        """The end of each gap kept for typing: the pacing's shortest gap, at most 10 s (a
+        claimed message waits through it, well inside its lease)."""
+        if not self.presence or self.per_minute <= 0:
+            return 0.0
+        return min(send_gap(self.per_minute, 0.0), PRESENCE_LEAD_MAX)
+
     async def _show_presence(self, session_id: str, handle: Any, message: OutboxMessage) -> None:
         """Mark the chat read, then "typing…" (or "recording…") for as long as a person would,
-        within the pacing's shortest gap. Best effort: a presence that fails sends anyway."""
+        ending when the gap since the last send does: the send is no earlier than without
+        presence. Best effort: a presence that fails sends anyway (on time)."""
         content = load_content(message.kind, message.payload)
-        budget = send_gap(self.per_minute, 0.0) if self.per_minute > 0 else 0.0
-        wait = 0.0 if content.kind == "reaction" else typing_seconds(message.text, budget)
+        lead = self.presence_lead
+        wait = 0.0 if content.kind == "reaction" else typing_seconds(message.text, lead)
+        remaining = self._due.get(session_id, 0.0) - time.monotonic()
+        quiet = min(max(remaining - wait, 0.0), lead)
+        if quiet > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), quiet)
         state = content.presence if wait > 0 else "read"
         try:
             await asyncio.wait_for(handle.presence(message.to, state), self.send_timeout / 4)
         except Exception as exc:
             log.bind(session=session_id).debug("No presence before {}: {}", message.id, exc)
-            return
         if wait > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), wait)
-            self._typed[session_id] = wait
 
     async def shutdown(self, within: float) -> None:
         """Let sends under way finish (their marks are what prevents a re-send), then stop."""

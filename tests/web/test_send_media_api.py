@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -403,3 +405,18 @@ async def test_a_streamed_body_past_the_send_routes_bound_is_cut_off(tmp_path: P
         problem = assert_problem(response, 413)
         assert "MAX_MEDIA_BYTES (4096 bytes)" in problem["detail"], problem
         assert await listed(api, bot) == 0
+
+
+async def test_typing_ends_where_the_pacing_gap_does_so_the_rate_holds(tmp_path: Path):
+    """SEND_RATE=20: sends at least 1.5 s apart, with or without presence; a short text is
+    typed for about a second, a long one for the whole 1.5 s, and neither brings its send
+    forward."""
+    async with running(fast(tmp_path, send_rate=20)) as api:
+        bot = (await connected_bot(api))["id"]
+        texts = ["ok", "x" * 120, "ok", "x" * 120]
+        ids = [(await send(api, bot, to=TO, text=t)).json()["id"] for t in texts]
+        sent = [await wait_status(api, bot, mid, "sent") for mid in ids]
+        times = [datetime.fromisoformat(m["sentAt"]) for m in sent]
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+        assert all(gap >= 1.49 for gap in gaps), gaps
+        assert [state for _, _, state in api.engine.presences] == ["typing"] * 4

@@ -190,7 +190,8 @@ def test_a_sigkill_mid_drain_of_media_loses_none(tmp_path: Path):
         assert len(rows) == total  # every 202 was committed
         # Each file is kept until its message is sent (then WhatsApp has it).
         assert all(size == 40_000 for _, status, size in stored if status != "sent"), stored
-        assert all(size is None for _, status, size in stored if status == "sent"), stored
+        # A sent one's bytes are deleted right after its mark: the kill may fall in between.
+        assert sum(size is not None for _, status, size in stored if status == "sent") <= 1
         in_flight = sum(status == "sending" for status in rows.values())
         assert len(before) < total, "the drain ended before the kill; nothing was tested"
 

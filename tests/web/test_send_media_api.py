@@ -126,8 +126,14 @@ async def test_an_image_in_base64_is_stored_then_sent_with_its_bytes(api: Api):
     assert content["kind"] == "image" and content["caption"] == "a pixel"
     assert base64.b64decode(content["data"]) == PNG
     assert content["mimetype"] == "image/png"
-    # Sent: the file is WhatsApp's now, and its bytes leave the database.
-    assert await MediaStore(api.app.state.outbox).load(queued["id"]) is None
+    # Sent: the file is WhatsApp's now, and its bytes leave the database (right after the
+    # mark that says so).
+    store = MediaStore(api.app.state.outbox)
+
+    async def forgotten() -> bool:
+        return await store.load(queued["id"]) is None
+
+    await eventually(forgotten, "the sent file's bytes to be deleted")
 
 
 async def test_media_from_a_url_is_fetched_once_at_accept_and_survives_as_bytes(

@@ -201,6 +201,14 @@ class Settings(BaseSettings):
     retry_base_delay: Duration = timedelta(seconds=5)
     retry_max_delay: Duration = timedelta(minutes=10)
     outbox_lease: Duration = timedelta(seconds=60)
+    # Media messages: the largest file a message may carry (16 MiB, WhatsApp's own bound for
+    # most media), and how long fetching one from a URL may take.
+    max_media_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
+    media_fetch_timeout: Duration = timedelta(seconds=30)
+    # Each user's share of the database for files not yet sent (waiting or dead); 0: none.
+    max_stored_media_bytes_per_user: int = Field(default=256 * 1024 * 1024, ge=0)
+    # "typing…" / "recording…" before a send, and the chat marked read when the bot answers.
+    send_presence: bool = True
     # Each user's share of the outbox (0 turns a bound off).
     max_queued_messages_per_user: int = Field(default=500, ge=0)
     message_accept_rate: int = Field(default=60, ge=0)  # messages a minute, per user
@@ -318,6 +326,7 @@ class Settings(BaseSettings):
         "retry_max_delay",
         "outbox_lease",
         "webhook_timeout",
+        "media_fetch_timeout",
         "database_check_interval",
         "header_read_timeout",
         "auth_failure_window",

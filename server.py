@@ -57,6 +57,7 @@ from services.health import HealthState
 from services.incidents import IncidentStore
 from services.keepalive import KeepAlive, keepalive_config, warn_about_sleep_threshold
 from services.logging import setup_logging
+from services.mediafetch import MAX_REDIRECTS
 from services.memory import MemoryBudget, read_limit
 from services.metrics import Metrics, SystemSampler
 from services.netguard import AddressPolicy, default_resolver
@@ -88,11 +89,13 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
     resolver: Resolver | None = None,
     preflight: bool = False,
+    media_transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
     """Build the app. `clock`, `transport` and `resolver` are for tests (a fake clock, a mock
     peer for the keep-alive, a DNS server of the test's own for webhook hosts).
     `preflight`: launch the browser once at boot before /health says `pass` (`python
-    server.py` does, with BOOT_PREFLIGHT; in-process test apps do not start browsers)."""
+    server.py` does, with BOOT_PREFLIGHT; in-process test apps do not start browsers).
+    `media_transport`: where media URLs are fetched from (a stand-in peer in tests)."""
     clock = clock or SystemClock()
     resolver = resolver or default_resolver()
     address_policy = AddressPolicy(
@@ -197,6 +200,7 @@ def create_app(
             clock=clock,
             metrics=metrics,
             rand=random.random,
+            presence=settings.send_presence,
         )
         manager.add_listener(sender)
         manager.queued_for = outbox.sessions_waiting
@@ -208,6 +212,13 @@ def create_app(
                 sender.wake(message.removeprefix("outbox:"))
 
         node.on_message.append(heard)
+        # Media named by URL in a send: fetched as webhooks are delivered, pinned to the
+        # address the guard approved, each redirect hop checked again.
+        app.state.media_client = httpx.AsyncClient(
+            transport=media_transport or PinnedTransport(address_policy, resolver),
+            follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
+        )
         deliveries = DeliveryStore(db)
         webhook_client = httpx.AsyncClient(
             transport=PinnedTransport(address_policy, resolver), follow_redirects=False
@@ -375,6 +386,7 @@ def create_app(
                 task.cancel()
             await asyncio.wait(background, timeout=1)
             await webhook_client.aclose()
+            await app.state.media_client.aclose()
             await _shutdown(settings, scheduler, manager, alerter, client, db)
 
     app = Starlette(
@@ -384,7 +396,11 @@ def create_app(
         middleware=[
             Middleware(RequestCounter, metrics=metrics),
             Middleware(SecurityHeaders),
-            Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
+            Middleware(
+                BodySizeLimit,
+                max_bytes=settings.max_body_bytes,
+                max_media_bytes=settings.max_media_bytes,
+            ),
         ],
     )
     app.state.settings = settings

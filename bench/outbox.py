@@ -23,8 +23,13 @@ SEND_RATE=0 (unpaced) and a short OUTBOX_LEASE. The admin token creates the bots
    empty. Finally every message accepted in this run (both batches) must be `sent`: lost = the
    accepted ids that are not.
 
+4. Media (`--media N`, 100 by default; bench/_outbox_media.py): N images of 1 MiB accepted
+   through the API (images/s, the server's memory while they are queued), then drained
+   through the simulator by real Chromium (images/s, MB/s), in demo mode on SQLite.
+
     .venv/bin/python bench/outbox.py [--messages 10000] [--resume-messages 2000] [--bots 4]
         [--concurrency 32] [--backend sqlite|postgres|both] [--postgres-url URL] [--json PATH]
+        [--media 100] [--media-concurrency 4] [--media-only]
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ if str(REPO_ROOT) not in sys.path:
 import _common as common  # noqa: E402
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
+from _outbox_media import print_media, run_media  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
@@ -746,14 +752,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "($TEST_DATABASE_URL, else %(default)s)",
     )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write figures")
+    parser.add_argument("--media", type=int, default=100, help="1 MiB images (100; 0: none)")
+    parser.add_argument("--media-concurrency", type=int, default=4, help="connections (4)")
+    parser.add_argument("--media-only", action="store_true", help="only the media phase")
     args = parser.parse_args(argv)
     if min(args.messages, args.resume_messages, args.bots, args.concurrency) < 1:
         parser.error("--messages, --resume-messages, --bots and --concurrency must be >= 1")
     return args
 
 
+def media_only(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="wakeful-outbox-media-") as tmp:
+        result = common.run_async(
+            lambda: run_media(Path(tmp), ADMIN_TOKEN, args.media, args.media_concurrency)
+        )
+    print_media(result)
+    if args.json is not None:
+        common.write_json(args.json, {"benchmark": "outbox-media", "media": asdict(result)})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.media_only:
+        return media_only(args)
     names = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     print(
         f"{args.messages} messages to enqueue and drain, then {args.resume_messages} killed "
@@ -801,6 +823,14 @@ def main(argv: list[str] | None = None) -> int:
     lost = ", ".join(f"{r.backend} {r.lost}" for r in results)
     print(f"lost: {lost} (goal 0): {_verdict(goals['zero_lost']['met'])}")
     load_after = os.getloadavg()
+    media = None
+    if args.media > 0:
+        with tempfile.TemporaryDirectory(prefix="wakeful-outbox-media-") as tmp:
+            media = common.run_async(
+                lambda: run_media(Path(tmp), ADMIN_TOKEN, args.media, args.media_concurrency)
+            )
+        print()
+        print_media(media)
     print(
         f"run time {time.perf_counter() - started:.0f}s; load average (1 min) "
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after, on {os.cpu_count()} CPUs"
@@ -844,6 +874,7 @@ def main(argv: list[str] | None = None) -> int:
                 for r in results
             ],
             "goals": goals,
+            "media": asdict(media) if media is not None else None,
             "machine": common.machine_info(
                 ("sqlalchemy", "aiosqlite", "asyncpg", "uvloop", "starlette", "uvicorn"),
                 sqlite=sqlite3.sqlite_version,

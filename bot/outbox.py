@@ -34,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from bot.content import public_fields
 from bot.store import bot_sessions
 from services.database import Database, UTCDateTime, metadata, shielded
 
@@ -63,6 +64,9 @@ outbox_messages = Table(
     Column("lease_until", UTCDateTime, nullable=True),
     Column("sent_at", UTCDateTime, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
+    # What the message is besides text, and its fields as JSON (bot.content; 0009).
+    Column("kind", String(16), nullable=False, server_default="text"),
+    Column("payload", Text, nullable=True),
     UniqueConstraint("session_id", "idempotency_key", name="uq_outbox_messages_idempotency"),
     Index("ix_outbox_messages_claim", "session_id", "status", "due_at"),
 )
@@ -109,6 +113,8 @@ class OutboxMessage:
     engine_message_id: str | None = None
     lease_until: datetime | None = None
     sent_at: datetime | None = None
+    kind: str = "text"
+    payload: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         def iso(value: datetime | None) -> str | None:
@@ -128,6 +134,8 @@ class OutboxMessage:
             "dueAt": iso(self.due_at) if self.status == "queued" else None,
             "sentAt": iso(self.sent_at),
             "updatedAt": iso(self.updated_at),
+            "kind": self.kind,
+            **public_fields(self.kind, self.payload),
         }
 
 

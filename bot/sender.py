@@ -10,6 +10,7 @@ SEND_RATE apart on average, with a random gap.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import time
@@ -18,13 +19,16 @@ from typing import Any
 
 from loguru import logger
 
-from bot.outbox import OutboxStore, RetryPolicy, retry_delay
+from bot.content import MEDIA_KINDS, TEXT, load_content, typing_seconds
+from bot.mediastore import MediaStore
+from bot.outbox import OutboxMessage, OutboxStore, RetryPolicy, retry_delay
 from bot.session import BotSession
 from bot.states import SessionState
 from services.clock import Clock
 from services.metrics import Metrics
 
 SEND_TIMEOUT = 60.0
+PRESENCE_LEAD_MAX = 10.0
 IDLE_POLL = 30.0
 ERROR_BACKOFF = (1.0, 30.0)
 
@@ -48,8 +52,15 @@ class OutboxSender:
         clock: Clock,
         metrics: Metrics,
         rand: Callable[[], float],
+        presence: bool = False,
     ) -> None:
         self.store = store
+        self.media = MediaStore(store)
+        # "typing…" before a send and the chat marked read (SEND_PRESENCE).
+        self.presence = presence
+        # When each bot's next send is due (monotonic): the gap is waited partly before the
+        # claim and the rest, at most `presence_lead`, just before the send, typing.
+        self._due: dict[str, float] = {}
         self.policy = policy
         self.per_minute = per_minute
         self.clock = clock
@@ -119,8 +130,12 @@ class OutboxSender:
                     continue
                 errors = 0
                 if sent:
-                    gap = send_gap(self.per_minute, self.rand())
-                    if gap:
+                    full = send_gap(self.per_minute, self.rand())
+                    self._due[session.id] = time.monotonic() + full
+                    # The last `presence_lead` of the gap is spent typing the next message
+                    # (after its claim): the rate stays SEND_RATE.
+                    gap = full - self.presence_lead
+                    if gap > 0:
                         # New messages do not shorten the gap; a shutdown does.
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._stopped.wait(), gap)
@@ -132,6 +147,7 @@ class OutboxSender:
                     await asyncio.wait_for(wakeup.wait(), wait)
         finally:
             self._wakeups.pop(session.id, None)
+            self._due.pop(session.id, None)
 
     async def send_once(self, session: BotSession) -> bool:
         """Claim this bot's oldest due message and send it. True if one was handled."""
@@ -146,9 +162,9 @@ class OutboxSender:
             return False
         started = time.monotonic()
         try:
-            engine_id = await asyncio.wait_for(
-                handle.send_text(message.to, message.text), self.send_timeout
-            )
+            if self.presence:
+                await self._show_presence(session.id, handle, message)
+            engine_id = await asyncio.wait_for(self._deliver(handle, message), self.send_timeout)
         except Exception as exc:
             error = _describe(exc)
             now = self.clock.now()
@@ -188,11 +204,59 @@ class OutboxSender:
             log.bind(session=session.id).warning(
                 "Message {} was sent after its lease ran out", message.id
             )
+        elif message.kind in MEDIA_KINDS:
+            await self.media.forget(message.id)
         await session.touch()
         await session.emit(
             "message.sent", {"id": message.id, "to": message.to, "whatsappId": str(engine_id)}
         )
         return True
+
+    async def _deliver(self, handle: Any, message: OutboxMessage) -> str:
+        """Plain text as ever; any other kind with its fields (and its file's bytes)."""
+        content = load_content(message.kind, message.payload)
+        if content.kind == TEXT and not content.fields:
+            return str(await handle.send_text(message.to, message.text))
+        wire: dict[str, Any] = {**content.fields, "kind": content.kind, "text": message.text}
+        if content.kind in MEDIA_KINDS:
+            media = await self.media.load(message.id)
+            if media is None:
+                raise LookupError("the message's file is not in the database")
+            wire.update(
+                data=base64.b64encode(media.data).decode("ascii"),
+                mimetype=media.mimetype,
+                filename=media.filename,
+            )
+        return str(await handle.send_content(message.to, wire))
+
+    @property
+    def presence_lead(self) -> float:
+        """The end of each gap kept for typing: the pacing's shortest gap, at most 10 s (a
+        claimed message waits through it, well inside its lease)."""
+        if not self.presence or self.per_minute <= 0:
+            return 0.0
+        return min(send_gap(self.per_minute, 0.0), PRESENCE_LEAD_MAX)
+
+    async def _show_presence(self, session_id: str, handle: Any, message: OutboxMessage) -> None:
+        """Mark the chat read, then "typing…" (or "recording…") for as long as a person would,
+        ending when the gap since the last send does: the send is no earlier than without
+        presence. Best effort: a presence that fails sends anyway (on time)."""
+        content = load_content(message.kind, message.payload)
+        lead = self.presence_lead
+        wait = 0.0 if content.kind == "reaction" else typing_seconds(message.text, lead)
+        remaining = self._due.get(session_id, 0.0) - time.monotonic()
+        quiet = min(max(remaining - wait, 0.0), lead)
+        if quiet > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), quiet)
+        state = content.presence if wait > 0 else "read"
+        try:
+            await asyncio.wait_for(handle.presence(message.to, state), self.send_timeout / 4)
+        except Exception as exc:
+            log.bind(session=session_id).debug("No presence before {}: {}", message.id, exc)
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), wait)
 
     async def shutdown(self, within: float) -> None:
         """Let sends under way finish (their marks are what prevents a re-send), then stop."""

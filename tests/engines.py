@@ -58,6 +58,17 @@ class ScriptedSession:
         self.engine.sent.append((self.session_id, to, text))
         return f"msg-{len(self.engine.sent)}"
 
+    async def send_content(self, to: str, content: dict[str, Any]) -> str:
+        if self.engine.fail_sends > 0:
+            self.engine.fail_sends -= 1
+            raise EngineError("WhatsApp refused the message (scripted)")
+        self.engine.contents.append((self.session_id, to, content))
+        self.engine.sent.append((self.session_id, to, str(content.get("text", ""))))
+        return f"msg-{len(self.engine.sent)}"
+
+    async def presence(self, to: str, state: str) -> None:
+        self.engine.presences.append((self.session_id, to, state))
+
     async def heartbeat(self) -> Heartbeat:
         if self.hang_heartbeat:
             await asyncio.sleep(3600)
@@ -104,6 +115,9 @@ class ScriptedEngine:
         self.fail_starts = 0  # the next N starts raise EngineError
         self.fail_sends = 0  # the next N sends raise EngineError
         self.sent: list[tuple[str, str, str]] = []  # (session, to, text), every session
+        # Messages that are more than text: (session, to, content) as the sender hands them
+        self.contents: list[tuple[str, str, dict[str, Any]]] = []
+        self.presences: list[tuple[str, str, str]] = []  # (session, to, state)
         self.start_delay = 0.0
         self.concurrent = 0
         self.max_concurrent = 0

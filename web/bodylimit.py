@@ -9,6 +9,8 @@ The 413 closes the connection: the rest of that body is never read.
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,26 +18,55 @@ from web.errors import Problem, problem_response
 
 
 class BodyTooLargeError(Problem):
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, media_bytes: int | None = None) -> None:
+        why = f"The body is larger than {max_bytes} bytes."
+        if media_bytes is not None:
+            why = (
+                f"The body is larger than {max_bytes} bytes: a message carries at most "
+                f"MAX_MEDIA_BYTES ({media_bytes} bytes) of media."
+            )
         super().__init__(
             413,
-            f"The body is larger than {max_bytes} bytes.",
+            why,
             headers={"Connection": "close"},
         )
 
 
+# The send route takes files as base64: its bound has room for MAX_MEDIA_BYTES of them.
+MEDIA_ROUTE = re.compile(r"/api/sessions/[^/]+/messages")
+
+
+def media_body_bytes(max_body_bytes: int, max_media_bytes: int) -> int:
+    """MAX_BODY_BYTES for the rest of the message, plus the file as base64 (4 characters
+    for every 3 bytes)."""
+    return max_body_bytes + (max_media_bytes + 2) // 3 * 4
+
+
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_media_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_media_bytes = max_media_bytes
+
+    def refusal(self, scope: Scope) -> tuple[int, BodyTooLargeError]:
+        """This request's bound, and what passing it is told."""
+        media = self.max_media_bytes
+        if (
+            media is not None
+            and scope.get("method") == "POST"
+            and MEDIA_ROUTE.fullmatch(scope.get("path", ""))
+        ):
+            bound = media_body_bytes(self.max_bytes, media)
+            return bound, BodyTooLargeError(bound, media)
+        return self.max_bytes, BodyTooLargeError(self.max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes, refusal = self.refusal(scope)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            refusal = BodyTooLargeError(self.max_bytes)
+        if declared is not None and declared > max_bytes:
             response = problem_response(
                 Request(scope), 413, refusal.detail, headers=refusal.headers
             )
@@ -48,9 +79,9 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     # Raised inside the route: the app's Problem handler answers 413.
-                    raise BodyTooLargeError(self.max_bytes)
+                    raise refusal
             return message
 
         await self.app(scope, bounded_receive, send)

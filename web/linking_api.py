@@ -233,7 +233,11 @@ async def simulator_sent(request: Request) -> Response:
     session = find(request)
     sent = _simulator(request).sent(session.id)
     return JSONResponse(
-        {"messages": [{"id": m.id, "to": m.to, "body": m.body, "at": m.at} for m in sent]}
+        {
+            "messages": [
+                {"id": m.id, "to": m.to, "body": m.body, "at": m.at, "type": m.type} for m in sent
+            ]
+        }
     )
 
 

@@ -2,17 +2,47 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bot.outbox import MAX_TEXT, STATUSES, OutboxStore
+from bot.content import (
+    KINDS,
+    MEDIA_KINDS,
+    MEDIA_TYPES,
+    TEXT,
+    allowed_type,
+    expected_types,
+    identity,
+)
+from bot.mediastore import MediaFile, MediaStore
+from bot.outbox import MAX_TEXT, STATUSES, OutboxMessage, OutboxStore
 from bot.quota import MessageQuota
 from bot.sender import OutboxSender
+from services.mediafetch import MediaFetchError, fetch_media
+from web.bodylimit import media_body_bytes
 from web.errors import Problem
 from web.routing import ApiRoute
+from web.send_fields import (
+    BODY_BRANCHES,
+    CONTACT_SCHEMA,
+    LOCATION_SCHEMA,
+    MEDIA_SCHEMA,
+    REACTION_SCHEMA,
+    REPLY_SCHEMA,
+    MediaTooLargeError,
+    MediaTypeError,
+    ParsedSend,
+    parse_contact,
+    parse_location,
+    parse_media,
+    parse_reaction,
+    reply_to,
+    which_kind,
+)
 from web.sessions_api import audit, find, manager
 from web.validation import (
     MAX_OFFSET,
@@ -49,12 +79,39 @@ MESSAGE_SCHEMA: dict[str, Any] = {
         "lastError": {"type": ["string", "null"]},
         "createdAt": {"type": "string"},
         "sentAt": {"type": ["string", "null"]},
+        "kind": {"type": "string", "enum": list(KINDS)},
+        "replyTo": {"type": "string", "description": "the quoted message's WhatsApp id"},
+        "media": {
+            "type": "object",
+            "description": "type, caption, url, mimetype, filename, size, sha256",
+        },
+        "reaction": {"type": "object"},
+        "location": {"type": "object"},
+        "contact": {"type": "object", "description": "name, phone and the vCard sent"},
     },
+}
+SEND_FIELDS = {
+    "to",
+    "text",
+    "media",
+    "reaction",
+    "location",
+    "contact",
+    "replyTo",
+    "idempotencyKey",
+}
+# What a server is asked for when it is given a URL of each kind.
+ACCEPT = {
+    kind: ", ".join(MEDIA_TYPES.get(kind, ())) + ", */*;q=0.1" if kind in MEDIA_TYPES else "*/*"
+    for kind in MEDIA_KINDS
 }
 SEND_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["to", "text"],
+    "required": ["to"],
     "additionalProperties": False,
+    "description": "Exactly one of text, media, reaction, location and contact; replyTo "
+    "quotes a received message (not with a reaction).",
+    "oneOf": BODY_BRANCHES,
     "properties": {
         "to": {
             "type": "string",
@@ -68,6 +125,11 @@ SEND_SCHEMA: dict[str, Any] = {
             "pattern": r"\S",
             "description": "not only whitespace",
         },
+        "media": MEDIA_SCHEMA,
+        "reaction": REACTION_SCHEMA,
+        "location": LOCATION_SCHEMA,
+        "contact": CONTACT_SCHEMA,
+        "replyTo": REPLY_SCHEMA,
         "idempotencyKey": {
             "type": "string",
             "pattern": KEY_PATTERN,
@@ -111,15 +173,18 @@ def message_text(fields: Fields) -> str | None:
 
 async def send_message(request: Request) -> Response:
     session = find(request)
-    body = await read_json(request, request.app.state.settings.max_body_bytes)
-    fields = Fields(body, {"to", "text", "idempotencyKey"})
+    settings = request.app.state.settings
+    body = await read_json(
+        request, media_body_bytes(settings.max_body_bytes, settings.max_media_bytes)
+    )
+    fields = Fields(body, SEND_FIELDS)
     to = normalise_to(fields)
-    text = message_text(fields)
+    parsed = parse_body(fields, settings.max_media_bytes)
     key = fields.text("idempotencyKey", max_length=200) or request.headers.get("idempotency-key")
     if key is not None and not KEY_RE.fullmatch(key):
         fields.error("idempotencyKey", "1 to 200 visible ASCII characters")
     fields.done()
-    assert to is not None and text is not None
+    assert to is not None and parsed is not None
     quota: MessageQuota = request.app.state.quota
     exceeded = await quota.check(session.record.user_id)
     if exceeded is not None:
@@ -129,15 +194,23 @@ async def send_message(request: Request) -> Response:
             headers={"Retry-After": str(exceeded.retry_after)},
         )
     now = manager(request).clock.now()
-    message, created = await outbox(request).enqueue(session.id, to, text, key, now)
+    store = outbox(request)
+    if parsed.plain_text:
+        message, created = await store.enqueue(session.id, to, parsed.text, key, now)
+    else:
+        if key is not None:
+            # A retry under a known key is answered before any file is fetched again.
+            known = await MediaStore(store).by_key(session.id, key)
+            if known is not None:
+                return _again(known, to, parsed, key)
+        media = await media_of(request, parsed)
+        if media is not None:
+            await media_share(request, session.record.user_id, len(media.data))
+        message, created = await MediaStore(store).enqueue(
+            session.id, to, parsed.text, parsed.content(), media, key, now
+        )
     if not created:
-        if (message.to, message.text) != (to, text):
-            raise Problem(
-                409,
-                f"The idempotency key '{key}' was already used for another message "
-                f"({message.id}) of this bot.",
-            )
-        return JSONResponse(message.as_json(), status_code=200)
+        return _again(message, to, parsed, key)
     sender: OutboxSender = request.app.state.sender
     # An expired bot wakes for it (through the lease: another node may have been first).
     await manager(request).wake(session, "a message was queued")
@@ -150,6 +223,116 @@ async def send_message(request: Request) -> Response:
         status_code=202,
         headers={"Location": f"/api/sessions/{session.id}/messages/{message.id}"},
     )
+
+
+def _again(message: OutboxMessage, to: str, parsed: ParsedSend, key: str | None) -> Response:
+    """The answer to a send under a key already used: the stored message, if it is this one."""
+    if (message.to, message.kind, message.text) != (to, parsed.kind, parsed.text) or identity(
+        message.kind, message.payload
+    ) != identity(parsed.kind, parsed.content().payload() if parsed.fields else None):
+        raise Problem(
+            409,
+            f"The idempotency key '{key}' was already used for another message "
+            f"({message.id}) of this bot.",
+        )
+    return JSONResponse(message.as_json(), status_code=200)
+
+
+def parse_body(fields: Fields, max_media_bytes: int) -> ParsedSend | None:
+    """The message's kind and fields; 413 and 415 for a file too big or of a wrong type."""
+    kind = which_kind(fields)
+    parsed: ParsedSend | None = None
+    try:
+        if kind == "text":
+            text = message_text(fields)
+            parsed = None if text is None else ParsedSend(TEXT, text)
+        elif kind == "media":
+            parsed = parse_media(fields, max_media_bytes)
+        elif kind == "reaction":
+            parsed = parse_reaction(fields)
+        elif kind == "location":
+            parsed = parse_location(fields)
+        elif kind == "contact":
+            parsed = parse_contact(fields)
+    except MediaTooLargeError as exc:
+        raise Problem(413, str(exc)) from None
+    except MediaTypeError as exc:
+        raise Problem(415, f"Not a type this message can carry: {exc}.") from None
+    reply = reply_to(fields)
+    if kind == "reaction" and "replyTo" in fields.body:
+        fields.error("replyTo", "a reaction quotes nothing: it is on reaction.messageId")
+    if parsed is not None:
+        if parsed.url is not None:
+            parsed.fields["url"] = parsed.url
+        elif parsed.data is not None:
+            parsed.fields["sha256"] = hashlib.sha256(parsed.data).hexdigest()
+        if reply is not None and kind != "reaction":
+            parsed.fields["replyTo"] = reply
+    return parsed
+
+
+async def media_share(request: Request, owner: str | None, size: int) -> None:
+    """A user's files not yet sent stay within their share of the database (the admin's
+    own bots are not limited, as with the message quota)."""
+    bound: int = request.app.state.settings.max_stored_media_bytes_per_user
+    if owner is None or not bound:
+        return
+    stored = await MediaStore(outbox(request)).stored_bytes(owner)
+    if stored + size > bound:
+        raise Problem(
+            429,
+            f"Not queued: this user's bots already hold {stored} bytes of files not yet sent; "
+            f"with this one ({size} bytes) that is more than "
+            f"MAX_STORED_MEDIA_BYTES_PER_USER={bound}. Try again once some are sent "
+            f"(dead messages keep their files: retry or remove them).",
+            headers={"Retry-After": "60"},
+        )
+
+
+async def media_of(request: Request, parsed: ParsedSend) -> MediaFile | None:
+    """The message's file: from the body, or fetched from its URL through the address guard."""
+    if parsed.kind not in MEDIA_KINDS:
+        return None
+    settings = request.app.state.settings
+    data, mimetype, filename = parsed.data, parsed.mimetype, parsed.filename
+    if parsed.url is not None:
+        try:
+            fetched = await fetch_media(
+                request.app.state.media_client,
+                parsed.url,
+                max_bytes=settings.max_media_bytes,
+                within=settings.media_fetch_timeout.total_seconds(),
+                accept=ACCEPT[parsed.kind],
+            )
+        except MediaFetchError as exc:
+            if exc.status == 413:
+                raise Problem(413, f"Not queued: {exc.message}.") from None
+            raise Problem(
+                422,
+                f"The media's URL could not be used: {exc.message}.",
+                errors=[{"field": "media.url", "message": exc.message}],
+            ) from None
+        data = fetched.data
+        mimetype = mimetype or fetched.mimetype
+        filename = filename or fetched.filename
+        if not data:
+            raise Problem(
+                422,
+                "The media's URL sent an empty file.",
+                errors=[{"field": "media.url", "message": "the answer had no bytes"}],
+            )
+        if mimetype is None or not allowed_type(parsed.kind, mimetype):
+            raise Problem(
+                415,
+                f"Not a type this message can carry: a {parsed.kind} must be "
+                f"{expected_types(parsed.kind)} (the URL sent {mimetype or 'no type'}); "
+                "give media.mimetype if the server says the wrong one.",
+            )
+    assert data is not None and mimetype is not None
+    parsed.fields.update(mimetype=mimetype, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    if filename:
+        parsed.fields["filename"] = filename
+    return MediaFile(data, mimetype, filename)
 
 
 async def list_messages(request: Request) -> Response:
@@ -190,15 +373,24 @@ MESSAGE_ROUTES = [
         "POST",
         "/api/sessions/{session_id}/messages",
         send_message,
-        "Queue a text message (202 once stored); an idempotencyKey makes a retry safe",
+        "Queue a message (202 once stored, media included): text, media (image, video, "
+        "audio, voice note, document, sticker; by URL or base64), a reaction, a location or "
+        "a contact card, optionally quoting a received message; an idempotencyKey makes a "
+        "retry safe",
         body=SEND_SCHEMA,
         responses={
+            413: (
+                "The body is larger than MAX_BODY_BYTES plus room for MAX_MEDIA_BYTES of "
+                "base64, or the file is larger than MAX_MEDIA_BYTES",
+                {},
+            ),
+            415: ("The body is not JSON, or the file's type is not one the kind allows", {}),
             202: ("Queued", MESSAGE_SCHEMA),
             200: ("Already queued under this idempotency key", MESSAGE_SCHEMA),
             409: ("The key was used for another message", {}),
             429: (
-                "The owner's message quota is used up (MAX_QUEUED_MESSAGES_PER_USER or "
-                "MESSAGE_ACCEPT_RATE); see Retry-After",
+                "The owner's message quota is used up (MAX_QUEUED_MESSAGES_PER_USER, "
+                "MESSAGE_ACCEPT_RATE or MAX_STORED_MEDIA_BYTES_PER_USER); see Retry-After",
                 {},
             ),
         },

@@ -88,6 +88,15 @@ class EngineSession(Protocol):
     async def send_text(self, to: str, text: str) -> str:
         """Send a text message; return the engine's message id."""
 
+    async def send_content(self, to: str, content: dict[str, Any]) -> str:
+        """Send a message that is more than text (bot.content: `kind`, its fields, `text`,
+        and for media the file as base64 `data` with `mimetype` and `filename`); return the
+        engine's message id."""
+
+    async def presence(self, to: str, state: str) -> None:
+        """Before a send: mark the chat read, and show "typing…" (`typing`) or
+        "recording…" (`recording`) to it; `read` only marks it read."""
+
     async def heartbeat(self) -> Heartbeat:
         """Ask the page whether it is alive and connected; raise on no answer."""
 

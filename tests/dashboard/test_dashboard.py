@@ -6,6 +6,8 @@ to be looked at by eye.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -297,4 +299,47 @@ async def test_every_page_works_under_its_content_security_policy(
     assert "script-src 'self'" in response.headers["content-security-policy"]
     assert violations == []
     assert not [line for line in console if "Content Security Policy" in line]
+    await context.close()
+
+
+async def test_an_image_is_sent_from_the_bot_page(
+    browser: Browser, server: ServerProcess, tmp_path: Path
+):
+    """The bot page reads the chosen file in the browser and sends it as a media message;
+    it arrives in the simulated WhatsApp as an image, with its caption and its bytes."""
+    png = base64.b64decode(
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+    )
+    picture = tmp_path / "pixel.png"
+    picture.write_bytes(png)
+    bot_id = api(server, "POST", "/api/sessions", json={"name": "gallery"})["id"]
+    context, page = await signed_in(browser, server, ADMIN)
+    await page.goto(f"/bots/{bot_id}")
+    await expect(page.locator("#state")).to_have_text("SCAN_QR", timeout=WAIT)
+    await page.get_by_role("button", name="Simulate scan (demo)").click()
+    await expect(page.locator("#state")).to_have_text("CONNECTED", timeout=WAIT)
+
+    await page.get_by_label("Image", exact=True).set_input_files(str(picture))
+    await page.get_by_label("Caption").fill("one pixel")
+    await page.get_by_role("button", name="Upload image").click()
+    # No number in "To" yet: the API's refusal is shown in place.
+    await expect(page.locator("#bot-message")).to_contain_text("Image not sent")
+    await page.get_by_label("To", exact=True).fill("+15550001111")
+    await page.get_by_label("Image", exact=True).set_input_files(str(picture))
+    await page.get_by_label("Caption").fill("one pixel")
+    await page.get_by_role("button", name="Upload image").click()
+    item = page.locator("#messages li", has_text="one pixel")
+    await expect(item).to_contain_text("(image)")
+    await expect(item).to_contain_text("[sent]", timeout=WAIT)
+    await shot(page, "bot-image-sent")
+    sent = api(server, "GET", f"/api/sessions/{bot_id}/simulator/sent")["messages"]
+    assert [m["type"] for m in sent] == ["image"]
+    record = [
+        json.loads(line)
+        for line in (tmp_path / "data" / "simulator-sent.jsonl").read_text().splitlines()
+    ]
+    (image,) = [r for r in record if r["session_id"] == bot_id]
+    assert image["caption"] == "one pixel" and image["mimetype"] == "image/png"
+    stored = tmp_path / "data" / "simulator-media" / image["media_sha256"]
+    assert stored.read_bytes() == png
     await context.close()

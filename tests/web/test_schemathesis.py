@@ -104,13 +104,21 @@ def target(tmp_path: Path) -> Iterator[Target]:
     settings_ = make_settings(tmp_path, max_sessions_per_user=1000, max_body_bytes=65_536)
     # Webhooks the fuzzer points anywhere are delivered to this stand-in, never to the network.
     peer = httpx.MockTransport(lambda request: httpx.Response(204))
-    app = create_app(settings_, transport=peer)
+    app = create_app(settings_, transport=peer, media_transport=httpx.MockTransport(a_file))
     try:
         with asgi.get_client(cast(Any, app)) as client:  # starts the lifespan on schemathesis' loop
             app.state.listening.set()
             yield Target(app, client)
     finally:
         asgi.shutdown_lifespans()
+
+
+def a_file(request: httpx.Request) -> httpx.Response:
+    """Media URLs the fuzzer sends are fetched from this stand-in, never from the network: a
+    few bytes of the first type the server asks for (a document takes any)."""
+    wanted = request.headers.get("accept", "").split(",")[0].split(";")[0].strip()
+    kind = wanted if "*" not in wanted else "application/pdf"
+    return httpx.Response(200, headers={"Content-Type": kind}, content=b"\x00fuzzed file")
 
 
 def real_ids(target: Target, caller: dict[str, str]) -> dict[str, str]:

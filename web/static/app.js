@@ -156,7 +156,8 @@ const wakeful = (() => {
     async function refreshLists() {
       const messages = await api("GET", `/api/sessions/${id}/messages?limit=20`);
       document.getElementById("messages").replaceChildren(...messages.messages.map((m) =>
-        el("li", {}, `${when(m.createdAt)} → ${m.to}: `, el("span", { class: "text" }, m.text),
+        el("li", {}, `${when(m.createdAt)} → ${m.to}: `,
+          m.kind && m.kind !== "text" ? `(${m.kind}) ` : "", el("span", { class: "text" }, m.text),
           ` [${m.status}${m.lastError ? `: ${m.lastError}` : ""}]`)));
       const deliveries = await api("GET", `/api/sessions/${id}/deliveries`);
       const items = deliveries.deliveries.map((d) =>
@@ -208,6 +209,30 @@ const wakeful = (() => {
         await refreshLists();
       } catch (err) {
         say("bot-message", `Not sent: ${err.message}`, true);
+      }
+    });
+    // The file as base64 (what the send API takes), read in the browser.
+    const asBase64 = (file) => new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
+      reader.onerror = () => reject(reader.error || new Error("the file could not be read"));
+      reader.readAsDataURL(file);
+    });
+    document.getElementById("send-image").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const file = document.getElementById("image-file").files[0];
+      const caption = document.getElementById("image-caption").value;
+      try {
+        if (!file) throw new Error("choose an image first");
+        const media = { type: "image", mimetype: file.type, data: await asBase64(file) };
+        if (caption) media.caption = caption;
+        const sent = await api("POST", `/api/sessions/${id}/messages`,
+          { to: document.getElementById("send-to").value, media });
+        event.target.reset();
+        say("bot-message", `Image ${sent.id} queued.`);
+        await refreshLists();
+      } catch (err) {
+        say("bot-message", `Image not sent: ${err.message}`, true);
       }
     });
     every(1500, refresh);

@@ -12,6 +12,7 @@ conflicts and drops, crashes the page, and records every message the bot sent.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -30,6 +31,7 @@ from bot.engines.simulator.media import MEDIA_HOST, MEDIA_KINDS, EncryptedMedia,
 HERE = Path(__file__).resolve().parent
 SIMULATOR_VERSION = "2.3000.1044999999"
 SENT_BINDING = "__wakefulSimSent"
+PRESENCE_BINDING = "__wakefulSimPresence"
 # The record file keeps everything; memory keeps the latest (a demo left running for weeks).
 KEEP_SENT_IN_MEMORY = 10_000
 WHATSAPP_URL = "https://web.whatsapp.com/"
@@ -67,6 +69,35 @@ class SentMessage:
     ephemeral_duration: int = 0  # the message's disappearing timer
     chat_ephemeral_duration: int = 0  # the chat's
     result: str = "OK"  # the messageSendResult the page answered
+    # What the message is: chat (text), image, video, audio, ptt (a voice note), document,
+    # sticker, location, vcard or reaction, and that kind's fields as the server got them.
+    type: str = "chat"
+    caption: str | None = None
+    filename: str | None = None
+    mimetype: str | None = None
+    size: int | None = None
+    media_sha256: str | None = None  # of the uploaded bytes: `Simulator.media()` has them
+    quoted_id: str | None = None  # the message a reply quotes
+    quoted_participant: str | None = None
+    lat: float | None = None
+    lng: float | None = None
+    loc: str | None = None
+    vcard: str | None = None
+    vcard_name: str | None = None
+    reacted_to: str | None = None  # a reaction's message ("" emoji: the reaction removed)
+    emoji: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceUpdate:
+    """A chat state ("typing", "recording", "paused") or a read receipt ("read") the bot
+    sent to a chat."""
+
+    session_id: str
+    chat: str
+    state: str
+    at: str
+    unread: int = 0  # a read receipt: how many messages it marked read
 
 
 # Demo mode's contacts: these numbers are on (simulated) WhatsApp, and the bot is in one
@@ -166,6 +197,11 @@ class Simulator:
         self._pages: dict[str, Page] = {}
         self._sent: deque[SentMessage] = deque(maxlen=KEEP_SENT_IN_MEMORY)
         self._record = record_dir / "simulator-sent.jsonl" if record_dir else None
+        # Uploaded files by their SHA-256: on disk beside the record (another process, the
+        # test, reads them), else in memory.
+        self._media_dir = record_dir / "simulator-media" if record_dir else None
+        self._media: dict[str, bytes] = {}
+        self._presence: deque[PresenceUpdate] = deque(maxlen=KEEP_SENT_IN_MEMORY)
         self._page_html = (HERE / "page.html").read_text(encoding="utf-8")
         self._script = (HERE / "whatsapp.js").read_text(encoding="utf-8")
         self.media = MediaHost()
@@ -182,9 +218,13 @@ class Simulator:
         def record_sent(_source: Any, data: dict[str, Any]) -> None:
             self._record_sent(session_id, data or {})
 
+        def record_presence(_source: Any, data: dict[str, Any]) -> None:
+            self._record_presence(session_id, data or {})
+
         await context.route("https://web.whatsapp.com/**", fulfil)
         await context.route(f"{MEDIA_HOST}/**", self._fulfil_media)
         await context.expose_binding(SENT_BINDING, record_sent)
+        await context.expose_binding(PRESENCE_BINDING, record_presence)
         context.on("page", lambda page: self._pages.__setitem__(session_id, page))
         for page in context.pages:
             self._pages[session_id] = page
@@ -250,13 +290,73 @@ class Simulator:
             ephemeral_duration=int(data.get("ephemeralDuration") or 0),
             chat_ephemeral_duration=int(data.get("chatEphemeralDuration") or 0),
             result=str(data.get("result") or "OK"),
+            **self._content_fields(data),
         )
         self._sent.append(message)
         if self._record is not None:
             with self._record.open("a", encoding="utf-8") as out:
                 out.write(json.dumps(asdict(message)) + "\n")
 
+    def _content_fields(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The kind's own fields of a sent message; an upload's bytes are kept by hash."""
+
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            return None if value is None else str(value)
+
+        def number(key: str) -> float | None:
+            value = data.get(key)
+            return float(value) if isinstance(value, int | float) else None
+
+        found: dict[str, Any] = {
+            "type": str(data.get("type") or "chat"),
+            "caption": text("caption"),
+            "filename": text("filename"),
+            "mimetype": text("mimetype"),
+            "size": int(data["size"]) if isinstance(data.get("size"), int) else None,
+            "quoted_id": text("quotedId"),
+            "quoted_participant": text("quotedParticipant"),
+            "lat": number("lat"),
+            "lng": number("lng"),
+            "loc": text("loc"),
+            "vcard": text("vcard"),
+            "vcard_name": text("vcardName"),
+            "reacted_to": text("reactedTo"),
+            "emoji": text("emoji"),
+        }
+        encoded = data.get("data")
+        if isinstance(encoded, str):
+            raw = base64.b64decode(encoded)
+            digest = hashlib.sha256(raw).hexdigest()
+            found["media_sha256"] = digest
+            if self._media_dir is not None:
+                self._media_dir.mkdir(parents=True, exist_ok=True)
+                (self._media_dir / digest).write_bytes(raw)
+            else:
+                self._media[digest] = raw
+        return found
+
+    def _record_presence(self, session_id: str, data: dict[str, Any]) -> None:
+        self._presence.append(
+            PresenceUpdate(
+                session_id=session_id,
+                chat=str(data.get("chat", "")),
+                state=str(data.get("state", "")),
+                at=datetime.now(UTC).isoformat(),
+                unread=int(data.get("unread") or 0),
+            )
+        )
+
     # Controls ------------------------------------------------------------------------
+
+    def media(self, sha256: str) -> bytes:
+        """The bytes of a file a bot uploaded, by their SHA-256."""
+        if self._media_dir is not None:
+            return (self._media_dir / sha256).read_bytes()
+        return self._media[sha256]
+
+    def presence(self, session_id: str | None = None) -> list[PresenceUpdate]:
+        return [p for p in self._presence if session_id is None or p.session_id == session_id]
 
     def sent(self, session_id: str | None = None) -> list[SentMessage]:
         return [m for m in self._sent if session_id is None or m.session_id == session_id]

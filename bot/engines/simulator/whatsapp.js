@@ -332,11 +332,13 @@
   function addAndSendMsgToChat(chat, msg) {
     requireConnected();
     if (!(chat instanceof ChatModel)) throw new TypeError("chat.getLastMsgKeyForAction is not a function");
+    const content = contentRecord(chat, msg);
     Msg.add(msg);
     sentCount += 1;
-    const result = sendResults.get(String(chat.id))
+    const chosen = sendResults.get(String(chat.id))
       || sendResults.get(phoneOfLid.get(String(chat.id)) || "") || "OK";
     const record = {
+      ...content,
       id: String(msg.id),
       to: String(chat.id),
       body: msg.body,
@@ -346,8 +348,10 @@
       expectedFrom: expectedSender(chat),
       ephemeralDuration: msg.ephemeralDuration || 0,
       chatEphemeralDuration: chat.ephemeralDuration || 0,
-      result,
+      result: content.error || chosen,
     };
+    delete record.error;
+    const result = record.result;
     // Through a binding, not a routed fetch: Playwright keeps every routed request's
     // objects until the page closes, which grew the server by ~15 KB per message.
     const sent = window.__wakefulSimSent(record).then(() => {
@@ -665,6 +669,187 @@
   };
   Cmd.on("main_loaded", addConfiguredGroups);
 
+  // Sending more than text -------------------------------------------------------------
+  // Media goes as WhatsApp Web sends it: an OpaqueData made from the file, prepared
+  // (`prepRawMedia`: type, file hash, a preview; its blob a plain Blob, as WhatsApp's may
+  // be), a media object consolidated from it, then the encrypted upload, whose entry gives
+  // the message its directPath and mediaKey; a media message without an upload behind it
+  // fails. Replies carry the quoted message's context, reactions name a message WhatsApp
+  // Web has, chat states and read receipts need the chat's wid and model. The "server"
+  // records what arrived, with the uploaded bytes, through `__wakefulSimSent`, and chat
+  // states and read receipts through `__wakefulSimPresence`.
+  const uploads = new Map(); // directPath -> {bytes (base64), mimetype, filehash}
+  const toB64 = (bytes) => {
+    let binary = "";
+    for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    return btoa(binary);
+  };
+
+  class OpaqueData {
+    constructor(blob, type) { this._blob = blob; this.type = type; this._url = null; }
+    static async createFromData(blob, type) {
+      if (!(blob instanceof Blob)) throw new TypeError("OpaqueData.createFromData: not a Blob");
+      return new OpaqueData(blob, type || blob.type);
+    }
+    url() { this._url ||= URL.createObjectURL(this._blob); return this._url; }
+    autorelease() { /* released when the page goes */ }
+    formData() { return this._blob; }
+  }
+  class MediaData {
+    set(values) { Object.assign(this, values); }
+    toJSON() { return { ...this }; }
+  }
+  const mediaTypeOf = (mimetype, params) => {
+    if (params.asSticker) {
+      if (mimetype !== "image/webp") throw new Error("media-fault: a sticker must be image/webp");
+      return "sticker";
+    }
+    if (params.isPtt) {
+      if (!mimetype.startsWith("audio/")) throw new Error("media-fault: a voice note must be audio");
+      return "ptt";
+    }
+    if (params.asDocument) return "document";
+    for (const kind of ["image", "video", "audio"]) if (mimetype.startsWith(`${kind}/`)) return kind;
+    return "document";
+  };
+  const prepRawMedia = (opaque, params = {}) => {
+    if (!(opaque instanceof OpaqueData)) throw new TypeError("prepRawMedia: expected OpaqueData");
+    const prepared = (async () => {
+      const bytes = new Uint8Array(await opaque._blob.arrayBuffer());
+      const media = new MediaData();
+      media.set({
+        type: mediaTypeOf(opaque.type, params),
+        mimetype: opaque.type,
+        size: bytes.length,
+        filehash: await sha256B64(bytes),
+        filename: opaque._blob.name || undefined,
+        isGif: Boolean(params.asGif),
+        // WhatsApp hands back a plain Blob: the sender makes its own OpaqueData of it.
+        mediaBlob: new Blob([bytes], { type: opaque.type }),
+        preview: opaque.type.startsWith("image/") || opaque.type.startsWith("video/") ? "/9j/SIMPREVIEW" : undefined,
+      });
+      return media;
+    })();
+    return { waitForPrep: () => prepared };
+  };
+  const mediaObjects = new Map();
+  const getOrCreateMediaObject = (filehash) => {
+    if (!mediaObjects.has(filehash)) {
+      mediaObjects.set(filehash, {
+        filehash, contentInfo: {}, consolidated: null,
+        consolidate(json) { this.consolidated = json; this.size = json.size; this.type = json.type; },
+      });
+    }
+    return mediaObjects.get(filehash);
+  };
+  const uploadMedia = async ({ mimetype, mediaObject, mediaType }) => {
+    requireConnected();
+    const json = mediaObject && mediaObject.consolidated;
+    if (!json || !(json.mediaBlob instanceof OpaqueData)) {
+      throw new Error("media-fault: the media object was not consolidated with the file");
+    }
+    const bytes = new Uint8Array(await json.mediaBlob._blob.arrayBuffer());
+    if ((await sha256B64(bytes)) !== mediaObject.filehash) throw new Error("media-fault: file hash mismatch");
+    const directPath = `/v/t62.${mediaType}/${randomHex(12)}`;
+    uploads.set(directPath, { bytes: toB64(bytes), mimetype, filehash: mediaObject.filehash });
+    return {
+      mediaEntry: {
+        mmsUrl: `https://mmg.whatsapp.net${directPath}`, deprecatedMms3Url: null, directPath,
+        mediaKey: randomB64(32), mediaKeyTimestamp: Math.floor(Date.now() / 1000),
+        encFilehash: randomB64(32), uploadHash: randomB64(32),
+      },
+    };
+  };
+
+  // A message WhatsApp Web has can be quoted and reacted to.
+  const messageMethods = {
+    msgContextInfo(chat) {
+      return {
+        quotedMsg: { type: this.type, body: this.body },
+        quotedStanzaID: this.id.id,
+        quotedParticipant: this.author || this.from,
+        quotedRemoteJid: chat.id,
+      };
+    },
+    canReply() { return this.type !== "revoked"; },
+    unsafe() { return this; },
+  };
+  Msg.on("add", (msg) => {
+    for (const [name, fn] of Object.entries(messageMethods)) if (typeof msg[name] !== "function") msg[name] = fn;
+    if (msg.id && !msg.id.fromMe && msg.id.remote) {
+      const chat = chatModel(msg.id.remote);
+      chat.unreadCount = (chat.unreadCount || 0) + 1;
+    }
+  });
+  const findQuoted = (chat, stanzaId) =>
+    Msg.getModelsArray().find((m) => m.id.id === stanzaId && String(m.id.remote) === String(chat.id));
+
+  // What a sent message of each type must carry, and what the "server" records of it.
+  const MEDIA_TYPES = new Set(["image", "video", "audio", "ptt", "document", "sticker"]);
+  const contentRecord = (chat, msg) => {
+    const record = { type: msg.type || "chat" };
+    if (msg.quotedStanzaID !== undefined) {
+      const quoted = findQuoted(chat, msg.quotedStanzaID);
+      if (!quoted) throw new Error("the quoted message is not in this chat");
+      record.quotedId = String(quoted.id);
+      record.quotedParticipant = msg.quotedParticipant ? String(msg.quotedParticipant) : null;
+    }
+    if (MEDIA_TYPES.has(record.type)) {
+      const upload = uploads.get(msg.directPath);
+      if (!upload || !msg.mediaKey || upload.filehash !== msg.filehash) return { ...record, error: "ERROR_UNKNOWN" };
+      Object.assign(record, {
+        caption: msg.caption ?? null, filename: msg.filename ?? null, mimetype: upload.mimetype,
+        size: msg.size, data: upload.bytes,
+      });
+    } else if (record.type === "location") {
+      if (typeof msg.lat !== "number" || typeof msg.lng !== "number") throw new Error("a location needs lat and lng");
+      Object.assign(record, { lat: msg.lat, lng: msg.lng, loc: msg.loc ?? null });
+    } else if (record.type === "vcard") {
+      if (!/^BEGIN:VCARD/.test(msg.body || "")) throw new Error("a vcard message needs a vCard body");
+      Object.assign(record, { vcard: msg.body, vcardName: msg.vcardFormattedName ?? null });
+    }
+    return record;
+  };
+
+  const sendReactionToMsg = async (msg, reaction) => {
+    requireConnected();
+    if (!msg || !Msg.get(String(msg.id))) throw new Error("sendReactionToMsg: not a message of this client");
+    const result = sendResults.get(String(msg.id.remote)) || "OK";
+    await window.__wakefulSimSent({
+      id: `reaction_${String(msg.id)}`, to: String(msg.id.remote), body: reaction, t: Math.floor(Date.now() / 1000),
+      type: "reaction", reactedTo: String(msg.id), emoji: reaction, result,
+    });
+    return { messageSendResult: result };
+  };
+
+  const chatState = (state) => async (id) => {
+    requireConnected();
+    if (!(id instanceof Wid)) throw new TypeError("chat state: expected a Wid");
+    await window.__wakefulSimPresence({ chat: String(id), state });
+  };
+  const sendSeen = async ({ chat }) => {
+    requireConnected();
+    if (!(chat instanceof ChatModel)) throw new TypeError("sendSeen: expected a chat model");
+    const unread = chat.unreadCount || 0;
+    chat.unreadCount = 0;
+    await window.__wakefulSimPresence({ chat: String(chat.id), state: "read", unread });
+  };
+
+  const SEND_MODULES = [
+    ["WAWebMediaOpaqueData", () => OpaqueData],
+    ["WAWebPrepRawMedia", () => ({ prepRawMedia })],
+    ["WAWebMediaStorage", () => ({ getOrCreateMediaObject })],
+    ["WAWebMmsMediaTypes", () => ({ msgToMediaType: ({ type }) => type, castToV4: (t) => t })],
+    ["WAWebMediaMmsV4Upload", () => ({ uploadMedia, uploadUnencryptedMedia: uploadMedia })],
+    ["WAWebSendReactionMsgAction", () => ({ sendReactionToMsg })],
+    ["WAWebChatStateBridge", () => ({
+      sendChatStateComposing: chatState("typing"),
+      sendChatStateRecording: chatState("recording"),
+      sendChatStatePaused: chatState("paused"),
+    })],
+    ["WAWebUpdateUnreadChatAction", () => ({ sendSeen })],
+    ["WAWebMsgReply", () => ({ canReplyMsg: (msg) => msg.type !== "revoked" })],
+  ];
   const withheld = new Set(cfg.withhold);
   CHAT_MODULES.push(...RECEIVE_MODULES);
   const define = (batch, done) => {
@@ -680,7 +865,7 @@
   const defineChatModules = () => {
     if (chatDefined) return;
     chatDefined = true;
-    define(CHAT_MODULES, () => {
+    define([...CHAT_MODULES, ...SEND_MODULES], () => {
       if (cfg.debug === "late") window.Debug = { VERSION: cfg.version };
       Cmd.isMainLoaded = true;
       Cmd.emit("main_loaded");

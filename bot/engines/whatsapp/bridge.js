@@ -17,8 +17,8 @@
 //   · state {state} · logout {reason} · bridge_outdated {missing, stage, version}
 // When a module it needs does not appear while the module list grows, and then for a bound
 // of quiet, it says so (`bridge_outdated`, naming the module) instead of limping on.
-// The driver calls back into `window.__wakefulBridge` (state, sendText, requestPairCode,
-// logout, downloadMedia). Timings come from `window.__wakefulConfig`, set by the driver just before.
+// The driver calls back into `window.__wakefulBridge` (state, sendText, sendContent,
+// presence, requestPairCode, logout, downloadMedia). Timings come from `window.__wakefulConfig`, set by the driver just before.
 (() => {
   "use strict";
   if (window.__wakefulBridge) return;
@@ -674,6 +674,191 @@
     return chat.WidFactory.createWid(id.includes("@") ? id : `${id}@c.us`);
   };
 
+  // Sending more than text ------------------------------------------------------------
+  // Media, replies, reactions, locations, contact cards and presence: the modules the
+  // maintained clients use for them, resolved at the first such send (text does not wait
+  // for them; a build without one fails that send, naming the module).
+  const SEND_MORE = {
+    OpaqueData: { names: ["WAWebMediaOpaqueData"], pick: (m) => (typeof m.createFromData === "function" ? m : m.default) },
+    PrepRawMedia: { names: ["WAWebPrepRawMedia"], pick: has("prepRawMedia") },
+    MediaStorage: { names: ["WAWebMediaStorage"], pick: has("getOrCreateMediaObject") },
+    MediaTypes: { names: ["WAWebMmsMediaTypes"], pick: has("msgToMediaType") },
+    Upload: { names: ["WAWebMediaMmsV4Upload"], pick: has("uploadMedia") },
+    Reaction: { names: ["WAWebSendReactionMsgAction"], pick: has("sendReactionToMsg") },
+    ChatState: { names: ["WAWebChatStateBridge"], pick: has("sendChatStateComposing") },
+    Seen: { names: ["WAWebUpdateUnreadChatAction"], pick: has("sendSeen") },
+    MsgReply: { names: ["WAWebMsgReply"], pick: has("canReplyMsg"), optional: true },
+  };
+  let more = null;
+  const sendMore = () => {
+    if (more) return more;
+    const { found, missing } = resolveAll(SEND_MORE);
+    if (missing.length) throw new Error(`WhatsApp Web changed: ${missing.join(", ")} not found (the bridge needs an update)`);
+    more = found;
+    return more;
+  };
+
+  const requireChats = () => {
+    if (!auth) throw new Error("WhatsApp Web is not loaded");
+    if (auth.Socket.state !== "CONNECTED") throw new Error(`not connected (${auth.Socket.state})`);
+    if (!chat) throw new Error("WhatsApp Web's chats are not loaded yet");
+  };
+
+  const outgoingChat = async (to) => {
+    const found = await chat.FindChat.findOrCreateLatestChat(toWid(to), "createChat");
+    const target = found && found.chat && chat.Collections.Chat.get(found.chat.id);
+    if (!target) throw new Error(`no chat with ${to}`);
+    return target;
+  };
+
+  // A new outgoing message in `target`, addressed as WhatsApp Web addresses its own.
+  const outgoingMessage = async (target, fields) => {
+    const m = chat;
+    const pn = m.MeUser.getMaybeMePnUser();
+    const lid = m.MeUser.getMaybeMeLidUser?.();
+    const isGroup = typeof target.id.isGroup === "function" && target.id.isGroup();
+    const isLid = typeof target.id.isLid === "function" && target.id.isLid();
+    const lidGroup = isGroup && !(target.groupMetadata && target.groupMetadata.isLidAddressingMode === false);
+    const from = ((isLid || lidGroup) && lid) || pn;
+    const participant = isGroup ? (m.WidFactory.asUserWidOrThrow ? m.WidFactory.asUserWidOrThrow(from) : from) : undefined;
+    const key = new m.MsgKey({ from, to: target.id, id: await m.MsgKey.newId(), participant, selfDir: "out" });
+    return {
+      key,
+      message: {
+        id: key, ack: 0, from, to: target.id, local: true, self: "out",
+        t: Math.floor(Date.now() / 1000), isNewMsg: true, type: "chat",
+        ...(m.Ephemeral.getEphemeralFields(target) || {}),
+        ...fields,
+      },
+    };
+  };
+
+  const sendToChat = async (target, message) => {
+    const result = chat.SendMsg.addAndSendMsgToChat(target, message);
+    const [added, sent] = Array.isArray(result) ? result : [result, null];
+    await added;
+    const outcome = sent ? await sent : null;
+    const code = outcome && typeof outcome === "object" ? outcome.messageSendResult : outcome;
+    if (typeof code === "string" && code !== "OK") throw new Error(`WhatsApp did not send the message: ${code}`);
+  };
+
+  const findMessage = async (id) => {
+    const Msg = chat.Collections.Msg;
+    const found = Msg.get(id) || (typeof Msg.getMessagesById === "function"
+      ? (await Msg.getMessagesById([id]))?.messages?.[0] : null);
+    if (!found) throw new Error(`the message ${id} is not in WhatsApp Web's history`);
+    return found;
+  };
+
+  const quoting = async (target, id) => {
+    if (!id) return {};
+    const quoted = await findMessage(id);
+    const mods = sendMore();
+    const canReply = mods.MsgReply
+      ? mods.MsgReply.canReplyMsg(typeof quoted.unsafe === "function" ? quoted.unsafe() : quoted)
+      : quoted.canReply?.() !== false;
+    if (!canReply) throw new Error(`the message ${id} cannot be replied to`);
+    return quoted.msgContextInfo(target);
+  };
+
+  const fileOf = ({ data, mimetype, filename }) => {
+    const binary = atob(data);
+    const bytes = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i += 1) bytes[i] = binary.charCodeAt(i);
+    return new File([bytes], filename || "file", { type: mimetype, lastModified: Date.now() });
+  };
+
+  // The file prepared and uploaded (encrypted) as WhatsApp Web does before it sends media;
+  // what comes back are the message's media fields.
+  const uploadMedia = async (content) => {
+    const mods = sendMore();
+    const kind = content.kind;
+    const file = fileOf(content);
+    const opaque = await mods.OpaqueData.createFromData(file, content.mimetype);
+    const prep = mods.PrepRawMedia.prepRawMedia(opaque, {
+      asSticker: kind === "sticker", isPtt: kind === "voice", asDocument: kind === "document", asGif: false,
+    });
+    const media = await prep.waitForPrep();
+    if (!media || !media.filehash) throw new Error("WhatsApp Web could not prepare the file");
+    const object = mods.MediaStorage.getOrCreateMediaObject(media.filehash);
+    const mediaType = mods.MediaTypes.msgToMediaType({ type: media.type, isGif: media.isGif });
+    if (kind === "voice" && media.type === "ptt" && !media.waveform && object.contentInfo?.waveform) {
+      media.waveform = object.contentInfo.waveform;
+    }
+    if (!(media.mediaBlob instanceof mods.OpaqueData)) {
+      media.mediaBlob = await mods.OpaqueData.createFromData(media.mediaBlob, media.mediaBlob.type);
+    }
+    media.renderableUrl = media.mediaBlob.url();
+    object.consolidate(media.toJSON());
+    media.mediaBlob.autorelease();
+    const uploaded = await mods.Upload.uploadMedia({ mimetype: media.mimetype, mediaObject: object, mediaType });
+    const entry = uploaded && uploaded.mediaEntry;
+    if (!entry) throw new Error("WhatsApp did not take the file (the upload failed)");
+    media.set({
+      clientUrl: entry.mmsUrl, deprecatedMms3Url: entry.deprecatedMms3Url, directPath: entry.directPath,
+      mediaKey: entry.mediaKey, mediaKeyTimestamp: entry.mediaKeyTimestamp, filehash: object.filehash,
+      encFilehash: entry.encFilehash, uploadhash: entry.uploadHash, size: object.size,
+      streamingSidecar: entry.sidecar, firstFrameSidecar: entry.firstFrameSidecar,
+    });
+    const fields = { ...media, ...(typeof media.toJSON === "function" ? media.toJSON() : {}) };
+    delete fields.mediaBlob;
+    if (kind !== "sticker") fields.body = media.preview;
+    if (content.caption) fields.caption = content.caption;
+    if (kind === "document" && content.filename) fields.filename = content.filename;
+    return fields;
+  };
+
+  const contentFields = async (content) => {
+    switch (content.kind) {
+      case "text":
+        return { type: "chat", body: content.text };
+      case "location": {
+        const loc = [content.name, content.address].filter(Boolean).join("\n");
+        return { type: "location", lat: content.latitude, lng: content.longitude, ...(loc ? { loc } : {}), body: "" };
+      }
+      case "contact":
+        return { type: "vcard", body: content.vcard, vcardFormattedName: content.name };
+      case "image": case "video": case "audio": case "voice": case "document": case "sticker":
+        return uploadMedia(content);
+      default:
+        throw new Error(`cannot send a message of kind ${content.kind}`);
+    }
+  };
+
+  const sendContent = async (to, content) => {
+    requireChats();
+    const target = await outgoingChat(to);
+    if (content.kind === "reaction") {
+      const reacted = await findMessage(content.messageId);
+      const where = widText(reacted.id && reacted.id.remote);
+      if (where && where !== widText(target.id)) throw new Error(`the message ${content.messageId} is not in the chat with ${to}`);
+      const outcome = await sendMore().Reaction.sendReactionToMsg(reacted, content.emoji || "");
+      const code = outcome && typeof outcome === "object" ? outcome.messageSendResult : outcome;
+      if (typeof code === "string" && code !== "OK") throw new Error(`WhatsApp did not send the reaction: ${code}`);
+      return `reaction_${content.messageId}`;
+    }
+    const fields = { ...(await contentFields(content)), ...(await quoting(target, content.replyTo)) };
+    const { key, message } = await outgoingMessage(target, fields);
+    await sendToChat(target, message);
+    return key.toString();
+  };
+
+  // Before an answer: the chat read (as a person opening it), then "typing…"/"recording…".
+  const presence = async (to, state) => {
+    requireChats();
+    const mods = sendMore();
+    const target = await outgoingChat(to);
+    const stream = auth.Stream;
+    try {
+      stream?.markAvailable?.();
+      await mods.Seen.sendSeen({ chat: target, threadId: undefined });
+    } finally {
+      stream?.markUnavailable?.();
+    }
+    if (state === "typing") await mods.ChatState.sendChatStateComposing(target.id);
+    else if (state === "recording") await mods.ChatState.sendChatStateRecording(target.id);
+  };
+
   window.__wakefulBridge = {
     state: () => {
       if (auth) return auth.Socket.state;
@@ -716,6 +901,8 @@
       // The serialized key is a minified property in current builds: only toString is stable.
       return key.toString();
     },
+    sendContent,
+    presence,
     requestPairCode: async (phone) => {
       if (!auth || !auth.AltLinking) throw new Error("linking by code is not available");
       pairing.active = true;
@@ -757,11 +944,6 @@
     }
     lookup = result.found;
     return lookup;
-  };
-  const requireChats = () => {
-    if (!auth) throw new Error("WhatsApp Web is not loaded");
-    if (auth.Socket.state !== "CONNECTED") throw new Error(`not connected (${auth.Socket.state})`);
-    if (!chat) throw new Error("WhatsApp Web's chats are not loaded yet");
   };
   const models = (value) => (Array.isArray(value) ? value : (value && value.getModelsArray && value.getModelsArray()) || []);
   const groupChats = () => models(chat.Collections.Chat)

@@ -449,6 +449,15 @@ class WhatsAppSession:
         )
         return str(message_id)
 
+    async def send_content(self, to: str, content: dict[str, Any]) -> str:
+        message_id = await self._call(
+            "([to, content]) => window.__wakefulBridge.sendContent(to, content)", [to, content]
+        )
+        return str(message_id)
+
+    async def presence(self, to: str, state: str) -> None:
+        await self._call("([to, state]) => window.__wakefulBridge.presence(to, state)", [to, state])
+
     async def request_pair_code(self, phone: str) -> str:
         code = await self._call("phone => window.__wakefulBridge.requestPairCode(phone)", phone)
         return str(code)

@@ -168,7 +168,7 @@ async def test_a_text_message_or_an_unknown_id_has_no_file_and_an_expired_file_s
         await session.download_media("false_1@lid_NOPE")
     image_id, uploaded = await sim.incoming_media(bot, "+15550002222", b"\xff\xd8 tiny")
     await events.wait_for(EventKind.MESSAGE, count=2)
-    sim.media.expire(uploaded.direct_path)
+    sim.media_host.expire(uploaded.direct_path)
     with pytest.raises((MediaNotFoundError, EngineError)):
         await session.download_media(image_id)
 

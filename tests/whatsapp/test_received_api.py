@@ -62,7 +62,7 @@ async def test_a_received_image_is_described_in_the_webhook_and_downloads_byte_f
         assert got.headers["content-disposition"].startswith("attachment")
 
         # Kept a while: asked again after WhatsApp's host dropped it, it is still there.
-        sim.media.expire(uploaded.direct_path)
+        sim.media_host.expire(uploaded.direct_path)
         again = await demo.client.get(media["url"], headers=ADMIN)
         assert again.status_code == 200 and again.content == got.content
 

@@ -204,7 +204,7 @@ class Simulator:
         self._presence: deque[PresenceUpdate] = deque(maxlen=KEEP_SENT_IN_MEMORY)
         self._page_html = (HERE / "page.html").read_text(encoding="utf-8")
         self._script = (HERE / "whatsapp.js").read_text(encoding="utf-8")
-        self.media = MediaHost()
+        self.media_host = MediaHost()
         if self._record is not None and self._record.exists():
             # WhatsApp's servers outlive the bot's process; so does the record of what arrived.
             for line in self._record.read_text(encoding="utf-8").splitlines():
@@ -260,7 +260,7 @@ class Simulator:
 
     async def _fulfil_media(self, route: Route) -> None:
         url = urlsplit(route.request.url)
-        found = self.media.get(url.path + (f"?{url.query}" if url.query else ""))
+        found = self.media_host.get(url.path + (f"?{url.query}" if url.query else ""))
         # The media host answers WhatsApp Web's page across origins.
         cors = {"Access-Control-Allow-Origin": "https://web.whatsapp.com"}
         try:
@@ -470,7 +470,7 @@ class Simulator:
         """A file from `sender`: encrypted onto the media host, announced to the page."""
         if kind not in MEDIA_KINDS:
             raise SimulatorError(f"unknown media kind '{kind}'; expected one of {MEDIA_KINDS}")
-        uploaded = self.media.upload(data, kind)
+        uploaded = self.media_host.upload(data, kind)
         message_id: str = await self._call(
             session_id,
             "args => window.__waSim.incomingMedia(args)",

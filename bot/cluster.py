@@ -184,7 +184,9 @@ class Node:
             self._listener = None
 
     def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        self.wakeup.set()
+        # Requests and answers between nodes (bot.actions) change nothing the keeper reads.
+        if not payload.startswith(("action:", "done:")):
+            self.wakeup.set()
         for callback in self.on_message:
             callback(payload)
 

@@ -64,6 +64,10 @@ class ClusterKeeper:
         await self.sync()
         if not self.node.draining:
             self.adopt()
+            try:
+                await self.manager.leadership.renew_once()
+            except Exception as exc:  # unproved: holds() turns false by itself in time
+                log.debug("Renewing the leader lease failed: {}", exc)
         await self.node.beat(self.manager.held_count())
         now = self.manager.clock.now()
         self.nodes = [n for n in await self.node.store.nodes() if n.alive(now)]

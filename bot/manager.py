@@ -15,6 +15,7 @@ from typing import Any
 
 from loguru import logger
 
+from bot.actions import Actions, OwnerSilentError, RemoteFailedError
 from bot.cluster import Node
 from bot.engines.base import Engine
 from bot.keeper import ClusterKeeper
@@ -26,6 +27,7 @@ from bot.store import BotStore, DuplicateNameError, LimitReachedError, SessionRe
 from config import Settings
 from services.alerts import Alerter
 from services.clock import Clock
+from services.leader import Leadership, LeaseStore
 from services.metrics import Metrics
 
 log = logger.bind(component="bot")
@@ -89,6 +91,13 @@ def _duration(delta: timedelta) -> str:
     return f"{seconds}s"
 
 
+def _cluster_part(theirs: list[dict[str, Any]], silent: list[str]) -> dict[str, Any]:
+    """How many nodes a cluster-wide job covered (nothing to say for a cluster of one)."""
+    if not theirs and not silent:
+        return {}
+    return {"nodes": 1 + len(theirs), **({"unanswered": silent} if silent else {})}
+
+
 class BotManager:
     def __init__(
         self,
@@ -129,6 +138,20 @@ class BotManager:
         self.deleted: set[str] = set()
         self.keeper = ClusterKeeper(self)
         self._keeper_task: asyncio.Task[None] | None = None
+        # Actions reach the owner node (bot.actions); the leader asks every node to sweep.
+        self.actions = Actions(self)
+        self.actions.node_steps["sweep"] = lambda: self.health_sweep_local(only_held=True)
+        self.actions.node_steps["cleanup"] = lambda: self.cleanup_local(only_held=True)
+        self._actions_task: asyncio.Task[None] | None = None
+        # One cluster, one voice: the cluster-wide jobs run where this lease is held.
+        self.leadership = Leadership(
+            LeaseStore(store.db),
+            self.node.id,
+            clock,
+            lease=self.node.config.lease,
+            renew_every=self.node.config.renew_every,
+            monotonic=clock.monotonic,
+        )
         self.last_cleanup: dict[str, Any] | None = None
         self.last_sweep: dict[str, Any] | None = None
         metrics.session_counts = self.counts_by_state
@@ -328,6 +351,8 @@ class BotManager:
         (staggered, under the start cap); later steps renew, mirror and adopt."""
         self._keeper_task = asyncio.get_running_loop().create_task(self.keeper.run())
         self._keeper_task.set_name("cluster keeper")
+        self._actions_task = asyncio.get_running_loop().create_task(self.actions.serve())
+        self._actions_task.set_name("owner actions")
 
     async def shutdown(self, within: float) -> None:
         """Hand over: take no more bots, close the browsers this node runs (each takes its
@@ -357,10 +382,14 @@ class BotManager:
                         session.mark_stopped("shutdown", now)
         except TimeoutError:
             log.error("Bot sessions did not all stop within {:.1f}s", within)
-        if self._keeper_task is not None:
-            self._keeper_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._keeper_task
+        for task in (self._keeper_task, self._actions_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self.actions.stop()
+        with contextlib.suppress(Exception):
+            await self.leadership.release()
         try:
             released = await self.node.leave()
             if released:
@@ -382,9 +411,85 @@ class BotManager:
 
     # Periodic steps --------------------------------------------------------------------
 
+    async def leads(self) -> bool:
+        """Whether this node runs the cluster's jobs now: it proves it holds the leader
+        lease (renewing it) or takes it when it is free. A database away proves nothing."""
+        try:
+            return await self.leadership.renew_once()
+        except Exception as exc:
+            log.warning("Cannot tell whether this node leads the cluster: {}", exc)
+            return False
+
+    def _skipped(self, job: str) -> dict[str, Any]:
+        leader = self.leadership.leader
+        log.debug("{} skipped: node {} runs the cluster's jobs", job, leader or "another")
+        return {"at": self.clock.now().isoformat(), "skipped": True, "leader": leader}
+
+    async def _ask_other_nodes(self, action: str) -> tuple[list[dict[str, Any]], list[str]]:
+        """A node-wide action on every other live node, at once: their answers, and the
+        nodes that gave none (they run their bots still; or they died, and their bots
+        are adopted once their leases end)."""
+        others = [n.id for n in self.keeper.nodes if n.id != self.node.id and not n.draining]
+        answers = await asyncio.gather(
+            *(self.actions.on_node(node, action) for node in others), return_exceptions=True
+        )
+        found, silent = [], []
+        for node, answer in zip(others, answers, strict=True):
+            if isinstance(answer, dict):
+                found.append(answer)
+            else:
+                silent.append(node)
+                if not isinstance(answer, OwnerSilentError | RemoteFailedError):
+                    log.warning("Node {} did not {}: {}", node, action, answer)
+        return found, silent
+
+    async def run_if_leader(self, job: str, step: Callable[[], Any]) -> Any:
+        """A cluster-wide job (retention): run here only while this node leads."""
+        if not await self.leads():
+            return self._skipped(job)
+        return await step()
+
     async def cleanup_once(self) -> dict[str, Any]:
         """Close running sessions idle for SESSION_INACTIVE_TIMEOUT or older than
-        SESSION_MAX_AGE (→ EXPIRED; the link is kept, a restart needs no QR)."""
+        SESSION_MAX_AGE (→ EXPIRED; the link is kept, a restart needs no QR). Once per
+        interval in the cluster: the leader cleans up what it runs and nobody runs, and
+        asks every other node to clean up what it runs."""
+        if not await self.leads():
+            return self._skipped("Session cleanup")
+        mine = await self.cleanup_local(only_held=False)
+        theirs, silent = await self._ask_other_nodes("cleanup")
+        removed: Counter[str] = Counter(mine["reasons"])
+        checked = mine["checked"]
+        for answer in theirs:
+            removed.update(answer.get("reasons", {}))
+            checked += int(answer.get("checked", 0))
+        total = sum(removed.values())
+        log.info("✅ Session cleanup complete: {}/{} sessions removed", total, checked)
+        self.last_cleanup = {
+            "at": mine["at"],
+            "checked": checked,
+            "removed": total,
+            "reasons": dict(removed),
+            **_cluster_part(theirs, silent),
+        }
+        return self.last_cleanup
+
+    async def _run_elsewhere(self, only_held: bool) -> set[str]:
+        """Bots another node holds a live lease on, as stored now (this node's copies may
+        be a step behind)."""
+        if only_held:
+            return set()
+        now = self.clock.now()
+        return {
+            bot_id
+            for bot_id, (owner, until, _, _) in (await self.node.store.owners()).items()
+            if owner is not None and owner != self.node.id and until is not None and until >= now
+        }
+
+    async def cleanup_local(self, *, only_held: bool) -> dict[str, Any]:
+        """The cleanup of the bots this node runs (and, on the leader, of those nobody
+        runs)."""
+        others = await self._run_elsewhere(only_held)
         now = self.clock.now()
         checked = 0
         removed: Counter[str] = Counter()
@@ -399,6 +504,8 @@ class BotManager:
             record = session.record
             # Another node's bot (mirrored here) is that node's to clean up.
             if record.state not in RUNNING_STATES or session.owned_elsewhere():
+                continue
+            if not session.held() and (only_held or session.id in others):
                 continue
             checked += 1
             verdict = cleanup_verdict(
@@ -416,18 +523,39 @@ class BotManager:
             log.bind(session=session.id).info(
                 "🧹 Session '{}' closed: {}", record.name, texts[verdict.value]
             )
-        total = sum(removed.values())
-        log.info("✅ Session cleanup complete: {}/{} sessions removed", total, checked)
-        self.last_cleanup = {
+        return {
             "at": now.isoformat(),
             "checked": checked,
-            "removed": total,
+            "removed": sum(removed.values()),
             "reasons": dict(removed),
         }
-        return self.last_cleanup
 
     async def health_sweep_once(self) -> dict[str, Any]:
-        """Level every session, reconnect what is due, alert on entering critical."""
+        """Level every session, reconnect what is due, alert on entering critical. Once per
+        interval in the cluster: the leader sweeps what it runs and nobody runs, and asks
+        every other node to sweep what it runs; one summary line for the cluster."""
+        if not await self.leads():
+            return self._skipped("Session health check")
+        summary = await self.health_sweep_local(only_held=False)
+        theirs, silent = await self._ask_other_nodes("sweep")
+        for answer in theirs:
+            for key, value in answer.items():
+                if key != "at" and isinstance(value, int):
+                    summary[key] = summary.get(key, 0) + value
+        log.info(
+            "🩺 Session health check complete: {total} total, {healthy} healthy, {warning} "
+            "warning, {critical} critical, {reconnected} reconnected, {notified} notified",
+            **summary,
+        )
+        self.last_sweep = {
+            **summary,
+            **_cluster_part(theirs, silent),
+        }
+        return self.last_sweep
+
+    async def health_sweep_local(self, *, only_held: bool) -> dict[str, Any]:
+        """The sweep of the bots this node runs (and, on the leader, of those nobody runs)."""
+        others = await self._run_elsewhere(only_held)
         now = self.clock.now()
         summary = {
             "total": 0,
@@ -441,7 +569,9 @@ class BotManager:
         for session in list(self.sessions.values()):
             record = session.record
             if session.owned_elsewhere():
-                continue  # another node runs it, and sweeps it
+                continue  # another node runs it, and sweeps it when the leader asks
+            if not session.held() and (only_held or session.id in others):
+                continue  # the leader sweeps what nobody runs; its owner sweeps the rest
             try:
                 due = record.next_retry_at is None or record.next_retry_at <= now
                 if record.state is S.DISCONNECTED and due:
@@ -455,10 +585,4 @@ class BotManager:
                 log.bind(session=session.id).debug("Sweep skipped: {}", exc)
             summary["total"] += 1
             summary[record.health] = summary.get(record.health, 0) + 1
-        log.info(
-            "🩺 Session health check complete: {total} total, {healthy} healthy, {warning} "
-            "warning, {critical} critical, {reconnected} reconnected, {notified} notified",
-            **summary,
-        )
-        self.last_sweep = {"at": now.isoformat(), **summary}
-        return self.last_sweep
+        return {"at": now.isoformat(), **summary}

@@ -247,20 +247,23 @@ def test_bots_created_or_deleted_through_one_node_are_seen_by_the_other_at_once(
         assert started.status_code == 200, started.text
         wait_state(b, shop, "CONNECTED", node=node_b)
         wait_state(a, shop, "CONNECTED", node=node_b)
-        # A bot B runs cannot be stopped over B's head through A: a clear 409, nothing moved.
-        refused = call(a, "POST", f"/api/sessions/{shop}/stop")
-        assert refused.status_code == 409, refused.text
-        assert node_b in refused.json()["detail"]
-        wait_state(b, shop, "CONNECTED", node=node_b)
+        # Stopped through A while B runs it: the stop reaches B, A answers with B's result.
+        stopped = call(a, "POST", f"/api/sessions/{shop}/stop")
+        assert stopped.status_code == 200, stopped.text
+        assert stopped.json()["state"] == "STOPPED"
+        b.wait_for_log(f"[{shop}] State: CONNECTED → STOPPED (stopped by its owner)", timeout=10)
+        # Nobody runs it now: started through A, it runs on A.
+        assert call(a, "POST", f"/api/sessions/{shop}/start").status_code == 200
+        wait_state(b, shop, "CONNECTED", node=node_a)
 
-        # Deleted through A while B runs it: gone on both, B's browser closed.
-        assert call(a, "DELETE", f"/api/sessions/{shop}").status_code == 204
+        # Deleted through B while A runs it: gone on both, A's browser closed.
+        assert call(b, "DELETE", f"/api/sessions/{shop}").status_code == 204
         wait_until(
-            lambda: call(b, "GET", f"/api/sessions/{shop}").status_code == 404,
+            lambda: call(a, "GET", f"/api/sessions/{shop}").status_code == 404,
             10,
-            "B to forget the bot deleted through A",
+            "A to forget the bot deleted through B",
         )
-        b.wait_for_log(f"[{shop}] Lost the lease on this bot", timeout=10)
+        a.wait_for_log(f"[{shop}] Lost the lease on this bot", timeout=10)
         assert stored(database, "SELECT id FROM bot_sessions") == []
 
         # MAX_SESSIONS_PER_USER=3 holds across both nodes under concurrent creates.

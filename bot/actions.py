@@ -394,6 +394,13 @@ class Actions:
             return None
         return fresh.owner_node
 
+    async def place(self, session: BotSession, node: str) -> None:
+        """Ask `node` to start a bot nobody runs (a new bot, placed where there is room)."""
+        deadline = time.monotonic() + self.answer_within.total_seconds()
+        await self.ask(node, session.id, "place", {}, deadline)
+        with contextlib.suppress(ConcurrentChangeError):
+            await self._live_owner(session)
+
     async def on_node(self, node: str, action: str) -> dict[str, Any]:
         """A node-wide request (sweep, cleanup) to another node."""
         deadline = time.monotonic() + self.answer_within.total_seconds()
@@ -479,6 +486,8 @@ class Actions:
             if step is None:
                 raise ValueError(f"unknown node-wide action {row.action!r}")
             return await step()
+        if row.action == "place":
+            return await self._place(row.session_id)
         session = self.manager.sessions.get(row.session_id)
         # Only under a lease this node holds, and not while it is handing its bots over:
         # the asker looks again and finds the bot's next owner.
@@ -486,6 +495,19 @@ class Actions:
             owner = session.record.owner_node if session is not None else None
             raise OwnedElsewhereError(row.session_id, None if owner == self.node.id else owner)
         return await perform(self.manager, session, row.action, row.args)
+
+    async def _place(self, session_id: str) -> dict[str, Any]:
+        """Start a bot another node created for this one (it may not have seen it yet)."""
+        if self.node.draining:
+            raise OwnedElsewhereError(session_id, None)
+        session = self.manager.sessions.get(session_id)
+        if session is None:
+            fresh = await self.manager.store.get_session(session_id)
+            if fresh is None:
+                raise ConcurrentChangeError(f"session {session_id} was deleted")
+            session = self.manager.add(fresh)
+        await session.start("started at creation")
+        return {}
 
     async def stop(self) -> None:
         for task in list(self._running):

@@ -21,7 +21,13 @@ from bot.engines.base import Engine
 from bot.keeper import ClusterKeeper
 from bot.ownership import OwnershipStore
 from bot.policy import HealthLevel, Policy, cleanup_verdict
-from bot.session import BotSession, ConcurrentChangeError, Listener, SessionContext
+from bot.session import (
+    BotSession,
+    ConcurrentChangeError,
+    Listener,
+    OwnedElsewhereError,
+    SessionContext,
+)
 from bot.states import RUNNING_STATES, IllegalTransitionError, SessionState
 from bot.store import BotStore, DuplicateNameError, LimitReachedError, SessionRecord
 from config import Settings
@@ -201,6 +207,9 @@ class BotManager:
 
     def add(self, record: SessionRecord) -> BotSession:
         """A bot this node learned of from the database (created through another node)."""
+        existing = self.sessions.get(record.id)
+        if existing is not None:  # learned of twice (a look and a request racing)
+            return existing
         session = BotSession(record, self.ctx)
         self.sessions[record.id] = session
         return session
@@ -286,8 +295,26 @@ class BotManager:
         async with lock:
             session = await self._create(user_id, name, webhook_url, metadata, webhook)
         if start and self.engine is not None:
-            await session.start("started at creation")
+            await self._start_where_most_room(session)
         return session
+
+    async def _start_where_most_room(self, session: BotSession) -> None:
+        """A new bot starts on the live node with the most room (BOTS_PER_NODE, else the
+        fewest bots); here when that is this node, or when that node does not answer."""
+        target = self.keeper.best_node()
+        if target != self.node.id:
+            try:
+                await self.actions.place(session, target)
+                return
+            except (OwnedElsewhereError, IllegalTransitionError) as exc:
+                # Started already (by that node, or taken by another): nothing to do here.
+                log.bind(session=session.id).debug("Placed elsewhere: {}", exc)
+                return
+            except (OwnerSilentError, RemoteFailedError, ConcurrentChangeError) as exc:
+                log.bind(session=session.id).warning(
+                    "Node {} did not start the new bot ({}); starting it here", target, exc
+                )
+        await session.start("started at creation")
 
     async def _create(
         self,

@@ -182,3 +182,47 @@ async def test_a_request_is_claimed_once_and_a_withdrawn_one_never(database_url)
         assert await store.claim("node-a", now, timedelta(seconds=30)) == []
     finally:
         await db.dispose()
+
+
+def test_placement_gives_each_waiting_bot_to_the_node_with_the_most_room():
+    from bot.keeper import placement
+
+    rooms = {"node-b": 3, "node-a": 3, "node-c": 1}
+    chosen = placement(["bot1", "bot2", "bot3", "bot4", "bot5"], rooms)
+    assert chosen == {
+        "bot1": "node-a",  # a tie goes to the lowest id
+        "bot2": "node-b",
+        "bot3": "node-a",
+        "bot4": "node-b",
+        "bot5": "node-a",
+    }
+    # No room anywhere: nobody is given more than it may take.
+    assert placement(["bot1", "bot2"], {"node-a": 1, "node-b": 0}) == {"bot1": "node-a"}
+
+
+async def test_a_new_bot_starts_on_the_node_with_the_most_room(nodes):
+    a = await nodes("node-a")
+    b = await nodes("node-b")
+    quick(a, b)
+    await connected_bot(a, "sales")
+    await until(lambda: len(a.keeper.nodes) == 2)
+    created = await a.create(user_id=None, name="new", webhook_url=None, metadata={}, start=True)
+    # Created through A, which runs a bot already; B runs none: B starts it.
+    assert created.record.owner_node == "node-b"
+    await until(lambda: created.id in b.sessions and b.sessions[created.id].held())
+    assert a.held_count() == 1 and b.held_count() == 1
+
+
+async def test_the_bots_of_a_node_that_leaves_are_spread_over_the_others(nodes):
+    c = await nodes("node-c")
+    quick(c)
+    bots = [await connected_bot(c, name) for name in ("one", "two")]
+    a = await nodes("node-a")
+    b = await nodes("node-b")
+    await until(lambda: all(len(m.keeper.nodes) == 3 for m in (a, b)))
+    # Joining nodes take nothing that runs.
+    assert a.held_count() == b.held_count() == 0
+    await c.shutdown(within=5)
+    await until(lambda: a.held_count() + b.held_count() == 2)
+    assert a.held_count() == 1 and b.held_count() == 1
+    assert {s.id for s in bots} == {i for m in (a, b) for i, s in m.sessions.items() if s.held()}

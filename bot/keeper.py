@@ -64,6 +64,9 @@ class ClusterKeeper:
         # When each bot was first seen waiting for a node (monotonic): one the placement gave
         # to another node that has not taken it within a lease is taken by whoever has room.
         self._waiting_since: dict[str, float] = {}
+        # New bots this node sent to others since it last read their rows (their counts
+        # there are a beat behind): several creates in a row spread instead of piling up.
+        self.placed: dict[str, int] = {}
         self.node.on_message.append(self._heard)
 
     def _heard(self, message: str) -> None:
@@ -94,6 +97,7 @@ class ClusterKeeper:
         # Read before adopting: where the waiting bots go depends on every node's room.
         now = self.manager.clock.now()
         self.nodes = [n for n in await self.node.store.nodes() if n.alive(now)]
+        self.placed.clear()
         if not self.node.draining:
             self.adopt()
             try:
@@ -202,7 +206,11 @@ class ClusterKeeper:
     def rooms(self) -> dict[str, int]:
         """The room of every live node that takes bots (this one's exact)."""
         me = self.node
-        rooms = {n.id: room_of(n) for n in self.nodes if not n.draining and n.id != me.id}
+        rooms = {
+            n.id: room_of(n) - self.placed.get(n.id, 0)
+            for n in self.nodes
+            if not n.draining and n.id != me.id
+        }
         capacity = me.config.capacity
         held = self.manager.held_count()
         rooms[me.id] = (UNLIMITED if capacity is None else capacity) - held

@@ -303,6 +303,7 @@ class BotManager:
         fewest bots); here when that is this node, or when that node does not answer."""
         target = self.keeper.best_node()
         if target != self.node.id:
+            self.keeper.placed[target] = self.keeper.placed.get(target, 0) + 1
             try:
                 await self.actions.place(session, target)
                 return

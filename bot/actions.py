@@ -48,6 +48,8 @@ log = logger.bind(component="cluster")
 S = SessionState
 # How long an asking node waits for the owner's answer.
 ANSWER_WITHIN = timedelta(seconds=30)
+# How long a node asked to start a new bot may take to answer before the asker starts it.
+PLACE_WITHIN = timedelta(seconds=5)
 # A moving bot (its owner draining, or just released it): look again this often.
 LOOK_AGAIN_SECONDS = 0.3
 # Rows older than this are removed (their asker gave up long ago).
@@ -367,12 +369,13 @@ class Actions:
         deadline = time.monotonic() + self.answer_within.total_seconds()
         while True:
             owner = await self._live_owner(session)
-            if owner is None or owner == self.node.id:
-                return await perform(manager, session, action, args)
             try:
+                if owner is None or owner == self.node.id:
+                    return await perform(manager, session, action, args)
                 answer = await self.ask(owner, session.id, action, args, deadline)
             except OwnedElsewhereError:
-                # It moved (its owner is draining, or gave it up): look again.
+                # It moved (its owner is draining, or gave it up; or its owner's renewal
+                # was late, and it is not ours to act on): look again.
                 if time.monotonic() >= deadline:
                     raise
                 await asyncio.sleep(LOOK_AGAIN_SECONDS)
@@ -395,8 +398,11 @@ class Actions:
         return fresh.owner_node
 
     async def place(self, session: BotSession, node: str) -> None:
-        """Ask `node` to start a bot nobody runs (a new bot, placed where there is room)."""
-        deadline = time.monotonic() + self.answer_within.total_seconds()
+        """Ask `node` to start a bot nobody runs (a new bot, placed where there is room).
+        Briefly: a start answers at once, and the caller starts the bot itself otherwise
+        (a node that died a moment ago is listed until its row expires)."""
+        wait = min(self.answer_within, PLACE_WITHIN).total_seconds()
+        deadline = time.monotonic() + wait
         await self.ask(node, session.id, "place", {}, deadline)
         with contextlib.suppress(ConcurrentChangeError):
             await self._live_owner(session)

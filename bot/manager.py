@@ -315,7 +315,11 @@ class BotManager:
                 log.bind(session=session.id).warning(
                     "Node {} did not start the new bot ({}); starting it here", target, exc
                 )
-        await session.start("started at creation")
+        try:
+            await session.start("started at creation")
+        except OwnedElsewhereError as exc:
+            # That node started it after all (it answered late): it runs there.
+            log.bind(session=session.id).info("Started by another node: {}", exc)
 
     async def _create(
         self,

@@ -307,13 +307,15 @@ def test_three_nodes_six_bots_a_killed_node_s_bots_come_back_on_the_others(
     """Six linked bots spread over three nodes; one node is SIGKILLed. Its bots come back
     on the two others within the lease plus a start, and every owner action works through
     any node before and after: the action reaches the node that runs the bot."""
-    env = node_env(database, BOT_START_CONCURRENCY="1")
+    # No boot preflight: three trial browsers at once are minutes on a loaded 2-core machine,
+    # and the bots' own browsers prove the same.
+    env = node_env(database, BOOT_PREFLIGHT="false")
     servers = [ServerProcess(tmp_path / name, env) for name in ("a", "b", "c")]
     try:
         for server in servers:
             server.start()
         for server in servers:
-            server.wait_ready(timeout=60)
+            server.wait_ready(timeout=90)
         a, b, c = servers
         node_ids = [node_of(server) for server in servers]
         wait_until(
@@ -322,8 +324,19 @@ def test_three_nodes_six_bots_a_killed_node_s_bots_come_back_on_the_others(
             "A to see the three nodes",
         )
         # Created and linked through A only: placed where there is most room (two each),
-        # each QR scanned through A on the node that shows it.
-        bots = [link(a, f"bot{n}") for n in range(6)]
+        # each QR scanned through A on the node that shows it. All created first, so the
+        # three nodes start their browsers side by side.
+        bots = []
+        for n in range(6):
+            created = call(a, "POST", "/api/sessions", json={"name": f"bot{n}"})
+            assert created.status_code == 201, created.text
+            bots.append(created.json()["id"])
+        for bot_id in bots:
+            wait_state(a, bot_id, "SCAN_QR")
+            scanned = call(a, "POST", f"/api/sessions/{bot_id}/simulator", json={"action": "scan"})
+            assert scanned.status_code == 200, scanned.text
+        for bot_id in bots:
+            wait_state(a, bot_id, "CONNECTED")
         placed = owners(servers, bots)
         assert sorted(str(node) for node in placed.values()) == sorted(node_ids * 2), placed
         # An owner's action through a node that does not run the bot: done by its owner.

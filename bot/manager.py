@@ -17,6 +17,7 @@ from loguru import logger
 
 from bot.actions import Actions, OwnerSilentError, RemoteFailedError
 from bot.cluster import Node
+from bot.cluster_jobs import ClusterJobs
 from bot.engines.base import Engine
 from bot.keeper import ClusterKeeper
 from bot.ownership import OwnershipStore
@@ -33,7 +34,6 @@ from bot.store import BotStore, DuplicateNameError, LimitReachedError, SessionRe
 from config import Settings
 from services.alerts import Alerter
 from services.clock import Clock
-from services.leader import Leadership, LeaseStore
 from services.metrics import Metrics
 
 log = logger.bind(component="bot")
@@ -97,13 +97,6 @@ def _duration(delta: timedelta) -> str:
     return f"{seconds}s"
 
 
-def _cluster_part(theirs: list[dict[str, Any]], silent: list[str]) -> dict[str, Any]:
-    """How many nodes a cluster-wide job covered (nothing to say for a cluster of one)."""
-    if not theirs and not silent:
-        return {}
-    return {"nodes": 1 + len(theirs), **({"unanswered": silent} if silent else {})}
-
-
 class BotManager:
     def __init__(
         self,
@@ -149,15 +142,9 @@ class BotManager:
         self.actions.node_steps["sweep"] = lambda: self.health_sweep_local(only_held=True)
         self.actions.node_steps["cleanup"] = lambda: self.cleanup_local(only_held=True)
         self._actions_task: asyncio.Task[None] | None = None
-        # One cluster, one voice: the cluster-wide jobs run where this lease is held.
-        self.leadership = Leadership(
-            LeaseStore(store.db),
-            self.node.id,
-            clock,
-            lease=self.node.config.lease,
-            renew_every=self.node.config.renew_every,
-            monotonic=clock.monotonic,
-        )
+        # One cluster, one voice: the cluster-wide jobs run where the leader lease is held.
+        self.jobs = ClusterJobs(self)
+        self.leadership = self.jobs.leadership
         self.last_cleanup: dict[str, Any] | None = None
         self.last_sweep: dict[str, Any] | None = None
         metrics.session_counts = self.counts_by_state
@@ -443,68 +430,15 @@ class BotManager:
 
     # Periodic steps --------------------------------------------------------------------
 
-    async def leads(self) -> bool:
-        """Whether this node runs the cluster's jobs now: it proves it holds the leader
-        lease (renewing it) or takes it when it is free. A database away proves nothing."""
-        try:
-            return await self.leadership.renew_once()
-        except Exception as exc:
-            log.warning("Cannot tell whether this node leads the cluster: {}", exc)
-            return False
-
-    def _skipped(self, job: str) -> dict[str, Any]:
-        leader = self.leadership.leader
-        log.debug("{} skipped: node {} runs the cluster's jobs", job, leader or "another")
-        return {"at": self.clock.now().isoformat(), "skipped": True, "leader": leader}
-
-    async def _ask_other_nodes(self, action: str) -> tuple[list[dict[str, Any]], list[str]]:
-        """A node-wide action on every other live node, at once: their answers, and the
-        nodes that gave none (they run their bots still; or they died, and their bots
-        are adopted once their leases end)."""
-        others = [n.id for n in self.keeper.nodes if n.id != self.node.id and not n.draining]
-        answers = await asyncio.gather(
-            *(self.actions.on_node(node, action) for node in others), return_exceptions=True
-        )
-        found, silent = [], []
-        for node, answer in zip(others, answers, strict=True):
-            if isinstance(answer, dict):
-                found.append(answer)
-            else:
-                silent.append(node)
-                if not isinstance(answer, OwnerSilentError | RemoteFailedError):
-                    log.warning("Node {} did not {}: {}", node, action, answer)
-        return found, silent
-
     async def run_if_leader(self, job: str, step: Callable[[], Any]) -> Any:
         """A cluster-wide job (retention): run here only while this node leads."""
-        if not await self.leads():
-            return self._skipped(job)
-        return await step()
+        return await self.jobs.run_if_leader(job, step)
 
     async def cleanup_once(self) -> dict[str, Any]:
         """Close running sessions idle for SESSION_INACTIVE_TIMEOUT or older than
-        SESSION_MAX_AGE (→ EXPIRED; the link is kept, a restart needs no QR). Once per
-        interval in the cluster: the leader cleans up what it runs and nobody runs, and
-        asks every other node to clean up what it runs."""
-        if not await self.leads():
-            return self._skipped("Session cleanup")
-        mine = await self.cleanup_local(only_held=False)
-        theirs, silent = await self._ask_other_nodes("cleanup")
-        removed: Counter[str] = Counter(mine["reasons"])
-        checked = mine["checked"]
-        for answer in theirs:
-            removed.update(answer.get("reasons", {}))
-            checked += int(answer.get("checked", 0))
-        total = sum(removed.values())
-        log.info("✅ Session cleanup complete: {}/{} sessions removed", total, checked)
-        self.last_cleanup = {
-            "at": mine["at"],
-            "checked": checked,
-            "removed": total,
-            "reasons": dict(removed),
-            **_cluster_part(theirs, silent),
-        }
-        return self.last_cleanup
+        SESSION_MAX_AGE (→ EXPIRED; the link is kept, a restart needs no QR), once per
+        interval in the cluster (bot.cluster_jobs)."""
+        return await self.jobs.cleanup_once()
 
     async def _run_elsewhere(self, only_held: bool) -> set[str]:
         """Bots another node holds a live lease on, as stored now (this node's copies may
@@ -563,27 +497,9 @@ class BotManager:
         }
 
     async def health_sweep_once(self) -> dict[str, Any]:
-        """Level every session, reconnect what is due, alert on entering critical. Once per
-        interval in the cluster: the leader sweeps what it runs and nobody runs, and asks
-        every other node to sweep what it runs; one summary line for the cluster."""
-        if not await self.leads():
-            return self._skipped("Session health check")
-        summary = await self.health_sweep_local(only_held=False)
-        theirs, silent = await self._ask_other_nodes("sweep")
-        for answer in theirs:
-            for key, value in answer.items():
-                if key != "at" and isinstance(value, int):
-                    summary[key] = summary.get(key, 0) + value
-        log.info(
-            "🩺 Session health check complete: {total} total, {healthy} healthy, {warning} "
-            "warning, {critical} critical, {reconnected} reconnected, {notified} notified",
-            **summary,
-        )
-        self.last_sweep = {
-            **summary,
-            **_cluster_part(theirs, silent),
-        }
-        return self.last_sweep
+        """Level every session, reconnect what is due, alert on entering critical, once per
+        interval in the cluster (bot.cluster_jobs)."""
+        return await self.jobs.health_sweep_once()
 
     async def health_sweep_local(self, *, only_held: bool) -> dict[str, Any]:
         """The sweep of the bots this node runs (and, on the leader, of those nobody runs)."""

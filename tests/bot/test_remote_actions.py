@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot.actions import ActionStore, NoQrError, OwnerSilentError
+from bot.action_store import ActionStore
+from bot.actions import NoQrError, OwnerSilentError
 from bot.engines.base import EventKind
 from bot.manager import BotManager
 from bot.session import BotSession

@@ -52,6 +52,8 @@ LOOK_AGAIN_SECONDS = 0.3
 KEEP_ROWS_FOR = timedelta(minutes=10)
 # The owner looks for requests this often when no notice can reach it (SQLite).
 POLL_SECONDS = 1.0
+# ... and this often when it hears requests at once (Postgres LISTEN): a lost notice only.
+LISTENING_POLL_SECONDS = 5.0
 
 
 class OwnerSilentError(Exception):
@@ -318,8 +320,10 @@ class Actions:
                 raise
             except Exception as exc:
                 log.debug("Looking for requests failed: {}", exc)
+            # With LISTEN, a request's notice wakes this at once; the look is a safety net.
+            every = self.poll_seconds if not self.node.listening else LISTENING_POLL_SECONDS
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._asked.wait(), self.poll_seconds)
+                await asyncio.wait_for(self._asked.wait(), every)
 
     async def serve_once(self) -> int:
         now = self.manager.clock.now()

@@ -298,9 +298,14 @@ def create_app(
                 history=settings.history_retention,
             ),
         )
+
+        async def prune_if_leader() -> object:
+            # Cluster-wide, like cleanup and the sweep: once per interval, on the leader.
+            return await manager.run_if_leader("Retention", retention.prune_once)
+
         scheduler.add_periodic(
             "retention",
-            retention.prune_once,
+            prune_if_leader,
             settings.retention_interval,
             now + min(settings.retention_interval, timedelta(minutes=10)),
         )

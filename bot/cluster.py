@@ -183,8 +183,15 @@ class Node:
             log.warning("Cannot LISTEN for other nodes ({}); polling instead", exc)
             self._listener = None
 
+    @property
+    def listening(self) -> bool:
+        """Whether the others' notices reach this node at once (a live LISTEN)."""
+        return self._listener is not None
+
     def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        self.wakeup.set()
+        # Requests and answers between nodes (bot.actions) change nothing the keeper reads.
+        if not payload.startswith(("action:", "done:")):
+            self.wakeup.set()
         for callback in self.on_message:
             callback(payload)
 

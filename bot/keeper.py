@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import TYPE_CHECKING
 
 from loguru import logger
@@ -14,6 +15,7 @@ from loguru import logger
 from bot.ownership import NodeRecord
 from bot.session import BotSession, ConcurrentChangeError
 from bot.states import IllegalTransitionError
+from bot.store import SessionRecord
 from config import format_duration
 from services.dbhealth import is_database_unavailable
 
@@ -23,6 +25,30 @@ if TYPE_CHECKING:
 log = logger.bind(component="cluster")
 # Without a fixed BOTS_PER_NODE, adopt at most this many per step (the next step takes more).
 ADOPT_BATCH = 100
+# The room of a node without BOTS_PER_NODE: unlimited, less what it runs (fewest bots wins).
+UNLIMITED = 1_000_000
+
+
+def room_of(node: NodeRecord, bots: int | None = None) -> int:
+    held = node.bots if bots is None else bots
+    return (UNLIMITED if node.capacity is None else node.capacity) - held
+
+
+def placement(bot_ids: list[str], rooms: dict[str, int]) -> dict[str, str]:
+    """Which node takes each bot: one at a time, to the node with the most room (ties to
+    the lowest id), its room then one less. Every node computes the same answer from the
+    same view, so they take disjoint shares without talking."""
+    left = dict(rooms)
+    chosen: dict[str, str] = {}
+    for bot_id in bot_ids:
+        if not left:
+            break
+        best = min(left, key=lambda node: (-left[node], node))
+        if left[best] <= 0:
+            break
+        chosen[bot_id] = best
+        left[best] -= 1
+    return chosen
 
 
 class ClusterKeeper:
@@ -35,6 +61,12 @@ class ClusterKeeper:
         self.nodes: list[NodeRecord] = []
         # Bots another node changed outside their state (webhook, secret, metadata).
         self._changed: set[str] = set()
+        # When each bot was first seen waiting for a node (monotonic): one the placement gave
+        # to another node that has not taken it within a lease is taken by whoever has room.
+        self._waiting_since: dict[str, float] = {}
+        # New bots this node sent to others since it last read their rows (their counts
+        # there are a beat behind): several creates in a row spread instead of piling up.
+        self.placed: dict[str, int] = {}
         self.node.on_message.append(self._heard)
 
     def _heard(self, message: str) -> None:
@@ -62,11 +94,17 @@ class ClusterKeeper:
     async def step(self) -> None:
         await self.renew()
         await self.sync()
-        if not self.node.draining:
-            self.adopt()
-        await self.node.beat(self.manager.held_count())
+        # Read before adopting: where the waiting bots go depends on every node's room.
         now = self.manager.clock.now()
         self.nodes = [n for n in await self.node.store.nodes() if n.alive(now)]
+        self.placed.clear()
+        if not self.node.draining:
+            self.adopt()
+            try:
+                await self.manager.leadership.renew_once()
+            except Exception as exc:  # unproved: holds() turns false by itself in time
+                log.debug("Renewing the leader lease failed: {}", exc)
+        await self.node.beat(self.manager.held_count())
 
     async def renew(self) -> None:
         """Extend our leases; a bot missing from the answer was taken by another node."""
@@ -140,7 +178,8 @@ class ClusterKeeper:
         room = ADOPT_BATCH if capacity is None else capacity - manager.held_count()
         if room <= 0:
             return
-        records = await node.store.adoptable(manager.clock.now(), room)
+        records = await node.store.adoptable(manager.clock.now(), ADOPT_BATCH)
+        records = self._my_share(records)[:room]
         if not records:
             return
         log.info(
@@ -163,6 +202,43 @@ class ClusterKeeper:
                 await session.start(reason)
             except (IllegalTransitionError, ConcurrentChangeError) as exc:
                 log.bind(session=record.id).info("Not adopted: {}", exc)
+
+    def rooms(self) -> dict[str, int]:
+        """The room of every live node that takes bots (this one's exact)."""
+        me = self.node
+        rooms = {
+            n.id: room_of(n) - self.placed.get(n.id, 0)
+            for n in self.nodes
+            if not n.draining and n.id != me.id
+        }
+        capacity = me.config.capacity
+        held = self.manager.held_count()
+        rooms[me.id] = (UNLIMITED if capacity is None else capacity) - held
+        return rooms
+
+    def _my_share(self, records: list[SessionRecord]) -> list[SessionRecord]:
+        """The waiting bots this node should start: those the placement gives it, and
+        those given to another node that has not taken them within a lease."""
+        now = time.monotonic()
+        waiting = {record.id for record in records}
+        self._waiting_since = {
+            bot_id: since for bot_id, since in self._waiting_since.items() if bot_id in waiting
+        }
+        for bot_id in waiting:
+            self._waiting_since.setdefault(bot_id, now)
+        chosen = placement([record.id for record in records], self.rooms())
+        patience = self.node.config.lease.total_seconds()
+        return [
+            record
+            for record in records
+            if chosen.get(record.id) == self.node.id
+            or now - self._waiting_since[record.id] >= patience
+        ]
+
+    def best_node(self) -> str:
+        """Where a new bot should run: the live node with the most room."""
+        rooms = self.rooms()
+        return min(rooms, key=lambda node: (-rooms[node], node))
 
     async def stop(self) -> None:
         if self._adopting is not None:

@@ -15,7 +15,9 @@ from typing import Any
 
 from loguru import logger
 
+from bot.actions import Actions, OwnerSilentError, RemoteFailedError
 from bot.cluster import Node
+from bot.cluster_jobs import ClusterJobs
 from bot.engines.base import Engine
 from bot.keeper import ClusterKeeper
 from bot.ownership import OwnershipStore
@@ -28,7 +30,13 @@ from bot.policy import (
     link_last_seen,
     link_refresh_due,
 )
-from bot.session import BotSession, ConcurrentChangeError, Listener, SessionContext
+from bot.session import (
+    BotSession,
+    ConcurrentChangeError,
+    Listener,
+    OwnedElsewhereError,
+    SessionContext,
+)
 from bot.states import RUNNING_STATES, IllegalTransitionError, SessionState
 from bot.store import BotStore, DuplicateNameError, LimitReachedError, SessionRecord
 from config import Settings
@@ -142,6 +150,14 @@ class BotManager:
         self.deleted: set[str] = set()
         self.keeper = ClusterKeeper(self)
         self._keeper_task: asyncio.Task[None] | None = None
+        # Actions reach the owner node (bot.actions); the leader asks every node to sweep.
+        self.actions = Actions(self)
+        self.actions.node_steps["sweep"] = lambda: self.health_sweep_local(only_held=True)
+        self.actions.node_steps["cleanup"] = lambda: self.cleanup_local(only_held=True)
+        self._actions_task: asyncio.Task[None] | None = None
+        # One cluster, one voice: the cluster-wide jobs run where the leader lease is held.
+        self.jobs = ClusterJobs(self)
+        self.leadership = self.jobs.leadership
         self.last_cleanup: dict[str, Any] | None = None
         # Bots with messages waiting in the outbox (set by the app): an expired one wakes.
         self.queued_for: Callable[[], Awaitable[set[str]]] | None = None
@@ -195,6 +211,9 @@ class BotManager:
 
     def add(self, record: SessionRecord) -> BotSession:
         """A bot this node learned of from the database (created through another node)."""
+        existing = self.sessions.get(record.id)
+        if existing is not None:  # learned of twice (a look and a request racing)
+            return existing
         session = BotSession(record, self.ctx)
         self.sessions[record.id] = session
         return session
@@ -280,8 +299,31 @@ class BotManager:
         async with lock:
             session = await self._create(user_id, name, webhook_url, metadata, webhook)
         if start and self.engine is not None:
-            await session.start("started at creation")
+            await self._start_where_most_room(session)
         return session
+
+    async def _start_where_most_room(self, session: BotSession) -> None:
+        """A new bot starts on the live node with the most room (BOTS_PER_NODE, else the
+        fewest bots); here when that is this node, or when that node does not answer."""
+        target = self.keeper.best_node()
+        if target != self.node.id:
+            self.keeper.placed[target] = self.keeper.placed.get(target, 0) + 1
+            try:
+                await self.actions.place(session, target)
+                return
+            except (OwnedElsewhereError, IllegalTransitionError) as exc:
+                # Started already (by that node, or taken by another): nothing to do here.
+                log.bind(session=session.id).debug("Placed elsewhere: {}", exc)
+                return
+            except (OwnerSilentError, RemoteFailedError, ConcurrentChangeError) as exc:
+                log.bind(session=session.id).warning(
+                    "Node {} did not start the new bot ({}); starting it here", target, exc
+                )
+        try:
+            await session.start("started at creation")
+        except OwnedElsewhereError as exc:
+            # That node started it after all (it answered late): it runs there.
+            log.bind(session=session.id).info("Started by another node: {}", exc)
 
     async def _create(
         self,
@@ -345,6 +387,8 @@ class BotManager:
         (staggered, under the start cap); later steps renew, mirror and adopt."""
         self._keeper_task = asyncio.get_running_loop().create_task(self.keeper.run())
         self._keeper_task.set_name("cluster keeper")
+        self._actions_task = asyncio.get_running_loop().create_task(self.actions.serve())
+        self._actions_task.set_name("owner actions")
 
     async def shutdown(self, within: float) -> None:
         """Hand over: take no more bots, close the browsers this node runs (each takes its
@@ -374,10 +418,14 @@ class BotManager:
                         session.mark_stopped("shutdown", now)
         except TimeoutError:
             log.error("Bot sessions did not all stop within {:.1f}s", within)
-        if self._keeper_task is not None:
-            self._keeper_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._keeper_task
+        for task in (self._keeper_task, self._actions_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self.actions.stop()
+        with contextlib.suppress(Exception):
+            await self.leadership.release()
         try:
             released = await self.node.leave()
             if released:
@@ -399,11 +447,34 @@ class BotManager:
 
     # Periodic steps --------------------------------------------------------------------
 
+    async def run_if_leader(self, job: str, step: Callable[[], Any]) -> Any:
+        """A cluster-wide job (retention): run here only while this node leads."""
+        return await self.jobs.run_if_leader(job, step)
+
     async def cleanup_once(self) -> dict[str, Any]:
-        """The cleanup sweep: recycle what runs past SESSION_MAX_AGE (or close it, with
-        SESSION_MAX_AGE_ACTION=expire), close what is idle past SESSION_INACTIVE_TIMEOUT
-        (→ EXPIRED; the link is kept), wake the expired bots whose link needs refreshing or
-        that have messages waiting, and alert on links WhatsApp may soon drop."""
+        """The cleanup sweep, once per interval in the cluster (bot.cluster_jobs): recycle
+        what runs past SESSION_MAX_AGE (or close it, with SESSION_MAX_AGE_ACTION=expire),
+        close what is idle past SESSION_INACTIVE_TIMEOUT (→ EXPIRED; the link is kept),
+        wake the expired bots whose link needs refreshing or that have messages waiting,
+        and alert on links WhatsApp may soon drop."""
+        return await self.jobs.cleanup_once()
+
+    async def _run_elsewhere(self, only_held: bool) -> set[str]:
+        """Bots another node holds a live lease on, as stored now (this node's copies may
+        be a step behind)."""
+        if only_held:
+            return set()
+        now = self.clock.now()
+        return {
+            bot_id
+            for bot_id, (owner, until, _, _) in (await self.node.store.owners()).items()
+            if owner is not None and owner != self.node.id and until is not None and until >= now
+        }
+
+    async def cleanup_local(self, *, only_held: bool) -> dict[str, Any]:
+        """The cleanup of the bots this node runs (and, on the leader, of those nobody
+        runs: the expired ones it wakes, the links it alerts on)."""
+        others = await self._run_elsewhere(only_held)
         now = self.clock.now()
         checked = 0
         removed: Counter[str] = Counter()
@@ -419,6 +490,8 @@ class BotManager:
             record = session.record
             # Another node's bot (mirrored here) is that node's to clean up.
             if record.state not in RUNNING_STATES or session.owned_elsewhere():
+                continue
+            if not session.held() and (only_held or session.id in others):
                 continue
             checked += 1
             verdict = cleanup_verdict(
@@ -446,26 +519,22 @@ class BotManager:
                 )
             else:
                 log.bind(session=session.id).info("🧹 Session '{}' closed: {}", record.name, text)
-        woken = await self._wake_expired(now)
-        at_risk = self._alert_links_at_risk(now)
-        total = sum(removed.values())
-        log.info(
-            "✅ Session cleanup complete: {}/{} sessions removed ({} recycled), {} woken",
-            total,
-            checked,
-            recycled,
-            sum(woken.values()),
-        )
-        self.last_cleanup = {
+        # Expired bots hold no lease: they are the leader's (only_held=False) to wake and
+        # to alert on, so one node does it for the cluster.
+        woken: Counter[str] = Counter()
+        at_risk = 0
+        if not only_held:
+            woken = await self._wake_expired(now)
+            at_risk = self._alert_links_at_risk(now)
+        return {
             "at": now.isoformat(),
             "checked": checked,
-            "removed": total,
+            "removed": sum(removed.values()),
             "recycled": recycled,
             "reasons": dict(removed),
             "woken": dict(woken),
             "linksAtRisk": at_risk,
         }
-        return self.last_cleanup
 
     async def _wake_expired(self, now: datetime) -> Counter[str]:
         """Expired bots with messages waiting (queued while asleep, or before a restart)
@@ -549,7 +618,13 @@ class BotManager:
         return count
 
     async def health_sweep_once(self) -> dict[str, Any]:
-        """Level every session, reconnect what is due, alert on entering critical."""
+        """Level every session, reconnect what is due, alert on entering critical, once per
+        interval in the cluster (bot.cluster_jobs)."""
+        return await self.jobs.health_sweep_once()
+
+    async def health_sweep_local(self, *, only_held: bool) -> dict[str, Any]:
+        """The sweep of the bots this node runs (and, on the leader, of those nobody runs)."""
+        others = await self._run_elsewhere(only_held)
         now = self.clock.now()
         summary = {
             "total": 0,
@@ -563,7 +638,9 @@ class BotManager:
         for session in list(self.sessions.values()):
             record = session.record
             if session.owned_elsewhere():
-                continue  # another node runs it, and sweeps it
+                continue  # another node runs it, and sweeps it when the leader asks
+            if not session.held() and (only_held or session.id in others):
+                continue  # the leader sweeps what nobody runs; its owner sweeps the rest
             try:
                 due = record.next_retry_at is None or record.next_retry_at <= now
                 if record.state is S.DISCONNECTED and due:
@@ -577,10 +654,4 @@ class BotManager:
                 log.bind(session=session.id).debug("Sweep skipped: {}", exc)
             summary["total"] += 1
             summary[record.health] = summary.get(record.health, 0) + 1
-        log.info(
-            "🩺 Session health check complete: {total} total, {healthy} healthy, {warning} "
-            "warning, {critical} critical, {reconnected} reconnected, {notified} notified",
-            **summary,
-        )
-        self.last_sweep = {"at": now.isoformat(), **summary}
-        return self.last_sweep
+        return {"at": now.isoformat(), **summary}

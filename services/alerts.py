@@ -43,12 +43,15 @@ RETRY_BASE = timedelta(seconds=5)
 RETRY_CAP = timedelta(minutes=2)
 # How long a notification is retried before it is given up (logged as such).
 RETRY_FOR = timedelta(minutes=15)
+# How long a notice waits to learn whether this node is the one to send it.
+STORE_WAIT_SECONDS = 3.0
 Sleep = Callable[[float], Awaitable[None]]
 
 
 class IncidentStorage(Protocol):
-    def open(self, key: str, title: str, message: str, opened_at: datetime) -> Awaitable[None]: ...
-    def close(self, key: str) -> Awaitable[None]: ...
+    # True when this call opened (closed) the stored incident: its notice is this node's.
+    def open(self, key: str, title: str, message: str, opened_at: datetime) -> Awaitable[bool]: ...
+    def close(self, key: str) -> Awaitable[bool]: ...
     # Rows with the fields of StoredIncidentLike.
     def all_open(self) -> Awaitable[list[Any]]: ...
 
@@ -179,8 +182,8 @@ class Alerter:
         self._write(
             lambda store: store.open(key, title, message, incident.opened_at),
             f"store incident {key}",
+            then=lambda: self._notify(title=title, body=message, kind=apprise.NotifyType.FAILURE),
         )
-        self._notify(title=title, body=message, kind=apprise.NotifyType.FAILURE)
         return True
 
     def resolve(self, key: str, message: str, *, title: str) -> Incident | None:
@@ -191,21 +194,42 @@ class Alerter:
         duration = humanize(self._clock.now() - incident.opened_at)
         text = f"{message} (down {duration})"
         log.info("✅ RESOLVED: {}", text)
-        self._write(lambda store: store.close(key), f"close incident {key}")
-        self._notify(title=title, body=text, kind=apprise.NotifyType.SUCCESS)
+        self._write(
+            lambda store: store.close(key),
+            f"close incident {key}",
+            then=lambda: self._notify(title=title, body=text, kind=apprise.NotifyType.SUCCESS),
+        )
         return incident
 
-    def _write(self, action: Callable[[IncidentStorage], Awaitable[None]], what: str) -> None:
+    def _write(
+        self,
+        action: Callable[[IncidentStorage], Awaitable[bool]],
+        what: str,
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        """Store the change; `then` (the notice) runs when this write made it, so one
+        incident seen by several nodes is announced once. Without a store, or with the
+        database away, the notice goes anyway: better twice than never."""
         store = self._store
         if store is None:
+            if then is not None:
+                then()
             return
 
         async def write() -> None:
             async with self._writing:
                 try:
-                    await action(store)
+                    # Bounded: a database away must not hold the notice back for long.
+                    mine = await asyncio.wait_for(action(store), STORE_WAIT_SECONDS)
                 except Exception as exc:  # the database away must not lose the alert itself
                     log.warning("Could not {}: {}", what, type(exc).__name__)
+                    mine = True
+            if then is None:
+                return
+            if mine:
+                then()
+            else:
+                log.info("Not notifying ({}): another node did, or had already", what)
 
         self._spawn(write())
 
@@ -293,9 +317,13 @@ class Alerter:
 
     async def drain(self, grace: float) -> None:
         """Wait up to `grace` seconds for notifications in flight; cancel what is left."""
-        if not self._tasks:
-            return
-        pending = set(self._tasks)
-        _, still_running = await asyncio.wait(pending, timeout=grace)
-        for task in still_running:
-            task.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # A stored incident's write queues its notice when it ends: wait for those too.
+        while self._tasks:
+            pending = set(self._tasks)
+            _, still_running = await asyncio.wait(pending, timeout=max(deadline - loop.time(), 0))
+            if still_running:
+                for task in still_running:
+                    task.cancel()
+                return

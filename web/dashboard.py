@@ -180,6 +180,8 @@ async def overview(request: Request) -> Response:
         chart=latency_chart(snapshot["recentPings"]),
         process=sampler.process(),
         memory=request.app.state.memory.snapshot(),
+        # The nodes of the cluster (a cluster of one on SQLite), for the admin.
+        cluster=request.app.state.manager.cluster_summary() if who.is_admin else None,
     )
 
 

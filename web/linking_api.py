@@ -12,14 +12,20 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from bot.actions import NoQrError
 from bot.engines.base import EngineError
 from bot.engines.simulator import ACTIONS, Simulator, SimulatorError
 from bot.qrcodes import qr_png, qr_svg
-from bot.session import BotSession, NotLinkingError
+from bot.session import (
+    BotSession,
+    ConcurrentChangeError,
+    NotLinkingError,
+    OwnedElsewhereError,
+)
 from bot.states import SessionState as S
 from web.errors import Problem
 from web.routing import ApiRoute
-from web.sessions_api import audit, find, manager, session_json
+from web.sessions_api import REMOTE_RESPONSES, audit, find, manager, run_action, session_json
 from web.validation import PHONE_SCHEMAS, Fields, choice_param, read_json
 
 QR_FORMATS = ("png", "svg", "raw")
@@ -85,13 +91,21 @@ SIMULATE_SCHEMA: dict[str, Any] = {
 }
 
 
-def _no_qr(session: BotSession) -> Problem:
-    state = session.state
+def _moving(exc: ConcurrentChangeError) -> Problem:
+    node = exc.node if isinstance(exc, OwnedElsewhereError) else None
+    return Problem(
+        409,
+        "The bot was moving to another node (or changed) meanwhile; try again in a few seconds.",
+        node=node,
+    )
+
+
+def _no_qr(session: BotSession, state: S, sync_progress: int | None) -> Problem:
     if state is S.CONNECTED:
         who = f" as {session.record.linked_as}" if session.record.linked_as else ""
         reason = f"The bot is already linked{who}; no QR code is needed."
     elif state is S.SYNCING:
-        progress = f" ({session.sync_progress}%)" if session.sync_progress is not None else ""
+        progress = f" ({sync_progress}%)" if sync_progress is not None else ""
         reason = f"The bot is linked and loading its chats{progress}; no QR code is needed."
     elif state is S.CONNECTING:
         reason = "The bot is starting; its QR code appears in a few seconds."
@@ -110,25 +124,29 @@ def _wants_json(request: Request) -> bool:
 async def get_qr(request: Request) -> Response:
     session = find(request)
     fmt = choice_param(request, "format", QR_FORMATS, "png")
-    qr, generated = session.qr, session.qr_at
-    if qr is None or generated is None:
+    try:
+        # From the node that runs the bot: the QR its browser shows now.
+        pending = await run_action(request, session, "qr", {})
+    except NoQrError as exc:
         if await manager(request).wake(session, "its owner asked for the QR code"):
             raise Problem(
                 404,
                 "No QR code is pending. The bot was asleep (EXPIRED, its link kept) and is "
                 "starting again; it should need no QR code.",
                 state=session.state.value,
-            )
-        raise _no_qr(session)
+            ) from None
+        raise _no_qr(session, exc.state, exc.progress) from None
+    except ConcurrentChangeError as exc:
+        raise _moving(exc) from None
+    qr = str(pending["qr"])
     if _wants_json(request):
-        deadline = session.qr_deadline
         return JSONResponse(
             {
                 "qr": qr,
                 "image": base64.b64encode(qr_png(qr)).decode(),
                 "mediaType": "image/png",
-                "generatedAt": generated.isoformat(),
-                "expiresAt": deadline.isoformat() if deadline else None,
+                "generatedAt": pending["generatedAt"],
+                "expiresAt": pending["expiresAt"],
             },
             headers=NO_STORE,
         )
@@ -162,7 +180,9 @@ async def pair(request: Request) -> Response:
     fields.done()
     assert phone is not None
     try:
-        code = await session.request_pair_code(phone)
+        code = str((await run_action(request, session, "pair", {"phone": phone}))["code"])
+    except ConcurrentChangeError as exc:
+        raise _moving(exc) from None
     except NotLinkingError as exc:
         raise Problem(
             409,
@@ -213,17 +233,27 @@ async def simulate(request: Request) -> Response:
     data["reaction"] = fields.text("reaction", max_length=20)
     fields.done()
     assert action is not None
+    assert simulator is not None
+    args = {"action": action, "data": {k: v for k, v in data.items() if v}}
     try:
-        result = await simulator.act(session.id, action, {k: v for k, v in data.items() if v})
+        result = await run_action(request, session, "simulate", args)
     except SimulatorError as exc:
         raise Problem(409, f"The simulator cannot {action} now: {exc}.") from None
-    # The phone's side is done; let the bot's side catch up so the answer shows the outcome.
+    except ConcurrentChangeError as exc:
+        raise _moving(exc) from None
+    # The phone's side is done; let the bot's side catch up so the answer shows the outcome
+    # (another node's bot: as stored, since that node writes every move).
     settled = SETTLES_IN.get(action)
     if settled is not None:
+        store = manager(request).store
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10):
-                while session.state not in settled:  # noqa: ASYNC110 - no event to wait on
-                    await asyncio.sleep(0.05)
+                while session.state not in settled:
+                    await asyncio.sleep(0.05 if session.held() else 0.2)
+                    if not session.held():
+                        fresh = await store.get_session(session.id)
+                        if fresh is not None:
+                            session.replace_record(fresh)
     return JSONResponse(
         {"action": action, **result, "session": await session_json(request, session)}
     )
@@ -231,14 +261,12 @@ async def simulate(request: Request) -> Response:
 
 async def simulator_sent(request: Request) -> Response:
     session = find(request)
-    sent = _simulator(request).sent(session.id)
-    return JSONResponse(
-        {
-            "messages": [
-                {"id": m.id, "to": m.to, "body": m.body, "at": m.at, "type": m.type} for m in sent
-            ]
-        }
-    )
+    _simulator(request)
+    try:
+        # As the node that runs the bot recorded them.
+        return JSONResponse(await run_action(request, session, "sent", {}))
+    except ConcurrentChangeError as exc:
+        raise _moving(exc) from None
 
 
 LINKING_ROUTES = [
@@ -248,7 +276,10 @@ LINKING_ROUTES = [
         get_qr,
         "The pending QR code: PNG, ?format=svg or raw, or JSON with Accept: application/json",
         query={"format": {"type": "string", "enum": list(QR_FORMATS), "default": "png"}},
-        responses={200: ("The QR code", {"type": "string", "format": "binary"})},
+        responses={
+            200: ("The QR code", {"type": "string", "format": "binary"}),
+            **REMOTE_RESPONSES,
+        },
         content_type="image/png",
         alt_media={
             "image/svg+xml": {"type": "string"},
@@ -265,7 +296,8 @@ LINKING_ROUTES = [
         responses={
             200: ("The pairing code", CODE_SCHEMA),
             409: ("Not waiting for a link", {}),
-            502: ("WhatsApp refused", {}),
+            **REMOTE_RESPONSES,
+            502: ("WhatsApp refused, or the node that runs the bot failed", {}),
         },
     ),
     ApiRoute(
@@ -275,13 +307,17 @@ LINKING_ROUTES = [
         "Demo mode: act as the phone (scan, pair, message, logout, conflict, drop, crash, "
         "react, edit, revoke)",
         body=SIMULATE_SCHEMA,
-        responses={200: ("Done", {"type": "object"}), 409: ("Not possible now", {})},
+        responses={
+            200: ("Done", {"type": "object"}),
+            409: ("Not possible now", {}),
+            **REMOTE_RESPONSES,
+        },
     ),
     ApiRoute(
         "GET",
         "/api/sessions/{session_id}/simulator/sent",
         simulator_sent,
         "Demo mode: every message the bot sent, as the simulated WhatsApp received it",
-        responses={200: ("The messages", {"type": "object"})},
+        responses={200: ("The messages", {"type": "object"}), **REMOTE_RESPONSES},
     ),
 ]

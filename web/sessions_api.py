@@ -11,6 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from bot.actions import OwnerSilentError, RemoteFailedError
 from bot.manager import BotManager, SessionLimitError
 from bot.session import (
     BotSession,
@@ -262,8 +263,8 @@ def _conflict(exc: IllegalTransitionError | ConcurrentChangeError, action: str) 
         where = f"node {exc.node}" if exc.node else "another node"
         return Problem(
             409,
-            f"The bot runs on {where}, so it cannot be {action} through this one; try again "
-            "through that node, or once it has handed the bot over.",
+            f"The bot was moving to {where} while it was being {action}; try again in a "
+            "few seconds.",
             node=exc.node,
         )
     if isinstance(exc, ConcurrentChangeError):
@@ -298,15 +299,47 @@ def check_memory(request: Request) -> None:
         ) from None
 
 
-def _action(
-    name: str, past: str, run: Callable[[BotSession], Awaitable[None]]
-) -> Callable[[Request], Awaitable[Response]]:
+def remote_problem(exc: OwnerSilentError | RemoteFailedError) -> Problem:
+    """The node that runs the bot did not answer (504), or failed (502)."""
+    if isinstance(exc, OwnerSilentError):
+        return Problem(
+            504,
+            f"The node that runs this bot ({exc.node}) did not answer within "
+            f"{exc.seconds:.0f}s; nothing was changed through this node. If that node has "
+            "stopped, another one takes the bot over once its lease ends (NODE_LEASE): "
+            "try again then.",
+            title="The bot's node did not answer",
+            node=exc.node,
+        )
+    return Problem(
+        502,
+        f"The node that runs this bot ({exc.node}) failed: {exc.detail}",
+        title="The bot's node failed",
+        node=exc.node,
+    )
+
+
+async def run_action(
+    request: Request, session: BotSession, action: str, args: dict[str, Any]
+) -> dict[str, Any]:
+    """Run an action where the bot runs (this node, or its owner node, bot.actions)."""
+    try:
+        return await manager(request).actions.run(session, action, args)
+    except (OwnerSilentError, RemoteFailedError) as exc:
+        raise remote_problem(exc) from None
+
+
+def _action(name: str, past: str) -> Callable[[Request], Awaitable[Response]]:
     async def act(request: Request) -> Response:
         session = find(request)
-        if name == "start" and session.state not in RUNNING_STATES:
+        if (
+            name == "start"
+            and session.state not in RUNNING_STATES
+            and not session.owned_elsewhere()
+        ):
             check_memory(request)
         try:
-            await run(session)
+            await run_action(request, session, name, {})
         except (IllegalTransitionError, ConcurrentChangeError) as exc:
             raise _conflict(exc, past) from None
         except EngineUnavailableError:
@@ -315,23 +348,16 @@ def _action(
                 503,
                 f"No bot engine is available in this process (BOT_ENGINE={settings.bot_engine}).",
             ) from None
-        await session.touch()
         await audit(request, f"session.{name}", session.id, None)
         return JSONResponse(await session_json(request, session))
 
     return act
 
 
-async def _stop(session: BotSession) -> None:
-    if session.state not in RUNNING_STATES and session.state not in (S.SUSPENDED, S.EXPIRED):
-        raise IllegalTransitionError(session.state, S.STOPPED)
-    await session.stop("stopped by its owner", by_owner=True)
-
-
-start_session = _action("start", "started", lambda s: s.start("started by its owner"))
-stop_session = _action("stop", "stopped", _stop)
-restart_session = _action("restart", "restarted", lambda s: s.restart("restarted by its owner"))
-logout_session = _action("logout", "logged out", lambda s: s.logout("logged out by its owner"))
+start_session = _action("start", "started")
+stop_session = _action("stop", "stopped")
+restart_session = _action("restart", "restarted")
+logout_session = _action("logout", "logged out")
 
 
 async def delete_session(request: Request) -> Response:
@@ -350,6 +376,13 @@ async def audit(request: Request, action: str, target: str | None, detail: str |
 
 def _ok(schema: dict[str, Any]) -> dict[int, tuple[str, dict[str, Any] | None]]:
     return {200: ("The session", schema), 409: ("Not allowed in this state", {})}
+
+
+# An action on a bot another node runs is answered by that node (bot.actions).
+REMOTE_RESPONSES: dict[int, tuple[str, dict[str, Any] | None]] = {
+    502: ("The node that runs the bot failed", {}),
+    504: ("The node that runs the bot did not answer in time", {}),
+}
 
 
 SESSION_ROUTES = [
@@ -398,27 +431,27 @@ SESSION_ROUTES = [
         "/api/sessions/{session_id}/start",
         start_session,
         "Start a bot",
-        responses={**_ok(SESSION_SCHEMA), 503: ("No engine", {})},
+        responses={**_ok(SESSION_SCHEMA), 503: ("No engine", {}), **REMOTE_RESPONSES},
     ),
     ApiRoute(
         "POST",
         "/api/sessions/{session_id}/stop",
         stop_session,
         "Stop a bot",
-        responses=_ok(SESSION_SCHEMA),
+        responses={**_ok(SESSION_SCHEMA), **REMOTE_RESPONSES},
     ),
     ApiRoute(
         "POST",
         "/api/sessions/{session_id}/restart",
         restart_session,
         "Stop and start a bot",
-        responses={**_ok(SESSION_SCHEMA), 503: ("No engine", {})},
+        responses={**_ok(SESSION_SCHEMA), 503: ("No engine", {}), **REMOTE_RESPONSES},
     ),
     ApiRoute(
         "POST",
         "/api/sessions/{session_id}/logout",
         logout_session,
         "Unlink a bot from the phone and delete its profile",
-        responses=_ok(SESSION_SCHEMA),
+        responses={**_ok(SESSION_SCHEMA), **REMOTE_RESPONSES},
     ),
 ]

@@ -66,9 +66,11 @@ async def nodes(database_url: str) -> AsyncIterator[Callable[..., Any]]:
 
 
 async def connected_bot(manager: BotManager, name: str) -> BotSession:
+    """A bot started and connected on this node (not placed where there is most room)."""
     session = await manager.create(
-        user_id=None, name=name, webhook_url=None, metadata={}, start=True
+        user_id=None, name=name, webhook_url=None, metadata={}, start=False
     )
+    await session.start("started at creation")
     engine = manager.engine
     assert isinstance(engine, ScriptedEngine)
     await until(lambda: session.id in engine.live)

@@ -95,6 +95,9 @@ async def test_sign_in_refuses_a_wrong_token_and_shows_the_overview(
     await expect(page.get_by_role("heading", name="Keep-alive")).to_be_visible()
     await expect(page.get_by_text("DEMO MODE")).to_be_visible()
     await expect(page.locator("svg.chart")).to_be_visible()
+    # The admin sees the cluster's nodes: here one, this process, running no bot yet.
+    await expect(page.locator("#cluster-nodes")).to_contain_text("1 node(s)")
+    await expect(page.locator("#cluster-nodes")).to_contain_text("(this node) runs 0 bot(s)")
     cookies = await context.cookies()
     (session,) = [c for c in cookies if c["name"] == "wakeful_session"]
     assert session["httpOnly"] and session["sameSite"] == "Lax"

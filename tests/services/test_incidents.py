@@ -101,12 +101,47 @@ async def test_opening_twice_keeps_the_first_start(database_url: str, clock: Fak
     await db.migrate()
     store = IncidentStore(db)
     first = clock.now()
-    await store.open("database", "database unreachable", "refused", first)
+    assert await store.open("database", "database unreachable", "refused", first)
     clock.advance(timedelta(minutes=5))
-    await store.open("database", "database unreachable", "timeout", clock.now())
+    # Open already (another node, or this one before a restart): not this call's to announce.
+    assert not await store.open("database", "database unreachable", "timeout", clock.now())
     (stored,) = await store.all_open()
     assert stored.opened_at == first
     assert stored.message == "timeout"
-    await store.close("database")
+    assert await store.close("database")
+    assert not await store.close("database")
     assert await store.all_open() == []
     await db.dispose()
+
+
+async def test_one_incident_seen_by_two_nodes_alerts_once_and_resolves_once(
+    database_url: str, clock: FakeClock
+) -> None:
+    """Two live nodes ping the same public URL and both see it fail, then recover: people
+    get one ALERT and one RESOLVED, whichever node saw it first."""
+    with Receiver() as receiver:
+        db_a, alerter_a, ping_a = await boot(database_url, clock, receiver, 503)
+        db_b, alerter_b, ping_b = await boot(database_url, clock, receiver, 503)
+        for _ in range(3):
+            await ping_a.ping_once()
+            await ping_b.ping_once()
+            clock.advance(timedelta(minutes=10))
+        await alerter_a.drain(grace=10)
+        await alerter_b.drain(grace=10)
+        assert alerter_a.is_open("keepalive") and alerter_b.is_open("keepalive")
+        assert [r["json"]["type"] for r in receiver.requests] == ["failure"]
+
+        # The fix is live: both nodes' pings pass again.
+        for keepalive in (ping_a, ping_b):
+            keepalive._client = httpx.AsyncClient(
+                transport=httpx.MockTransport(lambda request: httpx.Response(200))
+            )
+        await ping_b.ping_once()
+        await ping_a.ping_once()
+        await alerter_a.drain(grace=10)
+        await alerter_b.drain(grace=10)
+        assert not alerter_a.is_open("keepalive") and not alerter_b.is_open("keepalive")
+        assert await IncidentStore(db_a).all_open() == []
+        await db_a.dispose()
+        await db_b.dispose()
+    assert [r["json"]["type"] for r in receiver.requests] == ["failure", "success"]

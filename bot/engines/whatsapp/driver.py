@@ -403,6 +403,11 @@ class WhatsAppSession:
                 payload.get("stage"),
                 payload.get("version") or "version unknown",
             )
+        if kind == "authenticated":
+            # Linked (the phone scanned): the keys are in the profile, even before the first
+            # sync ends. A close from here on backs them up, so a node that takes the bot over
+            # mid-sync (a deploy) restores the link instead of showing a new QR.
+            self._ready = True
         if kind == "ready":
             self._ready = True
             self._schedule_backups()

@@ -29,11 +29,13 @@ from starlette.middleware import Middleware
 from bot.cluster import ClusterConfig, Node
 from bot.commands import ChatCommands
 from bot.contacts import ContactChecker
+from bot.content import TEXT, Content
 from bot.engines import engine_factory, load_engine
 from bot.engines.whatsapp.driver import WhatsAppEngine
 from bot.engines.whatsapp.preflight import BootPreflight
 from bot.manager import BotManager, manager_config_from, policy_from
 from bot.mediacache import MediaCache
+from bot.mediastore import MediaStore
 from bot.outbox import STATUSES as OUTBOX_STATUSES
 from bot.outbox import OutboxStore, RetryPolicy
 from bot.ownership import OwnershipStore
@@ -250,15 +252,18 @@ def create_app(
 
         async def queue_webhook_reply(session_id: str, reply: Reply) -> str | None:
             """A webhook answered a received message with a reply: queued like a send
-            through the API (same quota, an expired bot woken), once per delivery (its key).
-            The quoted id is not sent: the outbox of this version sends text only."""
+            through the API (same quota, an expired bot woken), once per delivery (its key),
+            quoting the received message unless the receiver said not to."""
             session = manager.sessions.get(session_id)
             if session is None:
                 return "the bot was deleted"
             exceeded = await quota.check(session.record.user_id)
             if exceeded is not None:
                 return f"not queued: {exceeded.reason}"
-            await outbox.enqueue(session_id, reply.to, reply.text, reply.key, clock.now())
+            quote = {"replyTo": reply.quoted_id} if reply.quoted_id else {}
+            await MediaStore(outbox).enqueue(
+                session_id, reply.to, reply.text, Content(TEXT, quote), None, reply.key, clock.now()
+            )
             await manager.wake(session, "its webhook answered with a reply")
             sender.wake(session_id)
             if not session.held():

@@ -42,5 +42,8 @@ async def test_a_webhook_reply_reaches_the_sender_once(tmp_path: Path):
             ids = {r["headers"]["X-Wakeful-Delivery"] for r in receiver.requests}
             assert len(ids) == 1
             assert receiver.requests[0]["json"]["data"]["chat"] == lid
+            # The reply quotes the message it answers, as WhatsApp shows a reply.
+            (recorded,) = simulator(api).sent(bot)
+            assert recorded.quoted_id == receiver.requests[0]["json"]["data"]["id"]
             await asyncio.sleep(1.0)  # room for a second (wrong) send, which must not come
             assert len(await sent(api, bot)) == 1

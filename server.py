@@ -68,6 +68,7 @@ from web.auth import Authenticator, dashboard_secret_key, ensure_admin_token
 from web.authlimit import FailedAuthLimiter
 from web.bodylimit import BodySizeLimit
 from web.errors import EXCEPTION_HANDLERS
+from web.frontdoor import HealthFrontDoor
 from web.middleware import RequestCounter
 from web.securityheaders import SecurityHeaders
 from web.serverprotocol import protocol_with_head_timeout
@@ -362,6 +363,11 @@ def create_app(
     return app
 
 
+def front_door(app: Starlette) -> HealthFrontDoor:
+    """What uvicorn serves: /health answered before the app's middleware and routing."""
+    return HealthFrontDoor(app, app.state.health, app.state.metrics, time.monotonic)
+
+
 def boot_preflight(settings: Settings, engine: object) -> BootPreflight | None:
     """Only the WhatsApp engine launches browsers; a scripted engine has nothing to check."""
     if not settings.boot_preflight or not isinstance(engine, WhatsAppEngine):
@@ -524,7 +530,7 @@ def main() -> int:
     if ephemeral:
         log.warning(ephemeral)
     config = uvicorn.Config(
-        app,
+        front_door(app),
         host=settings.host,
         port=settings.port,
         lifespan="on",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,21 @@ LEAN_FLAGS = (
     "--disable-quic",
     "--disable-blink-features=AutomationControlled",
 )
+
+# V8 settings for Playwright's Node driver, through NODE_OPTIONS. The young generation's
+# semi-spaces default to 16 MB each and are kept resident; the driver's objects are small and
+# short-lived, so 1 MB semi-spaces cost a few more scavenges and save ~24 MB of PSS (measured
+# idle with three pages: 157 → 133 MB). The old space is left uncapped: a cap small enough to
+# save anything would crash the driver, and every bot with it, when many bots run.
+DRIVER_NODE_OPTIONS = "--max-semi-space-size=1"
+
+
+def driver_environment(environ: MutableMapping[str, str]) -> None:
+    """Set the driver's Node options before Playwright starts it (it inherits our
+    environment). NODE_OPTIONS set by the operator is theirs and wins."""
+    if not environ.get("NODE_OPTIONS"):
+        environ["NODE_OPTIONS"] = DRIVER_NODE_OPTIONS
+
 
 # What Chromium leaves behind when it is killed; a new launch refuses the profile while they
 # point at a process that no longer exists.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -34,6 +35,7 @@ from bot.engines.simulator import WHATSAPP_URL, Simulator
 from bot.engines.whatsapp.browser import (
     LEAN_FLAGS,
     ChromiumChoice,
+    driver_environment,
     find_browser_process,
     find_chromium,
     kill_tree,
@@ -185,6 +187,7 @@ class WhatsAppEngine:
     async def _get_playwright(self) -> Playwright:
         async with self._playwright_lock:
             if self._playwright is None:
+                driver_environment(os.environ)
                 self._playwright = await async_playwright().start()
             return self._playwright
 

@@ -138,7 +138,9 @@ def create_app(
         except Exception as exc:
             log.warning("Could not load keep-alive history: {}", exc)
         store = BotStore(db)
-        app.state.auth = Authenticator(await ensure_admin_token(settings, store, clock), store)
+        app.state.auth = Authenticator(
+            await ensure_admin_token(settings, store, clock), store, clock.monotonic
+        )
         node = Node(
             OwnershipStore(db),
             clock,

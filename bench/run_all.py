@@ -66,7 +66,7 @@ ORDER = ("health_throughput", "manager_scale", "browser_sessions", "outbox", "so
 PACKAGES = ("uvicorn", "starlette", "sqlalchemy", "aiosqlite", "asyncpg", "playwright", "httpx")
 VERSION_TIMEOUT_S = 15.0
 # The scripts that run the baseline commit's server beside this one's (--baseline REF).
-BASELINE_AWARE = ("health_throughput",)
+BASELINE_AWARE = ("health_throughput", "outbox")
 
 Headline = dict[str, Any]  # figure, value, goal (None: no goal), met (None: not judged)
 
@@ -298,6 +298,16 @@ def outbox(doc: dict[str, Any]) -> list[Headline]:
     goals = doc["goals"]
     by = {r["backend"]: r for r in doc["results"]}
     found = []
+    cpu = goals.get("cpu_per_accept")
+    if cpu is not None:
+        for name, ms in cpu["ms"].items():
+            was = cpu["before_ms"].get(name)
+            value = _n(ms, ".2f") + " ms"
+            if ms is not None and ms > 1.0:
+                value += f" (missed by {ms - 1.0:.2f})"
+            if was is not None:
+                value += f"; before: {was:.2f} ms"
+            found.append(row(f"server CPU per accept ({name})", value, "≤ 1.0 ms", cpu["met"]))
     for name, r in by.items():
         judged = name == "sqlite"
         found.append(

@@ -56,6 +56,7 @@ from services.keepalive import KeepAlive, keepalive_config, warn_about_sleep_thr
 from services.logging import setup_logging
 from services.memory import MemoryBudget, read_limit
 from services.metrics import Metrics, SystemSampler
+from services.migrate import migrate_in_child
 from services.netguard import AddressPolicy, default_resolver
 from services.pingstore import PingStore
 from services.pinned import PinnedTransport
@@ -86,11 +87,14 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
     resolver: Resolver | None = None,
     preflight: bool = False,
+    migrated: bool = False,
 ) -> Starlette:
     """Build the app. `clock`, `transport` and `resolver` are for tests (a fake clock, a mock
     peer for the keep-alive, a DNS server of the test's own for webhook hosts).
     `preflight`: launch the browser once at boot before /health says `pass` (`python
-    server.py` does, with BOOT_PREFLIGHT; in-process test apps do not start browsers)."""
+    server.py` does, with BOOT_PREFLIGHT; in-process test apps do not start browsers).
+    `migrated`: the schema was brought to head before (`python server.py` does it in a child
+    process, so this one never loads Alembic)."""
     clock = clock or SystemClock()
     resolver = resolver or default_resolver()
     address_policy = AddressPolicy(
@@ -112,7 +116,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         private_dir(settings.data_dir)
         db = Database(settings.sqlalchemy_url)
-        await db.migrate()
+        if not migrated:
+            await db.migrate()
         alerter.use_store(IncidentStore(db))
         try:
             await alerter.load()
@@ -505,14 +510,6 @@ class WakefulServer(uvicorn.Server):
             )
 
 
-async def _prepare_database(settings: Settings) -> None:
-    db = Database(settings.sqlalchemy_url)
-    try:
-        await db.migrate()
-    finally:
-        await db.dispose()
-
-
 def main() -> int:
     try:
         settings = load_settings()
@@ -523,8 +520,10 @@ def main() -> int:
     try:
         check_durable_keys(settings, os.environ)
         engine_factory(settings)
-        app = create_app(settings, preflight=settings.boot_preflight)
-        asyncio.run(_prepare_database(settings))
+        app = create_app(settings, preflight=settings.boot_preflight, migrated=True)
+        failed = migrate_in_child(settings.sqlalchemy_url)
+        if failed is not None:
+            raise DatabaseError(failed)
     except (AlertConfigError, ConfigError, DatabaseError) as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -22,16 +22,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-import apprise
 from loguru import logger
 
 from services.alertchannels import (
+    FAILURE,
+    SUCCESS,
     AlertConfigError,
     Channel,
     Note,
     apprise_captured,
     load_channel,
     masked,
+    notify_type,
 )
 from services.clock import Clock
 
@@ -180,7 +182,7 @@ class Alerter:
             lambda store: store.open(key, title, message, incident.opened_at),
             f"store incident {key}",
         )
-        self._notify(title=title, body=message, kind=apprise.NotifyType.FAILURE)
+        self._notify(title=title, body=message, kind=FAILURE)
         return True
 
     def resolve(self, key: str, message: str, *, title: str) -> Incident | None:
@@ -192,7 +194,7 @@ class Alerter:
         text = f"{message} (down {duration})"
         log.info("✅ RESOLVED: {}", text)
         self._write(lambda store: store.close(key), f"close incident {key}")
-        self._notify(title=title, body=text, kind=apprise.NotifyType.SUCCESS)
+        self._notify(title=title, body=text, kind=SUCCESS)
         return incident
 
     def _write(self, action: Callable[[IncidentStorage], Awaitable[None]], what: str) -> None:
@@ -276,7 +278,7 @@ class Alerter:
             with apprise_captured() as said:
                 try:
                     result = await channel.apprise.async_notify(
-                        body=note.body, title=note.title, notify_type=note.kind
+                        body=note.body, title=note.title, notify_type=notify_type(note.kind)
                     )
                     delivered = bool(result)
                 except Exception as exc:  # a notification channel must never break the caller

@@ -66,7 +66,7 @@ ORDER = ("health_throughput", "manager_scale", "browser_sessions", "outbox", "so
 PACKAGES = ("uvicorn", "starlette", "sqlalchemy", "aiosqlite", "asyncpg", "playwright", "httpx")
 VERSION_TIMEOUT_S = 15.0
 # The scripts that run the baseline commit's server beside this one's (--baseline REF).
-BASELINE_AWARE = ("health_throughput", "outbox")
+BASELINE_AWARE = ("health_throughput", "outbox", "overhead")
 
 Headline = dict[str, Any]  # figure, value, goal (None: no goal), met (None: not judged)
 

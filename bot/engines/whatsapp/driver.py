@@ -35,6 +35,7 @@ from bot.engines.simulator import WHATSAPP_URL, Simulator
 from bot.engines.whatsapp.browser import (
     LEAN_FLAGS,
     ChromiumChoice,
+    block_unneeded_requests,
     driver_environment,
     find_browser_process,
     find_chromium,
@@ -349,6 +350,7 @@ class WhatsAppSession:
         CDP session is kept open: an override ends with the session that set it."""
         cdp = await self.context.new_cdp_session(page)
         await cdp.send("Emulation.setUserAgentOverride", self.identity.override())
+        await block_unneeded_requests(cdp)
         self._cdp_sessions.append(cdp)
 
     def _on_new_page(self, page: Page) -> None:

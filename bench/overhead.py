@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 "results": [{**asdict(o), "total_mb": o.total_mb} for o in found],
                 "headlines": [
                     {
-                        "figure": "server + Playwright driver, idle (PSS)",
+                        "figure": "server + Playwright driver, one bot showing its QR (PSS)",
                         "value": f"{ours.total_mb:.0f} MB{miss}"
                         + (f"; before: {before.total_mb:.0f} MB" if before else ""),
                         "goal": f"≤ {GOAL_MB:g} MB",

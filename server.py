@@ -62,6 +62,7 @@ from services.logging import setup_logging
 from services.mediafetch import MAX_REDIRECTS
 from services.memory import MemoryBudget, read_limit
 from services.metrics import Metrics, SystemSampler
+from services.migrate import migrate_in_child
 from services.netguard import AddressPolicy, default_resolver
 from services.pingstore import PingStore
 from services.pinned import PinnedTransport
@@ -74,6 +75,7 @@ from web.auth import Authenticator, dashboard_secret_key, ensure_admin_token
 from web.authlimit import FailedAuthLimiter
 from web.bodylimit import BodySizeLimit
 from web.errors import EXCEPTION_HANDLERS
+from web.frontdoor import HealthFrontDoor
 from web.middleware import RequestCounter
 from web.securityheaders import SecurityHeaders
 from web.serverprotocol import protocol_with_head_timeout
@@ -92,12 +94,15 @@ def create_app(
     resolver: Resolver | None = None,
     preflight: bool = False,
     media_transport: httpx.AsyncBaseTransport | None = None,
+    migrated: bool = False,
 ) -> Starlette:
     """Build the app. `clock`, `transport` and `resolver` are for tests (a fake clock, a mock
     peer for the keep-alive, a DNS server of the test's own for webhook hosts).
     `preflight`: launch the browser once at boot before /health says `pass` (`python
     server.py` does, with BOOT_PREFLIGHT; in-process test apps do not start browsers).
-    `media_transport`: where media URLs are fetched from (a stand-in peer in tests)."""
+    `media_transport`: where media URLs are fetched from (a stand-in peer in tests).
+    `migrated`: the schema was brought to head before (`python server.py` does it in a child
+    process, so this one never loads Alembic)."""
     clock = clock or SystemClock()
     resolver = resolver or default_resolver()
     address_policy = AddressPolicy(
@@ -119,7 +124,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         private_dir(settings.data_dir)
         db = Database(settings.sqlalchemy_url)
-        await db.migrate()
+        if not migrated:
+            await db.migrate()
         alerter.use_store(IncidentStore(db))
         try:
             await alerter.load()
@@ -145,7 +151,9 @@ def create_app(
         except Exception as exc:
             log.warning("Could not load keep-alive history: {}", exc)
         store = BotStore(db)
-        app.state.auth = Authenticator(await ensure_admin_token(settings, store, clock), store)
+        app.state.auth = Authenticator(
+            await ensure_admin_token(settings, store, clock), store, clock.monotonic
+        )
         node = Node(
             OwnershipStore(db),
             clock,
@@ -426,6 +434,11 @@ def create_app(
     return app
 
 
+def front_door(app: Starlette) -> HealthFrontDoor:
+    """What uvicorn serves: /health answered before the app's middleware and routing."""
+    return HealthFrontDoor(app, app.state.health, app.state.metrics, time.monotonic)
+
+
 def boot_preflight(settings: Settings, engine: object) -> BootPreflight | None:
     """Only the WhatsApp engine launches browsers; a scripted engine has nothing to check."""
     if not settings.boot_preflight or not isinstance(engine, WhatsAppEngine):
@@ -561,14 +574,6 @@ class WakefulServer(uvicorn.Server):
             )
 
 
-async def _prepare_database(settings: Settings) -> None:
-    db = Database(settings.sqlalchemy_url)
-    try:
-        await db.migrate()
-    finally:
-        await db.dispose()
-
-
 def main() -> int:
     try:
         settings = load_settings()
@@ -579,8 +584,10 @@ def main() -> int:
     try:
         check_durable_keys(settings, os.environ)
         engine_factory(settings)
-        app = create_app(settings, preflight=settings.boot_preflight)
-        asyncio.run(_prepare_database(settings))
+        app = create_app(settings, preflight=settings.boot_preflight, migrated=True)
+        failed = migrate_in_child(settings.sqlalchemy_url)
+        if failed is not None:
+            raise DatabaseError(failed)
     except (AlertConfigError, ConfigError, DatabaseError) as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -588,7 +595,7 @@ def main() -> int:
     if ephemeral:
         log.warning(ephemeral)
     config = uvicorn.Config(
-        app,
+        front_door(app),
         host=settings.host,
         port=settings.port,
         lifespan="on",

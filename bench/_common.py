@@ -19,8 +19,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -103,14 +104,50 @@ def start_server(
 def start_wakeful(name: str, port: int, data_dir: Path, log_path: Path, **settings: str) -> Server:
     """`python server.py` with `wakeful_env`. Its cwd is DATA_DIR, so a developer's `.env` in
     the repository is not read either."""
+    return start_wakeful_in(REPO_ROOT, name, port, data_dir, log_path, settings)
+
+
+def start_wakeful_in(
+    root: Path, name: str, port: int, data_dir: Path, log_path: Path, settings: dict[str, str]
+) -> Server:
+    """`start_wakeful` from another checkout (`baseline_checkout`): an earlier commit run side
+    by side with this one."""
     return start_server(
         name,
-        [sys.executable, str(REPO_ROOT / "server.py")],
+        [sys.executable, str(root / "server.py")],
         data_dir,
         wakeful_env(port, data_dir, **settings),
         port,
         log_path,
     )
+
+
+# The commit before issue 19's work (the lean overhead, /health front door, group commit):
+# `make bench` measures it side by side with the working tree.
+BASELINE_REF = "b9a1158"
+
+
+@contextlib.contextmanager
+def baseline_checkout(ref: str | None) -> Iterator[Path | None]:
+    """`ref`'s files in a temporary directory (git archive: the repository is not touched),
+    or None when `ref` is None or git cannot give it. Run with this virtualenv: its server.py
+    imports its own modules first (the script's directory leads sys.path)."""
+    if not ref:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="wakeful-baseline-") as tmp:
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", ref],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            check=False,
+        )
+        if archive.returncode != 0:
+            print(f"note: no baseline: git archive {ref} failed", file=sys.stderr)
+            yield None
+            return
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        yield Path(tmp)
 
 
 def stop_server(server: Server, timeout: float) -> tuple[float, int | None]:

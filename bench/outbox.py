@@ -64,14 +64,15 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
 from bot.sender import IDLE_POLL  # noqa: E402
+from tests.postgres_server import running_postgres  # noqa: E402
 
 ADMIN_TOKEN = "bench-admin-token-" + "x" * 16  # only ever sent to a loopback server we started
 ENGINE = "tests.engines:auto_engine"
 TO = "+15550001111"
 LEASE_S = 2.0  # OUTBOX_LEASE: a message claimed at the kill is sent again after this
 KILL_AT = 0.25  # SIGKILL once this share of the resume batch is sent
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 GOAL_ACCEPT_RATE = 1000.0  # messages a second, on SQLite
+GOAL_CPU_MS_PER_ACCEPT = 1.0  # server CPU per accepted message, on every backend
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
@@ -623,6 +624,48 @@ async def drop_database(admin_url: str, name: str) -> None:
         await conn.close()
 
 
+async def baseline_enqueue(
+    name: str, args: argparse.Namespace, root: Path, baseline_root: Path
+) -> EnqueueResult | None:
+    """The enqueue step alone against the baseline commit's server, on a fresh database of
+    the same backend: the commit before measured side by side in the same run."""
+    workdir = root / f"{name}-baseline"
+    data_dir = workdir / "data"
+    data_dir.mkdir(parents=True)
+    env: dict[str, str] = {}
+    pg_name: str | None = None
+    server: common.Server | None = None
+    try:
+        if name == "postgres":
+            pg_name, libpq_url = await create_database(args.postgres_url)
+            env = {"DATABASE_URL": libpq_url}
+        backend = Backend(name, data_dir, "", env)
+        (port,) = common.free_ports(1)
+        server = common.start_wakeful_in(
+            baseline_root,
+            f"baseline ({name})",
+            port,
+            data_dir,
+            workdir / "baseline.log",
+            server_settings(backend),
+        )
+        await asyncio.to_thread(common.wait_ready, server, "/health", START_TIMEOUT_S)
+        async with api_client(port) as client:
+            bots = await create_bots(client, args.bots)
+            result = await enqueue(server, bots, args.messages, args.concurrency, "base")
+        print(
+            f"  baseline {args.baseline}: {result.accepted} accepted, "
+            f"{_f(cpu_ms_per_message(result), '.2f')} ms of server CPU each",
+            flush=True,
+        )
+        return result
+    finally:
+        if server is not None:
+            common.stop_server(server, STOP_TIMEOUT_S)
+        if pg_name is not None:
+            await drop_database(args.postgres_url, pg_name)
+
+
 async def bench_backend(name: str, args: argparse.Namespace, root: Path) -> BackendResult | None:
     """Run one backend; None (with a line saying why) when Postgres does not answer."""
     workdir = root / name
@@ -715,10 +758,22 @@ def print_table(results: list[BackendResult]) -> None:
         print(f"{label:<{width}}" + "".join(f" {row[i][1]:>14}" for row in rows))
 
 
-def evaluate_goals(results: list[BackendResult]) -> dict[str, Any]:
+def evaluate_goals(
+    results: list[BackendResult], before: dict[str, EnqueueResult | None]
+) -> dict[str, Any]:
     sqlite = next((r for r in results if r.backend == "sqlite"), None)
     rate = sqlite.enqueue.accepted_per_s if sqlite else None
+    cpu = {r.backend: cpu_ms_per_message(r.enqueue) for r in results}
     return {
+        "cpu_per_accept": {
+            "goal": f"<= {GOAL_CPU_MS_PER_ACCEPT:g} ms of server CPU per accepted message "
+            "on every backend",
+            "ms": cpu,
+            "before_ms": {
+                name: cpu_ms_per_message(e) if e is not None else None for name, e in before.items()
+            },
+            "met": all(v is not None and v <= GOAL_CPU_MS_PER_ACCEPT for v in cpu.values()),
+        },
         "accept_rate": {
             "goal": f">= {GOAL_ACCEPT_RATE:,.0f} messages/s accepted on SQLite",
             "sqlite_per_s": rate,
@@ -747,15 +802,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument(
         "--postgres-url",
-        default=os.environ.get("TEST_DATABASE_URL") or DEFAULT_POSTGRES_URL,
+        default=os.environ.get("TEST_DATABASE_URL"),
         help="a server where temporary databases may be created "
-        "($TEST_DATABASE_URL, else %(default)s)",
+        "($TEST_DATABASE_URL, else the test suite's own embedded Postgres)",
     )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write figures")
     parser.add_argument("--media", type=int, default=100, help="1 MiB images (100; 0: none)")
     parser.add_argument("--media-concurrency", type=int, default=4, help="connections (4)")
     parser.add_argument("--media-only", action="store_true", help="only the media phase")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="REF",
+        help=f"also measure this commit's accepts side by side (e.g. {common.BASELINE_REF})",
+    )
     args = parser.parse_args(argv)
+    args.embedded_postgres = args.postgres_url is None
     if min(args.messages, args.resume_messages, args.bots, args.concurrency) < 1:
         parser.error("--messages, --resume-messages, --bots and --concurrency must be >= 1")
     return args
@@ -786,9 +848,22 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_before = os.getloadavg()
     results: list[BackendResult] = []
-    with tempfile.TemporaryDirectory(prefix="wakeful-outbox-") as tmp:
+    before: dict[str, EnqueueResult | None] = {}
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="wakeful-outbox-"))
+        baseline_root = stack.enter_context(common.baseline_checkout(args.baseline))
+        if "postgres" in names and args.postgres_url is None:
+            try:
+                args.postgres_url = stack.enter_context(running_postgres())
+            except Exception as exc:  # no embedded Postgres here: say so, measure SQLite
+                print(f"postgres: skipped, the embedded server did not start ({exc})")
+                names = [n for n in names if n != "postgres"]
         for name in names:
             try:
+                if baseline_root is not None:
+                    before[name] = common.run_async(
+                        lambda: baseline_enqueue(name, args, Path(tmp), baseline_root)  # noqa: B023
+                    )
                 result = common.run_async(
                     lambda: bench_backend(name, args, Path(tmp))  # noqa: B023
                 )
@@ -813,9 +888,24 @@ def main(argv: list[str] | None = None) -> int:
         " BOT_START_STAGGER (default 5s) apart, so the last connects ~5s x (bots - 1) after "
         "the first.)"
     )
-    goals = evaluate_goals(results)
+    goals = evaluate_goals(results, before)
     rate = goals["accept_rate"]["sqlite_per_s"]
     print()
+    cpu = goals["cpu_per_accept"]
+    for name, ms in cpu["ms"].items():
+        was = cpu["before_ms"].get(name)
+        miss = (
+            ""
+            if ms is None or ms <= GOAL_CPU_MS_PER_ACCEPT
+            else (f", missed by {ms - GOAL_CPU_MS_PER_ACCEPT:.2f} ms")
+        )
+        print(
+            f"server CPU per accepted message ({name}): {_f(ms, '.2f')} ms"
+            + (f" (before: {was:.2f} ms)" if was is not None else "")
+            + f" (goal <= {GOAL_CPU_MS_PER_ACCEPT:g} ms): "
+            + ("met" if ms is not None and ms <= GOAL_CPU_MS_PER_ACCEPT else "NOT met")
+            + miss
+        )
     print(
         f"accepted/s on SQLite: {_f(rate, ',.0f')} (goal >= {GOAL_ACCEPT_RATE:,.0f}): "
         f"{_verdict(goals['accept_rate']['met'])}"
@@ -860,6 +950,7 @@ def main(argv: list[str] | None = None) -> int:
                 "send_rate": 0,
                 "outbox_lease_s": LEASE_S,
                 "kill_at_share_sent": KILL_AT,
+                "baseline": args.baseline,
             },
             "load_average_1min": {"before": load_before[0], "after": load_after[0]},
             "results": [

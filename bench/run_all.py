@@ -65,6 +65,8 @@ THIS = Path(__file__).resolve().name
 ORDER = ("health_throughput", "manager_scale", "browser_sessions", "outbox", "soak")
 PACKAGES = ("uvicorn", "starlette", "sqlalchemy", "aiosqlite", "asyncpg", "playwright", "httpx")
 VERSION_TIMEOUT_S = 15.0
+# The scripts that run the baseline commit's server beside this one's (--baseline REF).
+BASELINE_AWARE = ("health_throughput", "outbox", "overhead")
 
 Headline = dict[str, Any]  # figure, value, goal (None: no goal), met (None: not judged)
 
@@ -201,11 +203,18 @@ def health_throughput(doc: dict[str, Any]) -> list[Headline]:
     results = doc["results"]
     health, keepalive = results["wakeful /health"], results["wakeful /api/keepalive"]
     errors = sum(int(r["errors"]) for r in results.values())
+    ratio, goal = doc["ratio_health"], doc["goal"]
+    before = doc.get("ratio_health_baseline")
+    value = _n(ratio, ".2f")
+    if ratio is not None and ratio < goal:
+        value += f" (missed by {goal - ratio:.2f})"
+    if before is not None:
+        value += f"; before: {before:.2f}"
     return [
         row(
-            "/health req/s ÷ bare Starlette",
-            f"{doc['ratio_health']:.2f}",
-            f"≥ {doc['goal']:g}",
+            "/health requests per CPU-second ÷ bare Starlette (same uvicorn, h11)",
+            value,
+            f"≥ {goal:g}",
             doc["goal_met"],
         ),
         row(
@@ -289,6 +298,16 @@ def outbox(doc: dict[str, Any]) -> list[Headline]:
     goals = doc["goals"]
     by = {r["backend"]: r for r in doc["results"]}
     found = []
+    cpu = goals.get("cpu_per_accept")
+    if cpu is not None:
+        for name, ms in cpu["ms"].items():
+            was = cpu["before_ms"].get(name)
+            value = _n(ms, ".2f") + " ms"
+            if ms is not None and ms > 1.0:
+                value += f" (missed by {ms - 1.0:.2f})"
+            if was is not None:
+                value += f"; before: {was:.2f} ms"
+            found.append(row(f"server CPU per accept ({name})", value, "≤ 1.0 ms", cpu["met"]))
     for name, r in by.items():
         judged = name == "sqlite"
         found.append(
@@ -517,6 +536,13 @@ def parse_args(argv: list[str] | None, available: list[str]) -> argparse.Namespa
         action="store_true",
         help="keep the entries of the scripts not run now from the existing --json file",
     )
+    parser.add_argument(
+        "--baseline",
+        default=common.BASELINE_REF,
+        metavar="REF",
+        help="the commit measured side by side where a script can (--baseline ''; none) "
+        f"({common.BASELINE_REF}, the commit before issue 19's work)",
+    )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = parser.parse_args(argv)
     unknown = [n for n in [*(args.only or []), *args.skip] if n not in available]
@@ -534,6 +560,9 @@ def parse_args(argv: list[str] | None, available: list[str]) -> argparse.Namespa
         )
     if args.soak is not None:
         extra.setdefault("soak", []).extend(["--duration", args.soak])
+    if args.baseline:
+        for name in BASELINE_AWARE:
+            extra.setdefault(name, []).extend(["--baseline", args.baseline])
     args.extra = extra
     return args
 

@@ -43,6 +43,15 @@ at most 5 % (or 5 MB, whichever is larger: a small process may move by a few MB)
 may fail (non-2xx, or a transport error, on any route); every ping must succeed; no accepted
 message may be lost or dead; every bot must stay connected.
 
+`--speed 10` (the 10x mode): every rate ten times the soak's (load, messages, incoming
+messages, keep-alive pings; SEND_RATE too, so the bots keep up), so the bounded in-memory
+windows (the keep-alive's 10,000 pings, the simulator's 10,000 sent messages) fill within
+minutes; the warm-up is then, by default, the time they take to fill; and the verdict judges
+the slope (MB an hour, least squares over the samples after the warm-up) of the server's and
+the driver's anonymous memory: goal under SLOPE_GOAL_MB_PER_H (1 MB an hour, under 5 % of a
+512 MB budget in a week). The slope is judged as measured at ten times the load: a growth per
+request or per message would be a tenth of it at the soak's load, a growth per hour the same.
+
 Ctrl-C once stops the load early and still reports (the verdict says the run was cut short);
 twice aborts. Either way, and on errors, the server is stopped (SIGTERM, which closes its
 browsers) and any process still naming the temporary directory is killed.
@@ -97,6 +106,12 @@ GOAL_GROWTH_PCT = 5.0  # memory growth after the warm-up, per component
 GOAL_GROWTH_FLOOR_MB = 5.0  # ... or this many MB, whichever is larger
 KEEPALIVE_START_DELAY_S = 1.0
 GOAL_PINGS_SHARE = 0.9  # pings done / pings expected: the keep-alive really ran at its rate
+SLOPE_GOAL_MB_PER_H = 1.0  # --speed: the anonymous memory's slope after the windows fill
+SLOPE_JUDGED = ("server", "driver")
+# The server's bounded windows (services/keepalive.py history_limit, the simulator's
+# KEEP_SENT_IN_MEMORY): in the 10x mode the warm-up lasts until both are full.
+PING_WINDOW = 10_000
+SENT_WINDOW = 10_000
 
 START_TIMEOUT_S = 60.0
 LINK_TIMEOUT_S = 120.0  # one bot: from its creation to CONNECTED
@@ -1199,6 +1214,19 @@ def report(result: SoakResult, args: argparse.Namespace) -> tuple[dict[str, Any]
     growths = memory_growth(result)
     print_growth(growths)
     goals = evaluate(result, growths)
+    if args.speed > 1:
+        slopes = {
+            g.component: g.slope_mb_per_h
+            for g in growths
+            if g.measure == "anon" and g.component in SLOPE_JUDGED
+        }
+        goals["memory_slope"] = {
+            "goal": f"anonymous memory slope after the windows fill < {SLOPE_GOAL_MB_PER_H:g} "
+            f"MB/hour for the server and the driver, at {args.speed:g}x the soak's load",
+            "speed": args.speed,
+            "mb_per_h": slopes,
+            "met": all(v is not None and v < SLOPE_GOAL_MB_PER_H for v in slopes.values()),
+        }
 
     print()
     m = goals["messages"]
@@ -1259,6 +1287,18 @@ def report(result: SoakResult, args: argparse.Namespace) -> tuple[dict[str, Any]
         f"bots: {b['connected']} of {b['bots']} connected, {b['state_changes']} state "
         f"changes: {verdict(b['met'])}"
     )
+    if args.speed > 1:
+        slopes = goals["memory_slope"]
+        for name, slope in slopes["mb_per_h"].items():
+            met = slope is not None and slope < SLOPE_GOAL_MB_PER_H
+            miss = "" if met or slope is None else f", missed by {slope - SLOPE_GOAL_MB_PER_H:.2f}"
+            per_event = None if slope is None else slope / args.speed
+            print(
+                f"{name} anonymous memory slope at {args.speed:g}x after the windows filled: "
+                f"{_f(slope, '+.2f')} MB/hour (≈ {_f(per_event, '+.2f')} "
+                f"at 1x if per event; goal < {SLOPE_GOAL_MB_PER_H:g}: "
+                f"{'met' if met else 'NOT met'}{miss})"
+            )
     overall = all(g["met"] for g in goals.values())
     cut = "" if result.completed else f"; cut short after {format_s(round(result.ran_s))}"
     print(f"verdict: {'PASS' if overall else 'FAIL'} (memory flat after warm-up, zero errors{cut})")
@@ -1341,8 +1381,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="CHROMIUM_PATH for the server (default: what the server finds by itself)",
     )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="every rate this many times the soak's (10: the 10x mode, judged by slope) (1)",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write figures")
     args = parser.parse_args(argv)
+    if args.speed < 1:
+        parser.error("--speed >= 1")
+    if args.speed > 1:
+        args.load_rate *= args.speed
+        args.message_rate *= args.speed
+        args.incoming_every /= args.speed
+        args.keepalive_interval /= args.speed
+        if args.send_rate is None:
+            args.send_rate = round(20 * args.speed)
+        if args.warmup is None:
+            args.warmup = windows_full_after(args)
     if args.duration <= 0 or args.bots < 1 or args.clients < 1:
         parser.error("--duration > 0, --bots >= 1, --clients >= 1")
     if args.load_rate < 0 or args.message_rate <= 0 or args.incoming_every < 0:
@@ -1356,6 +1413,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.sample_every <= 0 or not 0 <= args.warmup < args.duration:
         parser.error("--sample-every > 0 and 0 <= --warmup < --duration")
     return args
+
+
+def windows_full_after(args: argparse.Namespace) -> float:
+    """Seconds until the keep-alive's ping window and the simulator's sent window are full:
+    the messages POSTed plus the bots' `pong` replies (every other incoming message)."""
+    pings = PING_WINDOW * float(args.keepalive_interval)
+    replies = 0.5 / float(args.incoming_every) if args.incoming_every > 0 else 0.0
+    sends = SENT_WINDOW / (float(args.message_rate) + replies)
+    return max(pings, sends, 120.0)
 
 
 def server_settings(args: argparse.Namespace, port: int) -> dict[str, str]:
@@ -1459,6 +1525,7 @@ def main(argv: list[str] | None = None) -> int:
                 "incoming_every_s": args.incoming_every,
                 "keepalive_interval_s": args.keepalive_interval,
                 "send_rate_per_min": args.send_rate,
+                "speed": args.speed,
                 "drain_timeout_s": args.drain_timeout,
                 "chromium": {"path": str(chromium) if chromium else None, "version": version},
             },

@@ -74,6 +74,10 @@ class Node:
         self.on_message: list[Callable[[str], None]] = []
         self._last_renewed: float | None = None
         self._listener: Any = None
+        # Notices said while one NOTIFY transaction is under way go out together in the next
+        # (a burst of accepts for stopped bots was one transaction each).
+        self._notes: dict[str, asyncio.Future[None]] = {}
+        self._notifier: asyncio.Task[None] | None = None
 
     # Membership ------------------------------------------------------------------------
 
@@ -150,18 +154,42 @@ class Node:
     # Messages between nodes --------------------------------------------------------------
 
     async def notify(self, message: str) -> None:
-        """Tell the other nodes (Postgres); on SQLite they poll, and a failure only delays."""
+        """Tell the other nodes (Postgres); on SQLite they poll, and a failure only delays.
+        Returns once the notice is sent: with the others said meanwhile, in one transaction
+        (a notice already waiting is not said twice)."""
         db = self.store.db
         if db.dialect != "postgresql":
             return
+        loop = asyncio.get_running_loop()
+        sent = self._notes.get(message)
+        if sent is None:
+            sent = self._notes[message] = loop.create_future()
+        if self._notifier is None:
+            self._notifier = loop.create_task(self._notify_all())
+            db.track(self._notifier)
+        await asyncio.shield(sent)
+
+    async def _notify_all(self) -> None:
         try:
-            async with db.engine.begin() as conn:
-                await conn.execute(
-                    text("SELECT pg_notify(:channel, :message)"),
-                    {"channel": CHANNEL, "message": message},
-                )
-        except Exception as exc:
-            log.debug("NOTIFY failed: {}", exc)
+            while self._notes:
+                notes, self._notes = self._notes, {}
+                try:
+                    async with self.store.db.engine.begin() as conn:
+                        await conn.execute(
+                            text("SELECT pg_notify(:channel, :message)"),
+                            [{"channel": CHANNEL, "message": m} for m in notes],
+                        )
+                except Exception as exc:
+                    log.debug("NOTIFY failed: {}", exc)
+                for sent in notes.values():
+                    if not sent.done():
+                        sent.set_result(None)
+        finally:
+            self._notifier = None
+            for sent in self._notes.values():  # only if this task was cancelled mid-way
+                if not sent.done():
+                    sent.set_result(None)
+            self._notes.clear()
 
     async def listen(self) -> None:
         """Hear the others' notices at once (Postgres only): a LISTEN on its own connection."""

@@ -27,13 +27,13 @@ from sqlalchemy import (
     and_,
     exists,
     func,
-    insert,
     or_,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
+from bot.acceptbatch import AcceptBatcher
 from bot.content import public_fields
 from bot.store import bot_sessions
 from services.database import Database, UTCDateTime, metadata, shielded
@@ -153,6 +153,8 @@ def new_message_id() -> str:
 class OutboxStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # Concurrent accepts share one transaction (group commit): bot/acceptbatch.py.
+        self.accepts = AcceptBatcher(db, outbox_messages)
 
     @shielded
     async def enqueue(
@@ -171,17 +173,13 @@ class OutboxStore:
             "due_at": now,
             "updated_at": now,
         }
-        try:
-            async with self.db.engine.begin() as conn:
-                await conn.execute(insert(outbox_messages).values(**values))
-        except IntegrityError:
-            if key is None:
-                raise
-            existing = await self._by_key(session_id, key)
-            if existing is None:
-                raise
-            return existing, False
-        return OutboxMessage(**values), True  # type: ignore[arg-type]
+        if await self.accepts.insert(values):
+            return OutboxMessage(**values), True  # type: ignore[arg-type]
+        # A unique constraint refused it: the key was used before (or, in theory, the id).
+        existing = await self._by_key(session_id, key) if key is not None else None
+        if existing is None:
+            raise IntegrityError("INSERT INTO outbox_messages", None, Exception("not unique"))
+        return existing, False
 
     async def _by_key(self, session_id: str, key: str) -> OutboxMessage | None:
         query = select(outbox_messages).where(

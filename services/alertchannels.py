@@ -12,11 +12,13 @@ import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import apprise
-
 from services.redaction import MASK, redact_secret_params
+
+if TYPE_CHECKING:
+    import apprise
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +106,22 @@ class Channel:
         return f"#{self.position} ({self.shown})"
 
 
+# apprise's notification types by value: Alerter notes its alerts without importing apprise,
+# which is loaded only when ALERT_URLS names a channel (~3-17 MB a process without alerts
+# would carry for nothing).
+FAILURE = "failure"
+SUCCESS = "success"
+
+
+def notify_type(kind: str) -> apprise.NotifyType:
+    import apprise
+
+    return apprise.NotifyType(kind)
+
+
 def load_channel(position: int, url: str) -> Channel:
+    import apprise
+
     secrets = _secret_fragments(url)
     scheme = url.split("://", 1)[0].lower() if "://" in url else "?"
     if not re.fullmatch(r"[a-z][a-z0-9+]{0,11}", scheme):

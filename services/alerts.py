@@ -22,16 +22,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-import apprise
 from loguru import logger
 
 from services.alertchannels import (
+    FAILURE,
+    SUCCESS,
     AlertConfigError,
     Channel,
     Note,
     apprise_captured,
     load_channel,
     masked,
+    notify_type,
 )
 from services.clock import Clock
 
@@ -182,7 +184,7 @@ class Alerter:
         self._write(
             lambda store: store.open(key, title, message, incident.opened_at),
             f"store incident {key}",
-            then=lambda: self._notify(title=title, body=message, kind=apprise.NotifyType.FAILURE),
+            then=lambda: self._notify(title=title, body=message, kind=FAILURE),
         )
         return True
 
@@ -197,7 +199,7 @@ class Alerter:
         self._write(
             lambda store: store.close(key),
             f"close incident {key}",
-            then=lambda: self._notify(title=title, body=text, kind=apprise.NotifyType.SUCCESS),
+            then=lambda: self._notify(title=title, body=text, kind=SUCCESS),
         )
         return incident
 
@@ -300,7 +302,7 @@ class Alerter:
             with apprise_captured() as said:
                 try:
                     result = await channel.apprise.async_notify(
-                        body=note.body, title=note.title, notify_type=note.kind
+                        body=note.body, title=note.title, notify_type=notify_type(note.kind)
                     )
                     delivered = bool(result)
                 except Exception as exc:  # a notification channel must never break the caller

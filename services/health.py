@@ -41,11 +41,22 @@ class HealthState:
         self._clock = clock
         self._started_monotonic = clock.monotonic()
         self.started_at = started_at.isoformat()
-        self.draining = False
+        self._draining = False
+        # Bumped by anything that must show at once (draining); a cached render is dropped.
+        self.generation = 0
         # Keyed `component:measurement`; `uptime` is always there.
         self.checks: dict[str, Check] = {"uptime": self._uptime_check}
         # Extra figures (session counts by state…), read from memory on each request.
         self.details: dict[str, Callable[[], Any]] = {}
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = value
+        self.generation += 1
 
     def uptime_seconds(self) -> float:
         return round(self._clock.monotonic() - self._started_monotonic, 3)
@@ -99,6 +110,11 @@ class HealthState:
         """`document()` as JSON bytes, written by hand: this runs on every platform health
         check and keep-alive ping, and json.dumps of the nested document was most of its
         cost. Keys are our own identifiers; free text goes through json.dumps."""
+        _, code, body = self.render_with_status()
+        return code, body
+
+    def render_with_status(self) -> tuple[str, int, bytes]:
+        """`render()` with the document's own status (`pass`, `warn`, `fail`) first."""
         status, results, output = self._collect()
         parts = [
             f'{{"status":"{status}","version":"{VERSION}","serviceId":"{SERVICE_ID}",'
@@ -115,7 +131,7 @@ class HealthState:
         ]
         parts.append(',"checks":{' + ",".join(checks) + "}")
         parts.append(f',"links":{_LINKS_JSON}}}')
-        return (503 if status == "fail" else 200), "".join(parts).encode()
+        return status, (503 if status == "fail" else 200), "".join(parts).encode()
 
 
 _DESCRIPTION_JSON = json.dumps(DESCRIPTION)

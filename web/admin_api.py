@@ -96,6 +96,7 @@ async def delete_user(request: Request) -> Response:
         raise Problem(404, f"There is no user '{user_id[:40]}'.")
     removed = await mgr.delete_user_sessions(user.id)
     await mgr.store.delete_user(user.id)
+    request.app.state.auth.forget_user(user.id)
     await audit(request, "user.delete", user.id, f"{user.name}; {removed} bot(s) deleted")
     log.info("User '{}' ({}) deleted with {} bot(s)", user.name, user.id, removed)
     return Response(status_code=204)

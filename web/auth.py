@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,6 +31,11 @@ from web.websession import (
 )
 
 log = logger.bind(component="auth")
+# A verified user token is remembered this long (its hash → who), so a client sending many
+# requests is looked up once, not once a request. A rotation or a deletion on this node
+# forgets it at once; on another node of a cluster it holds at most this long there.
+KNOWN_TOKEN_SECONDS = 5.0
+KNOWN_TOKENS_MAX = 1024  # bounded: many users at once only means more look-ups
 ADMIN_HASH_KEY = "admin_token_sha256"
 SIGNED_OUT_PREFIX = "signed_out:"
 TOKEN_PREFIX = "wk_"  # noqa: S105 - a prefix that makes leaked tokens greppable
@@ -70,9 +77,16 @@ def token_from(request: Request) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, admin_hash: str, store: BotStore) -> None:
+    def __init__(
+        self,
+        admin_hash: str,
+        store: BotStore,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._admin_hash = admin_hash
         self._store = store
+        self._monotonic = monotonic
+        self._known: dict[str, tuple[Principal, float]] = {}  # token hash: (who, until)
         self.signer: SessionSigner | None = None  # the dashboard's cookies, once configured
 
     async def authenticate(self, request: Request) -> Principal | None:
@@ -122,10 +136,24 @@ class Authenticator:
     async def principal_for(self, digest: str) -> Principal | None:
         if hmac.compare_digest(digest, self._admin_hash):
             return Principal(is_admin=True, user_id=None, name=ADMIN_OWNER)
+        now = self._monotonic()
+        known = self._known.get(digest)
+        if known is not None and now < known[1]:
+            return known[0]
         user = await self._store.user_by_token_hash(digest)
-        if user is None:
+        if user is None:  # unknown tokens are not remembered: nobody can fill this
+            self._known.pop(digest, None)
             return None
-        return Principal(is_admin=False, user_id=user.id, name=user.name)
+        who = Principal(is_admin=False, user_id=user.id, name=user.name)
+        if len(self._known) >= KNOWN_TOKENS_MAX:
+            self._known.clear()
+        self._known[digest] = (who, now + KNOWN_TOKEN_SECONDS)
+        return who
+
+    def forget_user(self, user_id: str) -> None:
+        """The user's token was rotated or the user deleted: no remembered answer for it."""
+        for digest in [d for d, (who, _) in self._known.items() if who.user_id == user_id]:
+            del self._known[digest]
 
 
 async def ensure_admin_token(settings: Settings, store: BotStore, clock: Clock) -> str:

@@ -30,6 +30,7 @@ async def rotate_token(request: Request) -> Response:
         await conn.execute(
             update(users).where(users.c.id == who.user_id).values(token_hash=hash_token(token))
         )
+    request.app.state.auth.forget_user(who.user_id)
     await manager.store.audit(
         manager.clock.now(), who.label, "user.token.rotate", who.user_id, None
     )

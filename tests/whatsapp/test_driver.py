@@ -281,3 +281,20 @@ async def test_the_browser_wakeful_picks_by_itself_links_a_bot(make_engine: Make
     user_agent = await session.page.evaluate("navigator.userAgent")  # type: ignore[union-attr]
     assert "Headless" not in user_agent and "Chrome/" in user_agent
     assert await session.page.evaluate("navigator.webdriver") is False  # type: ignore[union-attr]
+
+
+async def test_images_fonts_and_avatars_are_refused_by_chromium_itself(make_engine: MakeEngine):
+    """BLOCKED_URLS never leave the page (CDP Network.setBlockedURLs); everything else still
+    does (here: to the simulator, which answers 404 for what it does not serve)."""
+    engine = make_engine()
+    events = Events()
+    session = await engine.start("bot_000000000001", events)
+    await events.wait_for(EventKind.QR)
+    outcome = """async (url) => {
+        try { return String((await fetch(url)).status); } catch (e) { return "refused"; }
+    }"""
+    page = session.page
+    assert page is not None
+    for blocked in ("https://web.whatsapp.com/img/avatar.png", "https://web.whatsapp.com/f.woff2"):
+        assert await page.evaluate(outcome, blocked) == "refused", blocked
+    assert await page.evaluate(outcome, "https://web.whatsapp.com/__sim/nothing.json") == "404"

@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from playwright.async_api import CDPSession
 
 DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
 # Debian's `chromium-headless-shell` package: the same engine without the desktop browser
@@ -40,6 +42,52 @@ LEAN_FLAGS = (
     "--disable-quic",
     "--disable-blink-features=AutomationControlled",
 )
+
+# V8 settings for Playwright's Node driver, through NODE_OPTIONS. The young generation's
+# semi-spaces default to 16 MB each and are kept resident; the driver's objects are small and
+# short-lived, so 1 MB semi-spaces cost a few more scavenges and save ~24 MB of PSS (measured
+# idle with three pages: 157 → 133 MB). The old space is left uncapped: a cap small enough to
+# save anything would crash the driver, and every bot with it, when many bots run.
+DRIVER_NODE_OPTIONS = "--max-semi-space-size=1"
+
+
+def driver_environment(environ: MutableMapping[str, str]) -> None:
+    """Set the driver's Node options before Playwright starts it (it inherits our
+    environment). NODE_OPTIONS set by the operator is theirs and wins."""
+    if not environ.get("NODE_OPTIONS"):
+        environ["NODE_OPTIONS"] = DRIVER_NODE_OPTIONS
+
+
+# Requests a bot never needs, refused by Chromium itself (CDP Network.setBlockedURLs) before
+# they leave the page: profile pictures (pps.whatsapp.net), WhatsApp Web's own images
+# (emoji sprites, stickers of the chat list, illustrations) and fonts. Media (mmg.whatsapp.net)
+# is not blocked: a bot that downloads a received file needs it. Playwright's request routing
+# is not used for this: it keeps every routed request's objects until the page closes.
+BLOCKED_URLS = (
+    "*://pps.whatsapp.net/*",
+    "*://static.whatsapp.net/*.png*",
+    "*://static.whatsapp.net/*.jpg*",
+    "*://static.whatsapp.net/*.gif*",
+    "*://static.whatsapp.net/*.webp*",
+    "*://web.whatsapp.com/*.png*",
+    "*://web.whatsapp.com/*.jpg*",
+    "*://web.whatsapp.com/*.webp*",
+    "*.woff2*",
+    "*.woff*",
+    "*.ttf*",
+    "*.otf*",
+)
+
+
+async def block_unneeded_requests(cdp: CDPSession) -> None:
+    """Have Chromium refuse BLOCKED_URLS for this page (the blocking needs the Network domain
+    on in this session; no response bodies are kept for it)."""
+    await cdp.send(
+        "Network.enable",
+        {"maxTotalBufferSize": 0, "maxResourceBufferSize": 0, "maxPostDataSize": 0},
+    )
+    await cdp.send("Network.setBlockedURLs", {"urls": list(BLOCKED_URLS)})
+
 
 # What Chromium leaves behind when it is killed; a new launch refuses the profile while they
 # point at a process that no longer exists.

@@ -14,6 +14,7 @@ import base64
 import binascii
 import contextlib
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -44,6 +45,8 @@ from bot.engines.simulator import WHATSAPP_URL, Simulator
 from bot.engines.whatsapp.browser import (
     LEAN_FLAGS,
     ChromiumChoice,
+    block_unneeded_requests,
+    driver_environment,
     find_browser_process,
     find_chromium,
     kill_tree,
@@ -206,6 +209,7 @@ class WhatsAppEngine:
     async def _get_playwright(self) -> Playwright:
         async with self._playwright_lock:
             if self._playwright is None:
+                driver_environment(os.environ)
                 self._playwright = await async_playwright().start()
             return self._playwright
 
@@ -377,6 +381,7 @@ class WhatsAppSession:
         HeadlessChrome; WhatsApp Web's checks run in the page)."""
         cdp = await self.context.new_cdp_session(page)
         await cdp.send("Emulation.setUserAgentOverride", self.identity.override())
+        await block_unneeded_requests(cdp)
         self._cdp_sessions.append(cdp)
 
     def _on_new_page(self, page: Page) -> None:

@@ -29,7 +29,7 @@ from loguru import logger
 from bot.action_store import ActionRow, ActionStore
 from bot.engines.base import EngineError, MediaNotFoundError
 from bot.engines.simulator import Simulator, SimulatorError
-from bot.owner_reads import READS, OwnerReads
+from bot.owner_reads import READS, OwnerReads, wire
 from bot.session import (
     BotSession,
     ConcurrentChangeError,
@@ -362,7 +362,7 @@ class Actions:
 
     async def _answer(self, row: ActionRow) -> None:
         try:
-            result: dict[str, Any] = {"ok": await self._execute(row)}
+            result: dict[str, Any] = {"ok": wire(await self._execute(row))}
         except Exception as exc:
             result = encode_error(exc)
             if result["error"] == "failed":

@@ -6,7 +6,9 @@ back in the action's result row.
 A file travels as base64 in that row: the database is the only channel every node shares
 (nodes need not reach each other over the network, and a direct stream would need a second
 address and credentials per node). The file is bounded by MEDIA_DOWNLOAD_MAX_MB before it is
-written, so a row never holds more than that (about 4/3 of it in base64).
+written, so a row never holds more than that (about 4/3 of it in base64). On the node that
+runs the bot the file is handed over as it is: base64 is for the row only (16 MB each way
+costs about a second of CPU on a small instance).
 """
 
 from __future__ import annotations
@@ -40,6 +42,20 @@ def decode_file(found: dict[str, Any]) -> MediaFile:
     )
 
 
+def wire(result: dict[str, Any]) -> dict[str, Any]:
+    """A read's result as it is written in the result row (JSON)."""
+    file = result.get("file")
+    if isinstance(file, MediaFile):
+        return {**result, "file": encode_file(file)}
+    return result
+
+
+def file_of(result: dict[str, Any]) -> MediaFile:
+    """The file of a "media" read: as read here, or as another node wrote it."""
+    file = result["file"]
+    return file if isinstance(file, MediaFile) else decode_file(file)
+
+
 def connected(session: BotSession) -> ContactsSession:
     """The bot's page when this node runs it connected; else NotConnectedError (the asker
     says why, and may wake an expired bot)."""
@@ -63,7 +79,7 @@ class OwnerReads:
         self, session: BotSession, action: str, args: dict[str, Any]
     ) -> dict[str, Any]:
         if action == "media":
-            return encode_file(await self.media(session, str(args["message"])))
+            return {"file": await self.media(session, str(args["message"]))}
         if action == "check":
             return await self.check(session, [str(p) for p in args["phones"]])
         if action == "groups":

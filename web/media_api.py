@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from bot.engines.base import EngineError, MediaFile, MediaNotFoundError
 from bot.mediacache import MediaCache
-from bot.owner_reads import decode_file
+from bot.owner_reads import file_of
 from bot.session import BotSession, ConcurrentChangeError, NotConnectedError
 from web.errors import Problem
 from web.routing import ApiRoute
@@ -50,7 +50,7 @@ def _media_type(file: MediaFile) -> str:
 
 async def _download(request: Request, session: BotSession, message_id: str) -> MediaFile:
     """Through the bot's browser, on the node that runs it (this one, or its owner)."""
-    return decode_file(await run_action(request, session, "media", {"message": message_id}))
+    return file_of(await run_action(request, session, "media", {"message": message_id}))
 
 
 async def get_media(request: Request) -> Response:

@@ -117,6 +117,13 @@ async def test_files_number_checks_and_groups_are_read_by_the_owner_through_eith
             f"{base}/messages/true_15550000001@c.us_XYZ/media", headers=ADMIN
         )
         assert "no message true_15550000001@c.us_XYZ" in assert_problem(missing, 404)["detail"]
+        # A file past the owner's MEDIA_DOWNLOAD_MAX_MB never enters the row: a 502 saying so.
+        reads = a.manager.actions.reads
+        assert reads is not None
+        reads.media_max_bytes = len(photo) - 1
+        page.media["true_15550000001@c.us_BIG"] = MediaFile(photo, "image/png", None)
+        big = await b.client.get(f"{base}/messages/true_15550000001@c.us_BIG/media", headers=ADMIN)
+        assert "larger than MEDIA_DOWNLOAD_MAX_MB" in assert_problem(big, 502)["detail"]
 
         # Number checks through B: asked by A's page (its pace), stored for both nodes.
         url = f"{base}/contacts/check"

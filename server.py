@@ -38,6 +38,7 @@ from bot.mediacache import MediaCache
 from bot.mediastore import MediaStore
 from bot.outbox import STATUSES as OUTBOX_STATUSES
 from bot.outbox import OutboxStore, RetryPolicy
+from bot.owner_reads import OwnerReads
 from bot.ownership import OwnershipStore
 from bot.policy import CleanupReason
 from bot.qrcodes import QrLogPrinter
@@ -347,6 +348,10 @@ def create_app(
             gap=settings.contact_check_gap,
             ttl=settings.contact_check_ttl,
             rand=random.random,
+        )
+        # The files, number checks and groups other nodes ask of the bots this one runs.
+        manager.actions.reads = OwnerReads(
+            app.state.contacts, media_max_bytes=settings.media_download_max_mb * 1024 * 1024
         )
         app.state.deliveries = deliveries
         app.state.webhooks = webhooks

@@ -1,6 +1,7 @@
 """Actions reach the owner: a person's action on a bot (start, stop, restart, logout, pair,
-QR, simulator controls) runs on the node that holds the bot's lease, whichever node the
-request came through.
+QR, simulator controls; and what is read through its browser: a received file, a number
+check, its groups, bot.owner_reads) runs on the node that holds the bot's lease, whichever
+node the request came through.
 
 The asking node stores a request row (`bot_actions`) naming the owner node, tells it
 (Postgres NOTIFY; the owner also polls, which is all SQLite has), and waits, bounded, for the
@@ -26,12 +27,14 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from bot.action_store import ActionRow, ActionStore
-from bot.engines.base import EngineError
+from bot.engines.base import EngineError, MediaNotFoundError
 from bot.engines.simulator import Simulator, SimulatorError
+from bot.owner_reads import READS, OwnerReads, wire
 from bot.session import (
     BotSession,
     ConcurrentChangeError,
     EngineUnavailableError,
+    NotConnectedError,
     NotLinkingError,
     OwnedElsewhereError,
 )
@@ -100,6 +103,10 @@ def encode_error(exc: Exception) -> dict[str, Any]:
         return {"error": "no_qr", "state": exc.state.value, "progress": exc.progress}
     if isinstance(exc, EngineUnavailableError):
         return {"error": "no_engine"}
+    if isinstance(exc, NotConnectedError):
+        return {"error": "not_connected", "state": exc.state.value, "elsewhere": exc.elsewhere}
+    if isinstance(exc, MediaNotFoundError):
+        return {"error": "no_media", "detail": str(exc)}
     if isinstance(exc, SimulatorError):
         return {"error": "simulator", "detail": str(exc)}
     if isinstance(exc, EngineError):
@@ -123,6 +130,10 @@ def raise_decoded(node: str, session_id: str | None, result: dict[str, Any]) -> 
         raise NoQrError(S(result["state"]), result.get("progress"))
     if kind == "no_engine":
         raise EngineUnavailableError
+    if kind == "not_connected":
+        raise NotConnectedError(S(result["state"]), elsewhere=bool(result.get("elsewhere")))
+    if kind == "no_media":
+        raise MediaNotFoundError(str(result.get("detail")))
     if kind == "simulator":
         raise SimulatorError(str(result.get("detail")))
     if kind == "engine":
@@ -178,6 +189,11 @@ async def perform(
     elif action == "simulate":
         simulator = _simulator_of(manager)
         return await simulator.act(session.id, str(args["action"]), dict(args["data"]))
+    elif action in READS:
+        reads = manager.actions.reads
+        if reads is None:
+            raise ValueError("this node reads nothing through its bots (not set up)")
+        return await reads.perform(session, action, args)
     elif action == "sent":
         sent = _simulator_of(manager).sent(session.id)
         return {
@@ -212,6 +228,8 @@ class Actions:
         self.poll_seconds = poll_seconds
         # Node-wide requests this node answers (the leader's sweep and cleanup).
         self.node_steps: dict[str, NodeStep] = {}
+        # Files, number checks and groups read through the bots this node runs (set at start).
+        self.reads: OwnerReads | None = None
         self._answered: dict[str, asyncio.Event] = {}
         self._asked = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
@@ -344,7 +362,7 @@ class Actions:
 
     async def _answer(self, row: ActionRow) -> None:
         try:
-            result: dict[str, Any] = {"ok": await self._execute(row)}
+            result: dict[str, Any] = {"ok": wire(await self._execute(row))}
         except Exception as exc:
             result = encode_error(exc)
             if result["error"] == "failed":

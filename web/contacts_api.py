@@ -1,6 +1,8 @@
 """A bot's contacts and groups: which numbers are on WhatsApp (paced, answers stored for a
 while), and the groups its account is in with their members. Owner or admin only (another
-user's bot is a 404, as everywhere)."""
+user's bot is a 404, as everywhere). What needs the bot's page runs on the node that runs
+the bot (bot.owner_reads), whichever node the request came through; stored answers are read
+wherever it came in."""
 
 from __future__ import annotations
 
@@ -12,11 +14,11 @@ from starlette.responses import JSONResponse, Response
 
 from bot.contacts import ContactChecker
 from bot.engines.base import EngineError
-from bot.session import BotSession
+from bot.session import BotSession, ConcurrentChangeError, NotConnectedError
 from bot.states import SessionState as S
 from web.errors import Problem
 from web.routing import ApiRoute
-from web.sessions_api import find, manager
+from web.sessions_api import REMOTE_RESPONSES, find, manager, run_action
 from web.validation import PHONE_SCHEMAS, read_json
 
 MAX_PHONES = 20
@@ -177,33 +179,45 @@ def read_phones(body: dict[str, Any]) -> list[str]:
     return digits
 
 
-async def connected_handle(request: Request, session: BotSession, what: str) -> Any:
-    """The bot's page, when it can answer; else a 409 that says why (and an expired bot is
-    woken, so that a retry in a few seconds finds it connected)."""
-    handle = session.engine_session
-    if session.state is S.CONNECTED and handle is not None and session.held():
-        return handle
-    if session.owned_elsewhere():
+async def not_connected(request: Request, session: BotSession, what: str, state: S) -> Problem:
+    """Why the bot cannot answer now (`state`, as the node that runs it saw it); an expired
+    bot is woken, so that a retry in a few seconds finds it connected."""
+    if state is S.CONNECTED:
+        # Connected as stored, yet no node could reach its page: its node stopped and the
+        # bot is being taken over (the lease ends within NODE_LEASE).
         node = session.record.owner_node
-        raise Problem(
+        return Problem(
             409,
-            f"The bot runs on node {node}; {what} needs the node that runs it: try again "
-            "through that node.",
+            f"The bot's node ({node or 'unknown'}) does not answer for its page now; {what} "
+            "needs the node that runs it: try again in a few seconds.",
             node=node,
         )
     if await manager(request).wake(session, f"its owner asked for {what}"):
-        raise Problem(
+        return Problem(
             409,
             f"The bot was asleep (EXPIRED, its link kept) and is starting again; {what} "
             f"will work once it is connected: try again in about {WAKE_RETRY_AFTER}s.",
             state=session.state.value,
             headers={"Retry-After": str(WAKE_RETRY_AFTER)},
         )
-    raise Problem(
-        409,
-        f"The bot is {session.state.value}; {what} needs a connected bot.",
-        state=session.state.value,
+    return Problem(
+        409, f"The bot is {state.value}; {what} needs a connected bot.", state=state.value
     )
+
+
+async def on_owner(
+    request: Request, session: BotSession, action: str, args: dict[str, Any], what: str
+) -> dict[str, Any]:
+    """Read through the bot's page on the node that runs it (this one, or its owner node:
+    bot.owner_reads); a bot that cannot answer now is a 409 that says why."""
+    try:
+        return await run_action(request, session, action, args)
+    except NotConnectedError as exc:
+        raise await not_connected(request, session, what, exc.state) from None
+    except ConcurrentChangeError:
+        raise Problem(
+            409, f"The bot was moving to another node (or changed) meanwhile; try {what} again."
+        ) from None
 
 
 def checker(request: Request) -> ContactChecker:
@@ -220,20 +234,19 @@ async def check_contacts(request: Request) -> Response:
     if all(phone in known for phone in phones):
         # Answered from what was asked before: no question to WhatsApp, no connection needed.
         return JSONResponse({"results": [known[p].as_json() for p in phones], "pending": 0})
-    handle = await connected_handle(request, session, "a number check")
     try:
-        results = await contacts.check(session.id, handle, phones)
+        answered = await on_owner(request, session, "check", {"phones": phones}, "a number check")
     except EngineError as exc:
         raise Problem(
             502,
             f"WhatsApp did not answer the number check: {exc}. The numbers already checked "
             "are stored; asking again does not ask them twice.",
         ) from None
-    await session.touch()
+    results: list[dict[str, Any] | None] = answered["results"]
     pending = sorted({p for p, r in zip(phones, results, strict=True) if r is None})
     document = {
         "results": [
-            _pending(phone) if result is None else result.as_json()
+            _pending(phone) if result is None else result
             for phone, result in zip(phones, results, strict=True)
         ],
         "pending": len(pending),
@@ -260,12 +273,11 @@ def _pending(phone: str) -> dict[str, Any]:
 
 async def list_groups(request: Request) -> Response:
     session = find(request)
-    handle = await connected_handle(request, session, "the group list")
     try:
-        groups = await handle.groups()
+        answered = await on_owner(request, session, "groups", {}, "the group list")
     except EngineError as exc:
         raise Problem(502, f"WhatsApp Web did not list the groups: {exc}.") from None
-    return JSONResponse({"groups": [_summary(g) for g in groups]})
+    return JSONResponse({"groups": [_summary(g) for g in answered["groups"]]})
 
 
 async def get_group(request: Request) -> Response:
@@ -275,11 +287,11 @@ async def get_group(request: Request) -> Response:
         raise Problem(
             404, f"There is no group '{group_id[:60]}': a group id looks like 1203630…@g.us."
         )
-    handle = await connected_handle(request, session, "a group")
     try:
-        group = await handle.group(group_id)
+        answered = await on_owner(request, session, "group", {"group": group_id}, "a group")
     except EngineError as exc:
         raise Problem(502, f"WhatsApp Web did not read the group: {exc}.") from None
+    group: dict[str, Any] | None = answered["group"]
     if group is None:
         raise Problem(404, f"The bot's account is not in a group '{group_id}'.")
     return JSONResponse(
@@ -330,7 +342,8 @@ CONTACT_ROUTES = [
         responses={
             200: ("One answer (or pending) per number, in the order asked", CHECK_RESPONSE),
             **NOT_CONNECTED,
-            502: ("WhatsApp did not answer", {}),
+            502: ("WhatsApp did not answer, or the bot's node failed", {}),
+            504: REMOTE_RESPONSES[504],
         },
     ),
     ApiRoute(
@@ -341,7 +354,8 @@ CONTACT_ROUTES = [
         responses={
             200: ("The groups", GROUPS_RESPONSE),
             **NOT_CONNECTED,
-            502: ("WhatsApp Web did not answer", {}),
+            502: ("WhatsApp Web did not answer, or the bot's node failed", {}),
+            504: REMOTE_RESPONSES[504],
         },
     ),
     ApiRoute(
@@ -352,7 +366,8 @@ CONTACT_ROUTES = [
         responses={
             200: ("The group", GROUP_RESPONSE),
             **NOT_CONNECTED,
-            502: ("WhatsApp Web did not answer", {}),
+            502: ("WhatsApp Web did not answer, or the bot's node failed", {}),
+            504: REMOTE_RESPONSES[504],
         },
     ),
 ]

@@ -1,6 +1,8 @@
 """Received files: `GET /api/sessions/{id}/messages/{mid}/media` fetches a received
 message's file through the bot's WhatsApp Web (which downloads and decrypts it), for the
-bot's owner or the admin only, and keeps it a while in the media cache."""
+bot's owner or the admin only, and keeps it a while in the media cache. The file is fetched
+by the node that runs the bot (bot.owner_reads), whichever node the request came through; the
+node that answers keeps it in its cache."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ from starlette.responses import Response
 
 from bot.engines.base import EngineError, MediaFile, MediaNotFoundError
 from bot.mediacache import MediaCache
-from bot.session import NotConnectedError
+from bot.owner_reads import file_of
+from bot.session import BotSession, ConcurrentChangeError, NotConnectedError
 from web.errors import Problem
 from web.routing import ApiRoute
-from web.sessions_api import find
+from web.sessions_api import find, run_action
 
 # WhatsApp message ids: fromMe_chat@server_id[_participant@server].
 MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9_@.:\-]{1,200}")
@@ -45,6 +48,11 @@ def _media_type(file: MediaFile) -> str:
     return file.mimetype if MIMETYPE_RE.fullmatch(essence) else "application/octet-stream"
 
 
+async def _download(request: Request, session: BotSession, message_id: str) -> MediaFile:
+    """Through the bot's browser, on the node that runs it (this one, or its owner)."""
+    return file_of(await run_action(request, session, "media", {"message": message_id}))
+
+
 async def get_media(request: Request) -> Response:
     session = find(request)
     message_id = request.path_params["message_id"]
@@ -52,7 +60,7 @@ async def get_media(request: Request) -> Response:
         raise Problem(404, f"There is no received message '{message_id[:40]}' for this bot.")
     try:
         file = await media_cache(request).fetch(
-            (session.id, message_id), lambda: session.download_media(message_id)
+            (session.id, message_id), lambda: _download(request, session, message_id)
         )
     except MediaNotFoundError as exc:
         raise Problem(404, f"No file for message '{message_id[:80]}': {exc}.") from None
@@ -64,6 +72,10 @@ async def get_media(request: Request) -> Response:
             "which needs a connected bot. Start it, then ask again."
         )
         raise Problem(409, detail, state=exc.state.value) from None
+    except ConcurrentChangeError:
+        raise Problem(
+            409, "The bot was moving to another node (or changed) meanwhile; ask again shortly."
+        ) from None
     except EngineError as exc:
         raise Problem(502, f"WhatsApp Web did not give the file: {exc}") from None
     return Response(file.data, media_type=_media_type(file), headers=_headers(file))
@@ -79,7 +91,8 @@ MEDIA_ROUTES = [
         responses={
             200: ("The file, with its type", {"type": "string", "format": "binary"}),
             409: ("The bot is not connected", {}),
-            502: ("WhatsApp Web could not give the file now", {}),
+            502: ("WhatsApp Web could not give the file now, or the bot's node failed", {}),
+            504: ("The node that runs the bot did not answer in time", {}),
         },
         content_type="application/octet-stream",
         creation_link=False,

@@ -139,6 +139,9 @@ class Inbox:
         self.clock = clock
         self.keep = keep
         self._pending: set[asyncio.Task[None]] = set()
+        # One write at a time, in arrival order (the lock is fair): the list's order is the
+        # order the messages came in, and a burst takes one connection, not the pool.
+        self._writing = asyncio.Lock()
 
     async def __call__(self, session: Any, event: str, data: dict[str, Any]) -> None:
         if event != "message.received":
@@ -155,7 +158,8 @@ class Inbox:
 
     async def _write(self, row: dict[str, Any]) -> None:
         try:
-            await self.record(row)
+            async with self._writing:
+                await self.record(row)
         except Exception as exc:  # a view of the recent past: lost, not fatal
             log.opt(exception=exc).error(
                 "Received message {} of {} not kept: {}", row["message_id"], row["session_id"], exc

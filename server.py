@@ -404,6 +404,7 @@ def create_app(
             jobs.cancel()
             await sender.shutdown(within=settings.shutdown_timeout.total_seconds() / 4)
             await app.state.contacts.close()
+            await app.state.inbox.drain(within=1)  # received messages on their way in
             for task in background:
                 task.cancel()
             await asyncio.wait(background, timeout=1)

@@ -165,10 +165,16 @@ class Inbox:
                 "Received message {} of {} not kept: {}", row["message_id"], row["session_id"], exc
             )
 
-    async def drain(self) -> None:
-        """Wait for the writes under way (shutdown, and tests)."""
+    async def drain(self, within: float | None = None) -> None:
+        """Wait for the writes under way (shutdown, and tests), at most `within` seconds;
+        what is not written by then is left to finish (never cancelled)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if within is None else loop.time() + within
         while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return
+            await asyncio.wait(list(self._pending), timeout=left)
 
     @shielded
     async def record(self, row: dict[str, Any]) -> bool:

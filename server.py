@@ -33,6 +33,7 @@ from bot.content import TEXT, Content
 from bot.engines import engine_factory, load_engine
 from bot.engines.whatsapp.driver import WhatsAppEngine
 from bot.engines.whatsapp.preflight import BootPreflight
+from bot.inbox import Inbox
 from bot.manager import BotManager, manager_config_from, policy_from
 from bot.mediacache import MediaCache
 from bot.mediastore import MediaStore
@@ -252,6 +253,9 @@ def create_app(
             rand=random.random,
         )
         manager.add_listener(webhooks)
+        # The last messages each bot received, for its page on the dashboard.
+        app.state.inbox = Inbox(db, clock)
+        manager.add_listener(app.state.inbox)
         quota = MessageQuota(
             db,
             max_queued=settings.max_queued_messages_per_user,
@@ -405,6 +409,7 @@ def create_app(
             jobs.cancel()
             await sender.shutdown(within=settings.shutdown_timeout.total_seconds() / 4)
             await app.state.contacts.close()
+            await app.state.inbox.drain(within=1)  # received messages on their way in
             for task in background:
                 task.cancel()
             await asyncio.wait(background, timeout=1)

@@ -9,6 +9,7 @@ from web.api import PUBLIC_ROUTES
 from web.api import routes as public_routes
 from web.contacts_api import CONTACT_ROUTES
 from web.dashboard import DASHBOARD_ROUTES
+from web.inbox_api import INBOX_ROUTES
 from web.linking_api import LINKING_ROUTES
 from web.me_api import ME_ROUTES
 from web.media_api import MEDIA_ROUTES
@@ -24,6 +25,7 @@ BOT_ROUTES = [
     *WEBHOOK_ROUTES,
     *CONTACT_ROUTES,
     *MEDIA_ROUTES,
+    *INBOX_ROUTES,
 ]
 API: list[ApiRoute] = [*PUBLIC_ROUTES, *BOT_ROUTES, *ADMIN_ROUTES, *ME_ROUTES]
 

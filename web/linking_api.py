@@ -78,8 +78,8 @@ SIMULATE_SCHEMA: dict[str, Any] = {
         "action": {"type": "string", "enum": list(ACTIONS)},
         "phone": {"type": "string", "description": "scan / pair: the phone that links"},
         "code": {"type": "string", "description": "pair: the pairing code"},
-        "from": {"type": "string", "description": "message: the sender"},
-        "body": {"type": "string", "description": "message: the text"},
+        "from": {"type": "string", "description": "message / image: the sender"},
+        "body": {"type": "string", "description": "message: the text; image: its caption"},
         "encrypted": {"type": "boolean", "description": "message: arrives undecrypted first"},
         "quote": {"type": "string", "description": "message: the id of the message it replies to"},
         "messageId": {

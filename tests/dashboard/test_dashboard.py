@@ -17,6 +17,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
+from bot.engines.simulator import DEMO_PICTURE
 from tests.support import ROOT, ServerProcess, chromium_for_tests
 
 ADMIN = "admin-token-for-dashboard-01"
@@ -345,4 +346,27 @@ async def test_an_image_is_sent_from_the_bot_page(
     assert image["caption"] == "one pixel" and image["mimetype"] == "image/png"
     stored = tmp_path / "data" / "simulator-media" / image["media_sha256"]
     assert stored.read_bytes() == png
+
+    # The phone answers with a picture: listed under "Received", shown and downloadable.
+    api(
+        server,
+        "POST",
+        f"/api/sessions/{bot_id}/simulator",
+        json={"action": "image", "from": "+15550001111", "body": "got it, here is mine"},
+    )
+    got = page.locator("#received li", has_text="got it, here is mine")
+    await expect(got).to_contain_text("+15550001111", timeout=WAIT)
+    await expect(got).to_contain_text("(image)")
+    picture_shown = got.get_by_role("img", name="got it, here is mine")
+    await expect(picture_shown).to_be_visible()
+    # Decoded under the page's Content-Security-Policy: the simulator's 16x12 picture.
+    handle = await picture_shown.element_handle()
+    await page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=handle, timeout=WAIT)
+    assert await picture_shown.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [16, 12]
+    link = got.get_by_role("link", name="Download image (image/png)")
+    href = await link.get_attribute("href")
+    assert href is not None and href.startswith(f"/api/sessions/{bot_id}/messages/")
+    download = httpx.get(server.base_url + href, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert download.content == DEMO_PICTURE
+    await shot(page, "bot-image-received")
     await context.close()

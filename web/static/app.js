@@ -153,12 +153,39 @@ const wakeful = (() => {
         el("li", {}, `${when(t.at)}: ${t.from || "—"} → ${t.to}`, t.reason ? ` (${t.reason})` : "")));
     }
 
+    // Redrawn only when it changed: each image is a fetch through the bot's WhatsApp Web.
+    let shownReceived = null;
+    function receivedItem(m) {
+      const who = m.phone || m.from;
+      const item = el("li", { "data-message": m.id }, `${when(m.receivedAt)} ← ${who}: `,
+        m.type !== "chat" ? `(${m.type}) ` : "", el("span", { class: "text" }, m.body));
+      if (m.media) {
+        const name = m.media.filename || `${m.type} (${m.media.mimetype || "file"})`;
+        item.append(" ", el("a", { href: m.media.url, download: m.media.filename || "" }, `Download ${name}`));
+        if ((m.media.mimetype || "").startsWith("image/")) {
+          item.append(el("br"), el("img", { src: m.media.url, alt: m.body || `image from ${who}`,
+            class: "received-image", loading: "lazy" }));
+        }
+      }
+      return item;
+    }
+    async function refreshReceived() {
+      const data = await api("GET", `/api/sessions/${id}/received`);
+      const key = data.received.map((m) => m.id).join(" ");
+      if (key === shownReceived) return;
+      shownReceived = key;
+      document.getElementById("received").replaceChildren(...(data.received.length
+        ? data.received.map(receivedItem)
+        : [el("li", { class: "muted" }, "Nothing received yet.")]));
+    }
+
     async function refreshLists() {
       const messages = await api("GET", `/api/sessions/${id}/messages?limit=20`);
       document.getElementById("messages").replaceChildren(...messages.messages.map((m) =>
         el("li", {}, `${when(m.createdAt)} → ${m.to}: `,
           m.kind && m.kind !== "text" ? `(${m.kind}) ` : "", el("span", { class: "text" }, m.text),
           ` [${m.status}${m.lastError ? `: ${m.lastError}` : ""}]`)));
+      await refreshReceived();
       const deliveries = await api("GET", `/api/sessions/${id}/deliveries`);
       const items = deliveries.deliveries.map((d) =>
         el("li", {}, `${when(d.createdAt)} ${d.event}: ${d.status}`,

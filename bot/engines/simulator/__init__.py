@@ -47,6 +47,17 @@ ACTIONS = (
     "react",
     "edit",
     "revoke",
+    "image",
+)
+# The picture the phone sends with the `image` control (16×12 PNG, a colour gradient): a
+# real image a browser decodes, so the dashboard can show what a bot received.
+DEMO_PICTURE = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAABAAAAAMCAIAAADkharWAAABVklEQVR42g3LoQHEIBAAQTpAoeMxKeFKQKHjMSnhtoM"
+    "YPB5DCVdCDD4aRQv/48c5nMcduBMnuIS7cDdOcQ+u4QbOcC/uw22ccwRPOAgnQQiJcBFughIeQiMMghFewkfYhH+Inn"
+    "gQT6IQE/Ei3kQlPsRGHEQjvsSPuIn/IB45kBMRJCEXciOKPEhDBmLIi3zIRv4he/JBPslCTuSLfJOV/JAbeZCN/JI/8"
+    "ib/Q/GUg3JShJIoF+WmKOWhNMqgGOWlfJRN+Qf16IGeqKAJvdAbVfRBGzpQQ1/0Qzf6D9VTD+pJFWqiXtSbqtSH2qiD"
+    "atSX+lE39R+6px/0ky70RL/oN13pD73RB93oL/2jb/o/mMcO7MQES9iF3ZhiD9awgRn2Yh+2sX+YnnkwT6YwE/Ni3kx"
+    "lPszGHExjvsyPuZn/sDzrYJ0sYSXWxbpZynpYjTVYxnpZH2uzfu8dELwycIXjAAAAAElFTkSuQmCC"
 )
 
 log = logger.bind(component="bot")
@@ -572,6 +583,13 @@ class Simulator:
             quote = str(data["quote"]) if data.get("quote") else None
             message_id = await self.incoming(
                 session_id, sender, body, encrypted=encrypted, quote=quote
+            )
+            return {"id": message_id}
+        if action == "image":
+            sender = str(data.get("from") or "15550000001")
+            caption = str(data["body"]) if data.get("body") else None
+            message_id, _ = await self.incoming_media(
+                session_id, sender, DEMO_PICTURE, mimetype="image/png", caption=caption
             )
             return {"id": message_id}
         if action in ("react", "edit", "revoke"):

@@ -221,3 +221,17 @@ async def test_a_second_browser_on_a_demo_bot_s_link_is_a_conflict_the_api_shows
             assert "conflict: WhatsApp Web was opened in another browser" in reasons
         finally:
             await asyncio.wait_for(other.close(), 30)
+
+
+def test_beats_keep_a_holder_live_past_the_stale_time(tmp_path: Path):
+    clock = Clock()
+    registry = LinkRegistry(tmp_path, now=clock)
+    old = registry.holder("sim-a", "p1")
+    registry.open("dev", "bot_1", old)
+    for _ in range(6):  # 18 s of a page beating every 3 s
+        clock.now += 3
+        assert registry.beat("dev", old) is True
+    assert clock.now - 1_000_000.0 > STALE_AFTER_S
+    assert registry.held_by("dev") == old
+    assert registry.open("dev", "bot_1", registry.holder("sim-b", "p2")) == old
+    assert len(registry.conflicts("bot_1")) == 1

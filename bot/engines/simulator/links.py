@@ -31,6 +31,9 @@ from typing import Any
 # A holder whose page has not beaten for this long is gone (its process froze, or died on
 # another host); on this host a dead process is seen at once by its pid.
 STALE_AFTER_S = 10.0
+# Pages beat every second (a conflict is heard within one); the record is rewritten at most
+# this often, so a demo left running does not write each bot's file every second.
+WRITE_BEAT_EVERY_S = 2.0
 CONFLICT_LOG = "simulator-conflicts.jsonl"
 
 
@@ -170,6 +173,8 @@ class LinkRegistry:
             record = self._read(device)
             if record is None or record["holder"] != asdict(holder):
                 return record is None  # released (its page closed): nobody conflicts it
+            if self._now() - float(record["beat"]) < WRITE_BEAT_EVERY_S:
+                return True
             record["beat"] = self._now()
             self._write(device, record)
             return True

@@ -249,6 +249,10 @@ class Settings(BaseSettings):
     profile_backup_interval: Duration = timedelta(minutes=10)
     whatsapp_simulator: bool = False
     simulator_qr_every: Duration = timedelta(seconds=20)
+    # Demo mode: the simulator's phone side (what arrived, uploads, which browser holds each
+    # linked device) lives here; nodes of one cluster share it to see each other's browsers.
+    # Unset: DATA_DIR.
+    whatsapp_simulator_dir: Path | None = None
     # Received files, downloaded through WhatsApp Web on demand: kept in memory this long and
     # up to this size in all (0: not kept; each download asks WhatsApp again).
     media_cache_mb: int = Field(default=64, ge=0)

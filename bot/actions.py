@@ -195,11 +195,14 @@ async def perform(
             raise ValueError("this node reads nothing through its bots (not set up)")
         return await reads.perform(session, action, args)
     elif action == "sent":
-        sent = _simulator_of(manager).sent(session.id)
+        simulator = _simulator_of(manager)
+        sent = simulator.sent(session.id)
         return {
             "messages": [
                 {"id": m.id, "to": m.to, "body": m.body, "at": m.at, "type": m.type} for m in sent
-            ]
+            ],
+            # Times a second browser opened this bot's linked device while one held it.
+            "conflicts": len(simulator.conflicts(session.id)),
         }
     else:
         raise ValueError(f"unknown action {action!r}")

@@ -317,7 +317,8 @@ LINKING_ROUTES = [
         "GET",
         "/api/sessions/{session_id}/simulator/sent",
         simulator_sent,
-        "Demo mode: every message the bot sent, as the simulated WhatsApp received it",
+        "Demo mode: every message the bot sent, as the simulated WhatsApp received it, and"
+        " how many conflicts it gave the bot's link (a second browser on it)",
         responses={200: ("The messages", {"type": "object"}), **REMOTE_RESPONSES},
     ),
 ]

@@ -9,10 +9,12 @@ old one still runs it; both APIs and the database agree on who runs each bot."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 from functools import partial
@@ -23,12 +25,15 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from bot.engines.simulator.links import LinkRegistry
 from tests.e2e.test_whatsapp_process import ADMIN, bot, call, demo_env
 from tests.support import ServerProcess, fresh_postgres_database, wait_until
 
 KEY = "cluster-session-encryption-key-01"
 WAIT = 45.0
 SCAN_LINE = "Scan this QR code"
+# Each bot's messages: "before 0".."before 2", "overlap 0", ... (bodies as WhatsApp got them).
+MESSAGES = (("before", 3), ("overlap", 2), ("after", 2))
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})")
 
 
@@ -128,7 +133,10 @@ RAILWAY_DEFAULT_DRAIN = 3.0
 def deploy(tmp_path: Path, database: str, sig: int, *, kill_after: float | None = None) -> None:
     """A deploy's overlap, then `sig` to the old node; with `kill_after`, a SIGKILL that
     many seconds after the SIGTERM if the old node is still there (a platform's drain)."""
-    env = node_env(database)
+    # The simulator's phone side is shared by the two nodes, as WhatsApp's servers are: a
+    # second browser on a linked device would get (and count) a conflict.
+    phone_side = tmp_path / "whatsapp"
+    env = node_env(database, WHATSAPP_SIMULATOR_DIR=str(phone_side))
     old = ServerProcess(tmp_path / "old", env).start()
     new = ServerProcess(tmp_path / "new", env)
     try:
@@ -203,6 +211,25 @@ def deploy(tmp_path: Path, database: str, sig: int, *, kill_after: float | None 
         assert len({r[1] for r in rows}) == len(messages)
         if sig == signal.SIGTERM and not cut_short:
             assert all(r[2] == 1 for r in rows), rows
+        # What WhatsApp's servers saw: no second browser on any link at any moment (the
+        # old node's browsers closed, or its process died, before the new node's opened),
+        # and every message arrived, once after a SIGTERM.
+        registry = LinkRegistry(phone_side)
+        assert registry.conflicts() == []
+        # ... and it did watch: each bot's device is held by the new node's browser now.
+        devices = [f.stem for f in (phone_side / "simulator-links").glob("*.json")]
+        holders = [registry.held_by(device) for device in devices]
+        assert [h.pid if h else None for h in holders] == [new.process.pid] * 3  # type: ignore[union-attr]
+        arrived = Counter(
+            (m["session_id"], m["body"])
+            for m in map(json.loads, (phone_side / "simulator-sent.jsonl").read_text().splitlines())
+        )
+        assert sum(arrived.values()) >= len(messages)
+        assert {
+            (b, f"{when} {n}") for b in bots for when, count in MESSAGES for n in range(count)
+        } <= set(arrived)
+        if sig == signal.SIGTERM and not cut_short:
+            assert set(arrived.values()) == {1}, arrived
         # The database agrees with the API.
         owners = stored(
             database,

@@ -6,7 +6,9 @@ like WhatsApp Web does today as the maintained clients see it (see `whatsapp.js`
 `Behaviour` for what the tests can switch). This class plays the phone and WhatsApp's
 servers: it scans QR codes, enters pairing codes, sends messages to the bot (from LID
 contacts, in groups, status updates, notifications, revoked ones), logs out, makes
-conflicts and drops, crashes the page, and records every message the bot sent.
+conflicts and drops, crashes the page, and records every message the bot sent. Like
+WhatsApp's servers it gives a linked device one connection: a second browser that opens it
+conflicts the first, across processes that share the record folder (see `links.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,12 +29,14 @@ from urllib.parse import urlsplit
 from loguru import logger
 from playwright.async_api import BrowserContext, Error, Page, Route
 
+from bot.engines.simulator.links import Conflict, LinkRegistry, device_id
 from bot.engines.simulator.media import MEDIA_HOST, MEDIA_KINDS, EncryptedMedia, MediaHost
 
 HERE = Path(__file__).resolve().parent
 SIMULATOR_VERSION = "2.3000.1044999999"
 SENT_BINDING = "__wakefulSimSent"
 PRESENCE_BINDING = "__wakefulSimPresence"
+LINK_BINDING = "__wakefulSimLink"
 # The record file keeps everything; memory keeps the latest (a demo left running for weeks).
 KEEP_SENT_IN_MEMORY = 10_000
 WHATSAPP_URL = "https://web.whatsapp.com/"
@@ -216,6 +221,11 @@ class Simulator:
         self._page_html = (HERE / "page.html").read_text(encoding="utf-8")
         self._script = (HERE / "whatsapp.js").read_text(encoding="utf-8")
         self.media_host = MediaHost()
+        # WhatsApp's servers' record of which browser holds each linked device, shared with
+        # the other processes through the record folder (see links.py).
+        self.links = LinkRegistry(record_dir)
+        self._name = uuid.uuid4().hex[:8]
+        self._held: dict[str, set[str]] = {}  # page token -> devices its page holds
         if self._record is not None and self._record.exists():
             # WhatsApp's servers outlive the bot's process; so does the record of what arrived.
             for line in self._record.read_text(encoding="utf-8").splitlines():
@@ -232,16 +242,56 @@ class Simulator:
         def record_presence(_source: Any, data: dict[str, Any]) -> None:
             self._record_presence(session_id, data or {})
 
+        def link(source: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+            return self._link(session_id, source, data or {})
+
         await context.route("https://web.whatsapp.com/**", fulfil)
         await context.route(f"{MEDIA_HOST}/**", self._fulfil_media)
         await context.expose_binding(SENT_BINDING, record_sent)
         await context.expose_binding(PRESENCE_BINDING, record_presence)
+        await context.expose_binding(LINK_BINDING, link)
         context.on("page", lambda page: self._pages.__setitem__(session_id, page))
         for page in context.pages:
             self._pages[session_id] = page
 
     def detach(self, session_id: str) -> None:
         self._pages.pop(session_id, None)
+
+    def _link(
+        self, session_id: str, source: dict[str, Any], data: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The server's side of a page's connection as a linked device: `open` (it
+        connected), `takeover` (it takes the link back after a conflict), `beat` (it is still
+        there; `held` false: another browser has the link, the page gets a conflict)."""
+        page: Page = source["page"]
+        token = f"p{id(page):x}"
+        holder = self.links.holder(self._name, token)
+        device = device_id(str(data.get("secret") or ""))
+        op = str(data.get("op") or "")
+        if op == "beat":
+            return {"held": self.links.beat(device, holder)}
+        replaced = self.links.open(device, session_id, holder, takeover=op == "takeover")
+        if replaced is not None:
+            log.info(
+                "Simulator: {} opened a linked device another browser held: conflict for {}",
+                session_id,
+                replaced.label(),
+            )
+        if token not in self._held:
+            self._held[token] = set()
+            page.once("close", lambda _: self._release(token))
+        self._held[token].add(device)
+        return {"held": True}
+
+    def _release(self, token: str) -> None:
+        holder = self.links.holder(self._name, token)
+        for device in self._held.pop(token, set()):
+            self.links.release(device, holder)
+
+    def conflicts(self, session_id: str | None = None) -> list[Conflict]:
+        """The conflicts WhatsApp gave because a second browser opened a linked device (in
+        every process sharing the record folder)."""
+        return self.links.conflicts(session_id)
 
     async def _fulfil(self, session_id: str, route: Route) -> None:
         request = route.request

@@ -1114,6 +1114,53 @@
     }),
   });
 
+  // One connection per linked device ----------------------------------------------------
+  // WhatsApp's servers know which browser holds each linked device (the Python Simulator
+  // keeps that record in a folder the processes share, see links.py). A page that connects
+  // as a device another live browser holds takes it, and the older page gets the `conflict`
+  // stream error: its Socket state becomes CONFLICT, as on the real service, which it hears
+  // at its next beat. `Socket.takeover()` (whatsapp-web.js's takeoverOnConflict) takes the
+  // link back, and the other browser gets the conflict in turn.
+  const LINK_BEAT_MS = 1000;
+  const linkHold = { secret: null, beat: null, opening: false };
+  const askLinkServer = (op) => (typeof window.__wakefulSimLink === "function"
+    ? window.__wakefulSimLink({ op, secret: linkHold.secret })
+    : Promise.resolve({ held: true }));
+  const holdLink = async (op) => {
+    // The device is the link's own keys, as stored in the profile (a copy holds the same).
+    const keys = await dbRequest("readonly", (s) => s.get("keys"));
+    if (!keys || !keys.advSecret) return;
+    linkHold.secret = `${keys.me}:${keys.advSecret}`;
+    await askLinkServer(op);
+    clearInterval(linkHold.beat);
+    linkHold.beat = setInterval(async () => {
+      const answer = await askLinkServer("beat").catch(() => null);
+      if (answer && answer.held === false && linkHold.beat) {
+        clearInterval(linkHold.beat);
+        linkHold.beat = null;
+        Socket.set("state", "CONFLICT");
+      }
+    }, LINK_BEAT_MS);
+  };
+  Socket.on("change:state", (_model, state) => {
+    if (state !== "CONNECTED" || linkHold.beat || linkHold.opening) return;
+    linkHold.opening = true;
+    holdLink("open")
+      .catch((err) => console.warn("simulator: link record", err))
+      .finally(() => { linkHold.opening = false; });
+  });
+  Socket.takeover = async () => {
+    if (Socket.state !== "CONFLICT") return;
+    linkHold.opening = true;
+    try {
+      Socket.set("state", "OPENING");
+      await holdLink("takeover");
+    } finally {
+      linkHold.opening = false;
+    }
+    Socket.set("state", "CONNECTED");
+  };
+
   setTimeout(bootLoader, cfg.loaderDelay);
   (async () => {
     render();

@@ -156,7 +156,10 @@ def create_engine(settings: Settings, db: Database | None = None) -> WhatsAppEng
     """The factory BOT_ENGINE=whatsapp resolves to. Nothing is launched until a bot starts."""
     simulator = None
     if settings.whatsapp_simulator:
-        simulator = Simulator(qr_every=settings.simulator_qr_every, record_dir=settings.data_dir)
+        simulator = Simulator(
+            qr_every=settings.simulator_qr_every,
+            record_dir=settings.whatsapp_simulator_dir or settings.data_dir,
+        )
     key = settings.session_encryption_key
     vault = ProfileVault(db, key.get_secret_value() if key else None) if db else None
     if vault is not None and not vault.encrypts:

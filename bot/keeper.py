@@ -64,9 +64,10 @@ class ClusterKeeper:
         # When each bot was first seen waiting for a node (monotonic): one the placement gave
         # to another node that has not taken it within a lease is taken by whoever has room.
         self._waiting_since: dict[str, float] = {}
-        # New bots this node sent to others since it last read their rows (their counts
-        # there are a beat behind): several creates in a row spread instead of piling up.
-        self.placed: dict[str, int] = {}
+        # New bots this node placed (node → bot id → when, monotonic) that this node has
+        # not yet seen that node own: a burst of creates spreads instead of piling onto the
+        # node that looked emptiest. Forgotten after a lease (the node never took it).
+        self._placed: dict[str, dict[str, float]] = {}
         self.node.on_message.append(self._heard)
 
     def _heard(self, message: str) -> None:
@@ -97,7 +98,6 @@ class ClusterKeeper:
         # Read before adopting: where the waiting bots go depends on every node's room.
         now = self.manager.clock.now()
         self.nodes = [n for n in await self.node.store.nodes() if n.alive(now)]
-        self.placed.clear()
         if not self.node.draining:
             self.adopt()
             try:
@@ -206,13 +206,21 @@ class ClusterKeeper:
     def rooms(self) -> dict[str, int]:
         """The room of every live node that takes bots (this one's exact)."""
         me = self.node
+        # Each node's bots as this node's copies of the rows say (owner_node), not the
+        # count a node stores at its renewal, which lags its starts: with the placements
+        # not seen owned yet, nothing is counted twice or missed.
+        owned: dict[str, int] = {}
+        for session in self.manager.sessions.values():
+            owner = session.record.owner_node
+            if owner is not None:
+                owned[owner] = owned.get(owner, 0) + 1
         rooms = {
-            n.id: room_of(n) - self.placed.get(n.id, 0)
+            n.id: room_of(n, owned.get(n.id, 0)) - self.pending_placements(n.id)
             for n in self.nodes
             if not n.draining and n.id != me.id
         }
         capacity = me.config.capacity
-        held = self.manager.held_count()
+        held = self.manager.held_count() + self.pending_placements(me.id)
         rooms[me.id] = (UNLIMITED if capacity is None else capacity) - held
         return rooms
 
@@ -234,6 +242,23 @@ class ClusterKeeper:
             if chosen.get(record.id) == self.node.id
             or now - self._waiting_since[record.id] >= patience
         ]
+
+    def note_placed(self, node_id: str, bot_id: str) -> None:
+        """A new bot was sent to `node_id` (this node included) to start."""
+        self._placed.setdefault(node_id, {})[bot_id] = time.monotonic()
+
+    def pending_placements(self, node_id: str) -> int:
+        """Bots placed on `node_id` within the last lease that it is not yet seen to own."""
+        since = time.monotonic() - self.node.config.lease.total_seconds()
+        pending = {
+            bot_id: at
+            for bot_id, at in self._placed.get(node_id, {}).items()
+            if at > since
+            and (session := self.manager.sessions.get(bot_id)) is not None
+            and session.record.owner_node != node_id
+        }
+        self._placed[node_id] = pending
+        return len(pending)
 
     def best_node(self) -> str:
         """Where a new bot should run: the live node with the most room."""

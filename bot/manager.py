@@ -306,8 +306,8 @@ class BotManager:
         """A new bot starts on the live node with the most room (BOTS_PER_NODE, else the
         fewest bots); here when that is this node, or when that node does not answer."""
         target = self.keeper.best_node()
+        self.keeper.note_placed(target, session.id)
         if target != self.node.id:
-            self.keeper.placed[target] = self.keeper.placed.get(target, 0) + 1
             try:
                 await self.actions.place(session, target)
                 return

@@ -286,6 +286,9 @@ def test_no_secret_in_logs_answers_or_storage(
             "SEND_RATE": "0",
             "PROFILE_BACKUP_DELAY": "500ms",
             "SHUTDOWN_TIMEOUT": "10s",
+            # Every GET route is also called with no token: more 401s than the default
+            # limit of failed authentications lets one address make in a minute.
+            "AUTH_MAX_FAILURES": "1000",
         }
         database_url: str | None = None
         if postgres_database is not None:
@@ -421,7 +424,15 @@ def _flow(
         assert run.call("GET", "/api/me", token=alice, header="x-api-key").status_code == 200
 
         # Every GET route, as the admin, the user, nobody, and with the dashboard's cookie.
-        ids = {"session_id": bot_id, "message_id": message["id"], "user_id": alice_id}
+        listed = run.call("GET", f"/api/sessions/{bot_id}/groups", token=run.admin)
+        groups = listed.json().get("groups") if listed.status_code == 200 else None
+        group_id = groups[0]["id"] if groups else "120363000000000001@g.us"
+        ids = {
+            "session_id": bot_id,
+            "message_id": message["id"],
+            "user_id": alice_id,
+            "group_id": group_id,
+        }
         for path in _get_routes(openapi, ids):
             run.call("GET", path, token=run.admin)
             run.call("GET", path, token=alice, header="x-api-key")

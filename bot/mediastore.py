@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from bot.content import Content
-from bot.outbox import OutboxMessage, OutboxStore, new_message_id, outbox_messages
+from bot.outbox import OutboxMessage, OutboxStore, outbox_messages, queued_row
 from bot.store import bot_sessions
 from services.database import metadata, shielded
 
@@ -78,16 +78,7 @@ class MediaStore:
         """Store the message and its media in one transaction; with a known idempotency
         key, the stored message (and False), its media untouched."""
         values = {
-            "id": new_message_id(),
-            "session_id": session_id,
-            "idempotency_key": key,
-            "to": to,
-            "text": text,
-            "status": "queued",
-            "attempts": 0,
-            "created_at": now,
-            "due_at": now,
-            "updated_at": now,
+            **queued_row(session_id, to, text, key, now),
             "kind": content.kind,
             "payload": content.payload(),
         }
@@ -112,7 +103,7 @@ class MediaStore:
             if existing is None:
                 raise
             return existing, False
-        return OutboxMessage(**values), True  # type: ignore[arg-type]
+        return OutboxMessage(**values), True
 
     @shielded
     async def by_key(self, session_id: str, key: str) -> OutboxMessage | None:

@@ -150,6 +150,24 @@ def new_message_id() -> str:
     return "msg_" + secrets.token_hex(8)
 
 
+def queued_row(
+    session_id: str, to: str, text: str, key: str | None, now: datetime
+) -> dict[str, Any]:
+    """A new message's row, queued and due now (text; other kinds add `kind`/`payload`)."""
+    return {
+        "id": new_message_id(),
+        "session_id": session_id,
+        "idempotency_key": key,
+        "to": to,
+        "text": text,
+        "status": "queued",
+        "attempts": 0,
+        "created_at": now,
+        "due_at": now,
+        "updated_at": now,
+    }
+
+
 class OutboxStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -161,20 +179,9 @@ class OutboxStore:
         self, session_id: str, to: str, text: str, key: str | None, now: datetime
     ) -> tuple[OutboxMessage, bool]:
         """Store a message; with a known idempotency key, the stored one (and False)."""
-        values = {
-            "id": new_message_id(),
-            "session_id": session_id,
-            "idempotency_key": key,
-            "to": to,
-            "text": text,
-            "status": "queued",
-            "attempts": 0,
-            "created_at": now,
-            "due_at": now,
-            "updated_at": now,
-        }
+        values = queued_row(session_id, to, text, key, now)
         if await self.accepts.insert(values):
-            return OutboxMessage(**values), True  # type: ignore[arg-type]
+            return OutboxMessage(**values), True
         # A unique constraint refused it: the key was used before (or, in theory, the id).
         existing = await self._by_key(session_id, key) if key is not None else None
         if existing is None:

@@ -197,6 +197,9 @@ class OutboxSender:
                 )
             return True
         self.metrics.outbox_send_duration.observe(time.monotonic() - started)
+        # Activity first: whoever sees the message marked sent must also see the bot as
+        # active at that moment (not later, when its clock may have moved on).
+        await session.touch()
         if not await self.store.mark_sent(
             message.id, message.attempts, str(engine_id), self.clock.now()
         ):
@@ -206,7 +209,6 @@ class OutboxSender:
             )
         elif message.kind in MEDIA_KINDS:
             await self.media.forget(message.id)
-        await session.touch()
         await session.emit(
             "message.sent", {"id": message.id, "to": message.to, "whatsappId": str(engine_id)}
         )

@@ -189,6 +189,9 @@ def run_once(
                 messages.append(sent.json()["id"])
         b = common.start_wakeful("B", port_b, dir_b, root / f"{sig.name}-b.log", **env(database))
         common.wait_ready(b, "/health", 60)
+        # "CONNECTED" alone is not the handover: after a SIGKILL the old node's rows still
+        # say CONNECTED, with its lease, until the lease expires. Each bot must be on B.
+        node_b = api(port_b, "GET", "/api/metrics").json()["cluster"]["node"]
         with TwoBrowserWatch([dir_a, dir_b], bots) as watch:
             signalled = time.monotonic()
             if sig is signal.SIGTERM:
@@ -206,9 +209,8 @@ def run_once(
                 )
                 messages.append(sent.json()["id"])
             until(
-                lambda: (
-                    all(s == "CONNECTED" for s, _ in states(port_b, bots).values())
-                    and all(n is not None for _, n in states(port_b, bots).values())
+                lambda: all(
+                    seen == ("CONNECTED", node_b) for seen in states(port_b, bots).values()
                 ),
                 WAIT,
                 "every bot CONNECTED on B",

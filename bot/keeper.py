@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from loguru import logger
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 log = logger.bind(component="cluster")
 # Without a fixed BOTS_PER_NODE, adopt at most this many per step (the next step takes more).
 ADOPT_BATCH = 100
+# Past a foreign lease's expiry, so that the step that follows finds it free.
+EXPIRY_MARGIN = 0.05
 # The room of a node without BOTS_PER_NODE: unlimited, less what it runs (fewest bots wins).
 UNLIMITED = 1_000_000
 
@@ -51,6 +54,15 @@ def placement(bot_ids: list[str], rooms: dict[str, int]) -> dict[str, str]:
     return chosen
 
 
+def seconds_to_next_step(every: float, next_expiry: datetime | None, now: datetime) -> float:
+    """Until the keeper's next step: the renew interval, or less when another node's lease
+    runs out sooner (just after it, so that the bot is adoptable by then)."""
+    if next_expiry is None:
+        return every
+    left = (next_expiry - now).total_seconds()
+    return min(every, max(left, 0.0) + EXPIRY_MARGIN)
+
+
 class ClusterKeeper:
     def __init__(self, manager: BotManager) -> None:
         self.manager = manager
@@ -68,6 +80,9 @@ class ClusterKeeper:
         # not yet seen that node own: a burst of creates spreads instead of piling onto the
         # node that looked emptiest. Forgotten after a lease (the node never took it).
         self._placed: dict[str, dict[str, float]] = {}
+        # The soonest another node's lease on a bot runs out, as last read: a node that
+        # died (SIGKILL, out of memory) is noticed then, not up to a renew interval later.
+        self._next_expiry: datetime | None = None
         self.node.on_message.append(self._heard)
 
     def _heard(self, message: str) -> None:
@@ -90,7 +105,10 @@ class ClusterKeeper:
                 else:
                     log.opt(exception=exc).warning("Cluster step failed: {}", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(node.wakeup.wait(), every)
+                await asyncio.wait_for(node.wakeup.wait(), self._wait_seconds(every))
+
+    def _wait_seconds(self, every: float) -> float:
+        return seconds_to_next_step(every, self._next_expiry, self.manager.clock.now())
 
     async def step(self) -> None:
         await self.renew()
@@ -135,6 +153,15 @@ class ClusterKeeper:
         known = set(manager.sessions)
         changed, self._changed = self._changed, set()
         stored = await self.node.store.owners()
+        now = manager.clock.now()
+        self._next_expiry = min(
+            (
+                until
+                for owner, until, _, _ in stored.values()
+                if owner is not None and owner != self.node.id and until and until >= now
+            ),
+            default=None,
+        )
         for session_id in [i for i in known if i not in stored and i in manager.sessions]:
             gone = manager.sessions[session_id]
             if gone.held():
@@ -234,7 +261,11 @@ class ClusterKeeper:
         }
         for bot_id in waiting:
             self._waiting_since.setdefault(bot_id, now)
-        chosen = placement([record.id for record in records], self.rooms())
+        # A node that let its leases lapse is dead or cut off (a node that leaves releases
+        # them): none of the bots goes back to it, though its own row may still look alive.
+        lapsed = {r.owner_node for r in records if r.owner_node} - {self.node.id}
+        rooms = {node: room for node, room in self.rooms().items() if node not in lapsed}
+        chosen = placement([record.id for record in records], rooms)
         patience = self.node.config.lease.total_seconds()
         return [
             record

@@ -201,6 +201,68 @@ def test_placement_gives_each_waiting_bot_to_the_node_with_the_most_room():
     assert placement(["bot1", "bot2"], {"node-a": 1, "node-b": 0}) == {"bot1": "node-a"}
 
 
+def test_the_keeper_steps_just_after_another_node_s_lease_runs_out():
+    from bot.keeper import seconds_to_next_step
+
+    now = datetime(2026, 11, 30, 9, 0, 0, tzinfo=UTC)
+    assert seconds_to_next_step(2.0, None, now) == 2.0  # nothing held elsewhere: poll
+    soon = now + timedelta(seconds=0.5)
+    assert seconds_to_next_step(2.0, soon, now) == pytest.approx(0.55)  # just after expiry
+    later = now + timedelta(seconds=9)
+    assert seconds_to_next_step(2.0, later, now) == 2.0  # never longer than the poll
+    gone = now - timedelta(seconds=3)
+    assert seconds_to_next_step(2.0, gone, now) == pytest.approx(0.05)  # already out
+
+
+async def test_a_bot_whose_owner_let_the_lease_lapse_is_not_placed_back_on_it(nodes):
+    """The owner was SIGKILLed: its bot's lease ran out while its own row may still look
+    alive (it beat a moment after it renewed). Placed by room alone, the bot would go back
+    to that node (a tie, lowest id), and the living node would wait a whole lease more."""
+    from bot.ownership import NodeRecord
+    from bot.store import SessionRecord
+
+    a = await nodes("node-a")
+    now = a.clock.now()
+    a.keeper.nodes = [
+        NodeRecord(
+            id="node-0",
+            host="gone",
+            pid=1,
+            started_at=now - timedelta(minutes=5),
+            seen_at=now,
+            expires_at=now + timedelta(seconds=1),
+            draining=False,
+            capacity=None,
+            bots=0,
+        )
+    ]
+    orphan = SessionRecord(
+        id="orphan",
+        user_id=None,
+        name="orphan",
+        state=S.CONNECTED,
+        state_changed_at=now,
+        created_at=now,
+        want_running=True,
+        owner_node="node-0",
+        lease_until=now - timedelta(milliseconds=10),
+        epoch=3,
+    )
+    assert [r.id for r in a.keeper._my_share([orphan])] == ["orphan"]
+    # A bot nobody held (released at a graceful stop) is still placed by room alone.
+    released = SessionRecord(
+        id="released",
+        user_id=None,
+        name="released",
+        state=S.STOPPED,
+        state_changed_at=now,
+        created_at=now,
+        want_running=True,
+        epoch=3,
+    )
+    assert a.keeper._my_share([released]) == []  # node-0 has as much room, a lower id
+
+
 async def test_a_new_bot_starts_on_the_node_with_the_most_room(nodes):
     a = await nodes("node-a")
     b = await nodes("node-b")

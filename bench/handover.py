@@ -149,7 +149,7 @@ async def _outbox(url: str) -> list[tuple[str, str, int]]:
 
 
 def run_once(
-    sig: signal.Signals, bots_wanted: int, postgres_url: str, root: Path
+    sig: signal.Signals, bots_wanted: int, postgres_url: str, root: Path, logs: Path | None
 ) -> dict[str, Any]:
     admin = make_url(postgres_url).set(drivername="postgresql")
     name = f"wakeful_handover_{uuid.uuid4().hex[:10]}"
@@ -159,7 +159,9 @@ def run_once(
     dir_a, dir_b = root / f"{sig.name}-a", root / f"{sig.name}-b"
     dir_a.mkdir(parents=True)
     dir_b.mkdir(parents=True)
-    a = common.start_wakeful("A", port_a, dir_a, root / f"{sig.name}-a.log", **env(database))
+    log_dir = logs or root
+    log_dir.mkdir(parents=True, exist_ok=True)
+    a = common.start_wakeful("A", port_a, dir_a, log_dir / f"{sig.name}-a.log", **env(database))
     b = None
     try:
         common.wait_ready(a, "/health", 60)
@@ -187,13 +189,14 @@ def run_once(
                     json={"to": "+15550001111", "text": f"{bot} {n}"},
                 )
                 messages.append(sent.json()["id"])
-        b = common.start_wakeful("B", port_b, dir_b, root / f"{sig.name}-b.log", **env(database))
+        b = common.start_wakeful("B", port_b, dir_b, log_dir / f"{sig.name}-b.log", **env(database))
         common.wait_ready(b, "/health", 60)
         # "CONNECTED" alone is not the handover: after a SIGKILL the old node's rows still
         # say CONNECTED, with its lease, until the lease expires. Each bot must be on B.
         node_b = api(port_b, "GET", "/api/metrics").json()["cluster"]["node"]
         with TwoBrowserWatch([dir_a, dir_b], bots) as watch:
             signalled = time.monotonic()
+            signalled_at = time.strftime("%H:%M:%S")
             if sig is signal.SIGTERM:
                 common.stop_server(a, 60)
             else:
@@ -216,6 +219,7 @@ def run_once(
                 "every bot CONNECTED on B",
             )
             handover = time.monotonic() - signalled
+            print(f"{sig.name} sent at {signalled_at}; every bot on B {time.strftime('%H:%M:%S')}")
             deadline = time.monotonic() + 60
             rows = asyncio.run(_outbox(database))
             while time.monotonic() < deadline and any(r[1] != "sent" for r in rows):
@@ -278,11 +282,18 @@ def main() -> int:
     parser.add_argument("--bots", type=int, default=10)
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--signal", choices=["SIGTERM", "SIGKILL"], action="append", help="only this one"
+    )
+    parser.add_argument(
+        "--logs", type=Path, help="keep both nodes' logs here (to see where the time went)"
+    )
     args = parser.parse_args()
+    wanted = [signal.Signals[name] for name in args.signal or ["SIGTERM", "SIGKILL"]]
     results = []
     with tempfile.TemporaryDirectory(prefix="wakeful-handover-") as tmp:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            result = run_once(sig, args.bots, args.postgres_url, Path(tmp))
+        for sig in wanted:
+            result = run_once(sig, args.bots, args.postgres_url, Path(tmp), args.logs)
             results.append(result)
             goal = 15.0 if sig is signal.SIGTERM else LEASE_SECONDS + 10.0
             print(

@@ -9,7 +9,9 @@ owner to write the result. The owner claims the row (`UPDATE … WHERE status = 
 the row count: one claim), runs the action on the bot it holds, under the epoch it holds
 (every write it makes is fenced), and writes the result. An owner that no longer holds the
 bot says so, and the asker looks again; a bot nobody runs is acted on where the request
-came in. An owner that does not answer in time is reported as such (504), never guessed at.
+came in. An owner that does not answer in time is reported as such (504), never guessed at;
+one whose lease runs out while the asker waits (it died) is left, and the action follows
+the bot to its next node.
 
 The same rows carry node-wide requests (`session_id` null): the leader asks every node to
 sweep and clean up the bots it runs, so the cluster's jobs run once per interval.
@@ -51,6 +53,9 @@ ANSWER_WITHIN = timedelta(seconds=30)
 PLACE_WITHIN = timedelta(seconds=5)
 # A moving bot (its owner draining, or just released it): look again this often.
 LOOK_AGAIN_SECONDS = 0.3
+# While waiting for an owner, look this often whether it still holds the bot: one that died
+# (SIGKILL) loses its lease, and the action goes where the bot goes, not to a 504.
+OWNER_LOOK_SECONDS = 1.0
 # Rows older than this are removed (their asker gave up long ago).
 KEEP_ROWS_FOR = timedelta(minutes=10)
 # The owner looks for requests this often when no notice can reach it (SQLite).
@@ -284,6 +289,15 @@ class Actions:
             return None
         return fresh.owner_node
 
+    async def _still_holds(self, node: str, session_id: str) -> bool:
+        fresh = await self.manager.store.get_session(session_id)
+        if fresh is None:
+            return False
+        now = self.manager.clock.now()
+        return bool(
+            fresh.owner_node == node and fresh.lease_until is not None and fresh.lease_until >= now
+        )
+
     async def place(self, session: BotSession, node: str) -> None:
         """Ask `node` to start a bot nobody runs (a new bot, placed where there is room).
         Briefly: a start answers at once, and the caller starts the bot itself otherwise
@@ -312,6 +326,9 @@ class Actions:
             node, session_id, action, args, self.node.id, self.manager.clock.now()
         )
         answered = self._answered[action_id] = asyncio.Event()
+        # A bot's action follows the bot; a placement or a node-wide request, the node.
+        follows_bot = session_id is not None and action != "place"
+        next_look = time.monotonic() + OWNER_LOOK_SECONDS
         try:
             await self.node.notify(f"action:{node}")
             while True:
@@ -322,6 +339,14 @@ class Actions:
                 if left <= 0:
                     await store.withdraw(action_id)
                     raise OwnerSilentError(node, self.answer_within.total_seconds())
+                if follows_bot and time.monotonic() >= next_look:
+                    next_look = time.monotonic() + OWNER_LOOK_SECONDS
+                    assert session_id is not None
+                    # Withdrawn only while unclaimed: an owner already at work answers.
+                    if not await self._still_holds(node, session_id) and await store.withdraw(
+                        action_id
+                    ):
+                        raise OwnedElsewhereError(session_id, None)
                 # A notice cuts the wait short; the poll is for a notice that never comes.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(answered.wait(), min(left, 0.25))

@@ -100,6 +100,27 @@ async def test_an_owner_that_does_not_answer_is_reported_and_never_acts_later(no
     assert await a.actions.serve_once() == 0
 
 
+async def test_an_action_for_a_dead_owner_s_bot_follows_the_bot_once_the_lease_runs_out(nodes):
+    """The owner was SIGKILLed while a request waited for it: once its lease runs out the
+    request is withdrawn and the action runs where the bot is now, well before the bound."""
+    a = await nodes("node-a")
+    b = await nodes("node-b")
+    quick(a, b)
+    running = await connected_bot(a, "sales")
+    mirror = await mirror_of(b, running)
+    # A dies: no more renewals, no more answers (its lease still live for up to a second).
+    assert a._keeper_task is not None and a._actions_task is not None
+    a._keeper_task.cancel()
+    a._actions_task.cancel()
+    b.actions.answer_within = timedelta(seconds=60)
+    async with asyncio.timeout(15):  # a 504 would come only after the 60 s bound
+        await b.actions.run(mirror, "stop", {})
+    stored = await b.store.get_session(running.id)
+    assert stored is not None and stored.state is S.STOPPED
+    assert stored.owner_node in (None, "node-b")
+    assert b.sessions[running.id].state is S.STOPPED
+
+
 async def test_two_nodes_sweep_once_the_leader_covering_both(nodes):
     a = await nodes("node-a")
     b = await nodes("node-b")

@@ -33,6 +33,7 @@ from sqlalchemy import (
     update,
 )
 
+from bot.outbox import outbox_messages
 from bot.store import SessionRecord, bot_sessions
 from services.database import Database, UTCDateTime, metadata, shielded
 
@@ -162,9 +163,17 @@ class OwnershipStore:
         self, session_id: str, node: str, now: datetime, lease: timedelta
     ) -> SessionRecord | None:
         """Become the bot's owner (epoch + 1) when no other node holds a live lease on it.
-        Returns the bot as stored now, or None when another node holds it (or it is gone)."""
+        Returns the bot as stored now, or None when another node holds it (or it is gone).
+
+        Taken from a node that let its lease run out (it died, or was cut off and stopped
+        acting at its renew deadline, before the lease ended): the messages it was sending
+        are claimable at once, not when their own claims (a minute) run out. Whether such a
+        message reached WhatsApp is unknowable either way; waiting only delays it."""
         c = bot_sessions.c
         async with self.db.engine.begin() as conn:
+            previous = (
+                await conn.execute(select(c.owner_node).where(c.id == session_id))
+            ).scalar_one_or_none()
             taken = await conn.execute(
                 update(bot_sessions)
                 .where(
@@ -175,6 +184,13 @@ class OwnershipStore:
             )
             if taken.rowcount != 1:
                 return None
+            if previous is not None and previous != node:
+                o = outbox_messages.c
+                await conn.execute(
+                    update(outbox_messages)
+                    .where(o.session_id == session_id, o.status == "sending", o.lease_until > now)
+                    .values(lease_until=now)
+                )
             row = (await conn.execute(select(bot_sessions).where(c.id == session_id))).one()
         return SessionRecord.from_row(row)
 

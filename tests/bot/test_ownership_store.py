@@ -122,6 +122,33 @@ async def test_a_dead_nodes_leases_end_at_once_when_it_is_forgotten(db: Database
     assert taken is not None and taken.epoch == 2
 
 
+async def test_a_dead_owner_s_message_in_flight_is_claimable_by_the_next_owner_at_once(
+    db: Database,
+):
+    """node-a claimed a message and died mid-send (its minute-long claim still runs): node-b,
+    taking the bot once node-a's lease ran out, may send it at once. A node that takes a bot
+    again itself, or after a release, leaves its own claims alone."""
+    leases, outbox = OwnershipStore(db), OutboxStore(db)
+    a = await leases.acquire(BOT, "node-a", T0, LEASE)
+    assert a is not None
+    await outbox.enqueue(BOT, "+15550001111", "in flight", None, T0)
+    claim = timedelta(seconds=60)
+    in_flight = await outbox.claim(BOT, T0, claim, epoch=a.epoch)
+    assert in_flight is not None
+    again = await leases.acquire(BOT, "node-a", T0 + timedelta(seconds=1), LEASE)
+    assert again is not None
+    assert await outbox.claim(BOT, T0 + timedelta(seconds=2), claim, epoch=again.epoch) is None
+
+    at = T0 + timedelta(seconds=17)  # node-a's lease ran out at 16 s; its claim runs to 60 s
+    b = await leases.acquire(BOT, "node-b", at, LEASE)
+    assert b is not None
+    retried = await outbox.claim(BOT, at + timedelta(milliseconds=1), claim, epoch=b.epoch)
+    assert retried is not None and retried.id == in_flight.id
+    assert retried.attempts == 2
+    # node-a's late mark of its own attempt changes nothing.
+    assert not await outbox.mark_sent(in_flight.id, 1, "late", at)
+
+
 async def test_stale_epoch_writes_are_refused(db: Database):
     """The old owner (epoch 1) keeps acting after node-b took the bot (epoch 2): its state
     change, its history row, its field writes, its bulk shutdown stop and its outbox claims

@@ -203,7 +203,17 @@ def deploy(tmp_path: Path, database: str, sig: int, *, kill_after: float | None 
             rows = stored(database, "SELECT status FROM outbox_messages")
             return len(rows) == len(messages) and all(r[0] == "sent" for r in rows)
 
-        wait_until(all_sent, WAIT, "every message sent")
+        try:
+            wait_until(all_sent, WAIT, "every message sent")
+        except AssertionError:
+            unsent = stored(
+                database,
+                "SELECT id, status, attempts, last_error, due_at, lease_until"
+                " FROM outbox_messages WHERE status != 'sent'",
+            )
+            raise AssertionError(
+                f"{len(messages)} sent for, not sent: {unsent}\n{new.log[-8000:]}"
+            ) from None
         # None lost, none sent twice (one WhatsApp id each; the simulator gives a new id
         # to every send).
         rows = stored(database, "SELECT id, engine_message_id, attempts FROM outbox_messages")

@@ -257,30 +257,25 @@ async def test_a_bot_whose_owner_let_the_lease_lapse_is_not_placed_back_on_it(no
             bots=0,
         )
     ]
-    orphan = SessionRecord(
-        id="orphan",
-        user_id=None,
-        name="orphan",
-        state=S.CONNECTED,
-        state_changed_at=now,
-        created_at=now,
-        want_running=True,
-        owner_node="node-0",
-        lease_until=now - timedelta(milliseconds=10),
-        epoch=3,
-    )
+
+    def waiting(bot_id: str, owner: str | None) -> SessionRecord:
+        return SessionRecord(
+            id=bot_id,
+            user_id=None,
+            name=bot_id,
+            state=S.CONNECTED if owner else S.STOPPED,
+            state_changed_at=now,
+            created_at=now,
+            want_running=True,
+            owner_node=owner,
+            lease_until=now - timedelta(milliseconds=10) if owner else None,
+            epoch=3,
+        )
+
+    orphan = waiting("orphan", "node-0")
     assert [r.id for r in a.keeper._my_share([orphan])] == ["orphan"]
     # A bot nobody held (released at a graceful stop) is still placed by room alone.
-    released = SessionRecord(
-        id="released",
-        user_id=None,
-        name="released",
-        state=S.STOPPED,
-        state_changed_at=now,
-        created_at=now,
-        want_running=True,
-        epoch=3,
-    )
+    released = waiting("released", None)
     assert a.keeper._my_share([released]) == []  # node-0 has as much room, a lower id
 
 

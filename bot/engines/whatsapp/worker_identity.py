@@ -41,6 +41,9 @@ from playwright.async_api import BrowserContext, CDPSession, Error, Page
 
 # Only service workers: pages, frames and dedicated workers are Playwright's to resume.
 SERVICE_WORKERS_ONLY = [{"type": "service_worker", "exclude": False}, {"exclude": True}]
+# A held worker is released after this even if its override could not be queued: a browser
+# that does not answer must not keep WhatsApp Web's service worker from ever installing.
+OVERRIDE_TIMEOUT = 10.0
 
 log = logger.bind(component="bot")
 
@@ -87,10 +90,10 @@ class ServiceWorkerIdentity:
             if event["targetInfo"]["type"] == "service_worker" and target not in self._presented:
                 self._presented.add(target)
                 try:
-                    await self._override_in(presenter, target)
-                except Error as exc:  # the worker or the page went away meanwhile
+                    await asyncio.wait_for(self._override_in(presenter, target), OVERRIDE_TIMEOUT)
+                except (Error, TimeoutError) as exc:  # the worker or the page went away
                     self._presented.discard(target)
-                    log.debug("Service worker {} not given the identity: {}", target, exc)
+                    log.debug("Service worker {} not given the identity: {!r}", target, exc)
         finally:
             # Released only now: the worker's script is fetched once every hold is gone.
             with contextlib.suppress(Error):

@@ -44,6 +44,30 @@ class Events:
         return self.of(kind)[count - 1]
 
 
+# A service worker registered by the simulator page (/sw.js) answers with what its first
+# script read (userAgent, brands, platform) and the Sec-CH-UA header its first fetch carried.
+SERVICE_WORKER_IDENTITY = """async () => {
+  const reg = await navigator.serviceWorker.register("/sw.js");
+  const sw = reg.installing || reg.waiting || reg.active;
+  await new Promise((resolve) => {
+    if (sw.state === "activated") resolve();
+    sw.addEventListener("statechange", () => sw.state === "activated" && resolve());
+  });
+  return await new Promise((resolve) => {
+    navigator.serviceWorker.onmessage = (e) => resolve(e.data);
+    sw.postMessage("who are you?");
+  });
+}"""
+# The page's side of the same comparison.
+PAGE_IDENTITY = """async () => ({
+  userAgent: navigator.userAgent,
+  brands: navigator.userAgentData.brands,
+  platform: navigator.userAgentData.platform,
+  secChUa: (await (await fetch("/__sim/client-hints")).json()).secChUa,
+})"""
+# A bound, not a pause: a service worker installs on a loaded 2-core machine.
+WAIT_SW = 20.0
+
 # The bridge gives up on a missing module after 60 s of a quiet module list on the real site;
 # the simulator defines its modules within a second or two.
 TEST_BRIDGE = BridgeTimings(give_up_ms=4000)

@@ -21,7 +21,14 @@ from bot.engines.simulator import WHATSAPP_URL, Behaviour, Simulator, SimulatorE
 from bot.engines.whatsapp.browser import LEAN_FLAGS, find_chromium
 from bot.engines.whatsapp.driver import WhatsAppSession
 from config import DEFAULT_USER_AGENT
-from tests.whatsapp.conftest import TEST_BRIDGE, Events, MakeEngine
+from tests.whatsapp.conftest import (
+    PAGE_IDENTITY,
+    SERVICE_WORKER_IDENTITY,
+    TEST_BRIDGE,
+    WAIT_SW,
+    Events,
+    MakeEngine,
+)
 
 GROUP = "120363041234567890@g.us"
 
@@ -255,6 +262,31 @@ async def test_a_headless_browser_gets_the_unsupported_page_and_ours_does_not(
         "navigator.userAgentData.brands"
     )
     assert await page.evaluate("navigator.userAgentData.platform") == "Linux"
+
+
+async def test_a_service_worker_presents_the_same_identity_as_its_page_from_its_first_script(
+    make_engine: MakeEngine,
+):
+    # The headless shell a deployment runs: left alone, a service worker's client hints are
+    # the browser's own, HeadlessChrome among them (Debian's full Chromium lists other brands
+    # than the page's). Playwright resumes a service worker the moment it attaches it.
+    choice = find_chromium(None)
+    assert choice.path is not None, "no Chromium found without CHROMIUM_PATH"
+    engine = make_engine(chromium=choice)
+    events = Events()
+    session = await engine.start("bot_0000000000b7", events)
+    await events.wait_for(EventKind.QR)
+    page = session.page
+    assert page is not None
+    in_page = await page.evaluate(PAGE_IDENTITY)
+    service_worker = await asyncio.wait_for(page.evaluate(SERVICE_WORKER_IDENTITY), WAIT_SW)
+    assert not any("Headless" in b["brand"] for b in service_worker["brands"])
+    assert service_worker["brands"] == in_page["brands"]
+    assert service_worker["platform"] == in_page["platform"] == "Linux"
+    assert service_worker["userAgent"] == in_page["userAgent"]
+    # Chromium sends its service workers' fetches without Sec-CH-UA here (measured, with and
+    # without the override); one it sends must be the page's, never HeadlessChrome's.
+    assert service_worker["secChUa"] in (None, in_page["secChUa"])
 
 
 # 7. Pairing codes -----------------------------------------------------------------------

@@ -187,10 +187,18 @@ UNSUPPORTED_PAGE = (
 )
 
 
-SERVICE_WORKER = (
-    "self.addEventListener('message', (e) => e.source.postMessage({userAgent: navigator.userAgent,"
-    " brands: (navigator.userAgentData || {}).brands || []}));"
-)
+# What it says it is is read by its first script, as a page's checks would, and so is the
+# Sec-CH-UA header of its first fetch (echoed back by /__sim/client-hints).
+SERVICE_WORKER = """
+const ua = navigator.userAgentData || {};
+const first = {userAgent: navigator.userAgent, brands: ua.brands || [], platform: ua.platform};
+const hints = fetch("/__sim/client-hints")
+  .then((r) => r.json())
+  .catch((e) => ({secChUa: `no answer: ${e}`}));
+self.addEventListener("message", (e) => {
+  hints.then((h) => e.source.postMessage({...first, secChUa: h.secChUa}));
+});
+"""
 
 
 def _says_headless(headers: dict[str, str]) -> bool:
@@ -310,6 +318,9 @@ class Simulator:
                 await route.fulfill(
                     status=200, content_type="application/javascript", body=SERVICE_WORKER
                 )
+            elif path == "/__sim/client-hints":
+                header = (await request.all_headers()).get("sec-ch-ua")
+                await route.fulfill(status=200, json={"secChUa": header})
             elif path == "/__sim/whatsapp.js":
                 await route.fulfill(
                     status=200, content_type="application/javascript", body=self._script

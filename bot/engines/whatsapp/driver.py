@@ -55,6 +55,7 @@ from bot.engines.whatsapp.browser import (
 )
 from bot.engines.whatsapp.identity import BrowserIdentity, browser_version, build_identity
 from bot.engines.whatsapp.profile import BackupUnreadableError, ProfileVault, has_profile
+from bot.engines.whatsapp.worker_identity import ServiceWorkerIdentity
 from config import DEFAULT_USER_AGENT, Settings
 from services.clock import Clock, SystemClock
 from services.database import Database
@@ -346,6 +347,7 @@ class WhatsAppSession:
         self._backup_lock = asyncio.Lock()
         self._page_tasks: set[asyncio.Task[None]] = set()
         self._cdp_sessions: list[CDPSession] = []
+        self._service_workers = ServiceWorkerIdentity(identity.override())
         self._ready = False
         self._closing = False
         self._crashed = False
@@ -377,15 +379,14 @@ class WhatsAppSession:
         Workers: a dedicated worker inherits its page's override, brands included, as long
         as nothing overrides it again (Playwright's `user_agent` option does, per worker,
         without client hints: workers then had no brands at all). A service worker is a
-        target of its own that Playwright attaches and resumes itself (its Python API gives
-        no CDP session for it, and a persistent context no browser session), so an
-        override of ours would race its first script: it gets the user agent from the
-        `--user-agent` switch, and its client hints stay the browser's (they still name
-        HeadlessChrome; WhatsApp Web's checks run in the page)."""
+        target of its own that Playwright attaches and resumes itself; the page's sessions
+        hold each new one until its override is queued (see `worker_identity.py`, which
+        also says what an installed worker starting in a new browser gets)."""
         cdp = await self.context.new_cdp_session(page)
         await cdp.send("Emulation.setUserAgentOverride", self.identity.override())
         await block_unneeded_requests(cdp)
         self._cdp_sessions.append(cdp)
+        self._cdp_sessions.append(await self._service_workers.watch(self.context, page, cdp))
 
     def _on_new_page(self, page: Page) -> None:
         # A popup or a page WhatsApp opens must not present itself differently.

@@ -215,6 +215,7 @@ def create_app(
             presence=settings.send_presence,
         )
         manager.add_listener(sender)
+        database.on_recovery.append(sender.wake_all)
         manager.queued_for = outbox.sessions_waiting
         manager.memory_guard = app.state.memory_guard
 

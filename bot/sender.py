@@ -105,6 +105,12 @@ class OutboxSender:
         if event is not None:
             event.set()
 
+    def wake_all(self) -> None:
+        """Every worker looks again now (the database is back after an outage: those backing
+        off from its errors must not sleep through the messages queued meanwhile)."""
+        for event in self._wakeups.values():
+            event.set()
+
     @property
     def active(self) -> int:
         return len(self._workers)
@@ -125,8 +131,10 @@ class OutboxSender:
                     log.bind(session=session.id).warning(
                         "Outbox worker error ({}); retrying in {:.0f}s", _describe(exc), pause
                     )
+                    # Cut short by a wake-up: a message accepted (the database answers
+                    # again), the database seen back (wake_all), or a shutdown.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopped.wait(), pause)
+                        await asyncio.wait_for(wakeup.wait(), pause)
                     continue
                 errors = 0
                 if sent:
@@ -264,8 +272,7 @@ class OutboxSender:
         """Let sends under way finish (their marks are what prevents a re-send), then stop."""
         self._closing = True
         self._stopped.set()
-        for session_id in list(self._wakeups):
-            self.wake(session_id)
+        self.wake_all()
         workers = list(self._workers.values())
         if not workers:
             return

@@ -10,7 +10,7 @@ restarted: the pool opens new connections once the database answers again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -99,6 +99,8 @@ class DatabaseMonitor:
         # The last probe: when, and how long `SELECT 1` took (for /health's responseTime).
         self.last_probe_at: datetime | None = None
         self.last_probe_ms: float | None = None
+        # Called when the database answers again after an outage (workers backing off).
+        self.on_recovery: list[Callable[[], None]] = []
 
     @property
     def available(self) -> bool:
@@ -141,6 +143,7 @@ class DatabaseMonitor:
             )
 
     def saw_success(self) -> None:
+        recovered = self.down_since is not None
         if self.down_since is not None:
             away = self._clock.now() - self.down_since
             log.info("✅ Database reachable again after {}", humanize(away))
@@ -152,6 +155,9 @@ class DatabaseMonitor:
         self.down_since = None
         self.last_error = None
         self.failed_probes = 0
+        if recovered:
+            for callback in self.on_recovery:
+                callback()
 
     def health_check(self) -> tuple[str, dict[str, Any]]:
         """The /health `database:responseTime` check: the last probe's time, in ms; `warn`

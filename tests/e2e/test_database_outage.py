@@ -150,6 +150,7 @@ def test_database_away_while_running_is_a_warn_and_503_then_recovers_alone(
                 ),
                 20,
                 "the message sent after the outage",
+                explain=lambda: server.log[-6000:],
             )
             # Nothing was stored for the refused requests: the only bots are the two made.
             names = sorted(

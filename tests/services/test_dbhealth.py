@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -56,6 +56,8 @@ async def test_the_monitor_warns_alerts_once_and_resolves(tmp_path: Path, clock:
         port = free_port()
         down = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/x")
         monitor = DatabaseMonitor(down, clock, alerter)
+        recovered: list[datetime] = []
+        monitor.on_recovery.append(lambda: recovered.append(clock.now()))
         assert monitor.health_check() == (
             "pass",
             {"componentType": "datastore", "observedValue": None, "observedUnit": "ms"},
@@ -73,6 +75,9 @@ async def test_the_monitor_warns_alerts_once_and_resolves(tmp_path: Path, clock:
         monitor._db = Database(f"sqlite+aiosqlite:///{tmp_path / 'w.db'}")
         assert await monitor.check_once() is True
         assert monitor.health_check()[0] == "pass"
+        # The workers backing off are told once, when it comes back (not at every probe).
+        assert await monitor.check_once() is True
+        assert recovered == [clock.now()]
         await alerter.drain(grace=10)
         async with asyncio.timeout(10):
             while len(receiver.requests) < 2:

@@ -25,11 +25,10 @@ from services.filemodes import private_database
 CONNECT_TIMEOUT = 10.0
 # SQLite: SQLAlchemy's default pool keeps 5 connections and opens up to 10 more for a burst,
 # closing each of those as soon as it is returned. On aiosqlite every connection is a thread
-# and a SQLite handle with its own page cache, so under steady load the server opened and
-# closed one every few seconds, and each new thread's malloc arena kept some of what it
-# freed: the anonymous memory grew for as long as the load lasted (the 10x soak's slope).
-# The same ceiling (15), kept once opened, bounds it: the pool grows to the busiest moment
-# and stays there.
+# and a SQLite handle, so under steady load the server opened and closed one every few
+# seconds (CPU and threads spent for nothing: bench/db_pool_churn.py; its memory was not
+# shown to grow with it). The same ceiling (15), kept once opened: the pool grows to the
+# busiest moment and stays there (at most 15 page caches then, 2 MB each, instead of 5).
 SQLITE_POOL_SIZE = 15
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 

@@ -592,6 +592,10 @@ def main() -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
+    if os.environ.get("WAKEFUL_TRACEMALLOC"):  # opt-in memory debugging: README, Performance
+        from services.memtrace import start_from_env
+
+        start_from_env()
     try:
         check_durable_keys(settings, os.environ)
         engine_factory(settings)

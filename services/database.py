@@ -23,6 +23,13 @@ from sqlalchemy.types import TypeDecorator
 from services.filemodes import private_database
 
 CONNECT_TIMEOUT = 10.0
+# SQLite: SQLAlchemy's default pool keeps 5 connections and opens up to 10 more for a burst,
+# closing each of those as soon as it is returned. On aiosqlite every connection is a thread
+# and a SQLite handle, so under steady load the server opened and closed one every few
+# seconds (CPU and threads spent for nothing: bench/db_pool_churn.py; its memory was not
+# shown to grow with it). The same ceiling (15), kept once opened: the pool grows to the
+# busiest moment and stays there (at most 15 page caches then, 2 MB each, instead of 5).
+SQLITE_POOL_SIZE = 15
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 metadata = MetaData(
@@ -101,6 +108,7 @@ class Database:
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         connect_args: dict[str, Any] = {}
+        pool_args: dict[str, Any] = {}
         self._sqlite_path = (
             Path(parsed.database)
             if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:"
@@ -109,6 +117,8 @@ class Database:
         if self.dialect == "sqlite":
             # Wait for the other writer instead of failing at once with "database is locked".
             connect_args["timeout"] = 15
+            if self._sqlite_path is not None:  # `:memory:` has a single connection already
+                pool_args = {"pool_size": SQLITE_POOL_SIZE, "max_overflow": 0}
         else:
             query = dict(parsed.query)
             # Platforms hand out libpq URLs; asyncpg takes `ssl` instead of `sslmode`.
@@ -126,6 +136,7 @@ class Database:
             # A request waiting for a pooled connection gives up (a 503) before a client or
             # a proxy gives up on it (SQLAlchemy's default is 30 s).
             pool_timeout=CONNECT_TIMEOUT,
+            **pool_args,
         )
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

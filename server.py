@@ -254,6 +254,7 @@ def create_app(
             rand=random.random,
         )
         manager.add_listener(webhooks)
+        database.on_recovery.append(webhooks.wake)
         # The last messages each bot received, for its page on the dashboard.
         app.state.inbox = Inbox(db, clock)
         manager.add_listener(app.state.inbox)

@@ -351,7 +351,9 @@ class Webhooks:
                     errors += 1
                     pause = min(2.0 ** (errors - 1), 30.0)
                     log.warning("Webhook delivery loop error ({}); retrying in {:.0f}s", exc, pause)
-                    await asyncio.sleep(pause)
+                    # Cut short by a wake-up: a new event queued or the database seen back.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), pause)
                     continue
                 errors = 0
                 wait = 30.0

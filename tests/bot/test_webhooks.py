@@ -3,6 +3,8 @@ credential): deliveries to it are queued without it and sent to it as configured
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -107,3 +109,42 @@ async def test_a_queued_delivery_whose_global_url_was_unset_is_dead(db: Database
     row = (await stored_rows(db))[0]
     assert "dead" in row
     assert "WEBHOOK_URL is no longer set" in row
+
+
+async def test_the_delivery_loop_backing_off_looks_again_once_woken(
+    db: Database, clock: FakeClock
+):
+    """The database away: the loop backs off (1 s, 2 s, ... up to 30 s). Once it is back
+    the database monitor wakes the loop, which looks at once, not when its back-off ends."""
+    sent: list[httpx.Request] = []
+    hooks = webhooks(db, clock, GLOBAL_URL, sent)
+    store = hooks.store
+    real_due_heads = store.due_heads
+    looks = 0
+    away = True
+
+    async def due_heads(now: datetime, limit: int) -> list[tuple[int, str, str | None]]:
+        nonlocal looks
+        looks += 1
+        if away:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return await real_due_heads(now, limit)
+
+    store.due_heads = due_heads  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop().create_task(hooks.run(lambda _: None))
+    try:
+        async with asyncio.timeout(20):
+            while looks < 3:  # the third look comes after pauses of 1 s and 2 s
+                await asyncio.sleep(0.01)
+        seen = looks
+        await asyncio.sleep(0.3)
+        assert looks == seen  # backing off (4 s now)
+        away = False
+        hooks.wake()
+        async with asyncio.timeout(3):  # inside the 4 s pause
+            while looks == seen:
+                await asyncio.sleep(0.01)
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop

@@ -111,9 +111,7 @@ async def test_a_queued_delivery_whose_global_url_was_unset_is_dead(db: Database
     assert "WEBHOOK_URL is no longer set" in row
 
 
-async def test_the_delivery_loop_backing_off_looks_again_once_woken(
-    db: Database, clock: FakeClock
-):
+async def test_the_delivery_loop_backing_off_looks_again_once_woken(db: Database, clock: FakeClock):
     """The database away: the loop backs off (1 s, 2 s, ... up to 30 s). Once it is back
     the database monitor wakes the loop, which looks at once, not when its back-off ends."""
     sent: list[httpx.Request] = []
@@ -123,7 +121,7 @@ async def test_the_delivery_loop_backing_off_looks_again_once_woken(
     looks = 0
     away = True
 
-    async def due_heads(now: datetime, limit: int) -> list[tuple[int, str, str | None]]:
+    async def due_heads(now: datetime, limit: int) -> list[tuple[int, str, str]]:
         nonlocal looks
         looks += 1
         if away:

@@ -596,7 +596,11 @@ def main() -> int:
     if os.environ.get("WAKEFUL_TRACEMALLOC"):  # opt-in memory debugging: README, Performance
         from services.memtrace import start_from_env
 
-        start_from_env()
+        try:
+            start_from_env()
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     try:
         check_durable_keys(settings, os.environ)
         engine_factory(settings)

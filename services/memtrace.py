@@ -102,10 +102,15 @@ def start_from_env(environ: Mapping[str, str] = os.environ) -> SnapshotWriter | 
     target = environ.get(ENV_DIR)
     if not target:
         return None
+    frames = _positive(environ, ENV_FRAMES, DEFAULT_FRAMES, int, "a whole number of frames")
+    every = _positive(environ, ENV_EVERY, DEFAULT_EVERY_S, float, "seconds")
     directory = Path(target)
-    directory.mkdir(parents=True, exist_ok=True)
-    frames = int(environ.get(ENV_FRAMES) or DEFAULT_FRAMES)
-    every = float(environ.get(ENV_EVERY) or DEFAULT_EVERY_S)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"{ENV_DIR}={target!r}: not a directory this process can write ({exc.strerror})"
+        ) from None
     tracemalloc.start(frames)
     writer = SnapshotWriter(directory)
     if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGUSR2"):
@@ -122,6 +127,25 @@ def start_from_env(environ: Mapping[str, str] = os.environ) -> SnapshotWriter | 
 
     threading.Thread(target=every_so_often, name="memtrace", daemon=True).start()
     return writer
+
+
+def _positive(
+    environ: Mapping[str, str],
+    name: str,
+    default: float,
+    kind: Callable[[str], float],
+    expected: str,
+) -> Any:
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r}: expected {expected} above 0")
+    return value
 
 
 def _write_in_thread(writer: SnapshotWriter) -> None:

@@ -137,6 +137,16 @@ def test_a_bad_setting_exits_2_with_one_line_naming_it(tmp_path: Path):
     ]
 
 
+def test_a_bad_memory_tracing_setting_exits_2_with_one_line_naming_it(tmp_path: Path):
+    code, output = run_server_once(
+        tmp_path / "data",
+        {"WAKEFUL_TRACEMALLOC": str(tmp_path / "traces"), "WAKEFUL_TRACEMALLOC_EVERY": "5m"},
+    )
+    assert code == 2
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines == ["WAKEFUL_TRACEMALLOC_EVERY='5m': expected seconds above 0"]
+
+
 def test_an_unusable_database_exits_2_with_one_line(tmp_path: Path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

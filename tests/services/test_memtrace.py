@@ -7,7 +7,9 @@ import json
 import tracemalloc
 from pathlib import Path
 
-from services.memtrace import ENV_DIR, ENV_EVERY, compare, start_from_env
+import pytest
+
+from services.memtrace import ENV_DIR, ENV_EVERY, ENV_FRAMES, compare, start_from_env
 
 kept: list[bytes] = []
 
@@ -47,3 +49,20 @@ def test_snapshots_show_what_grew_between_them(tmp_path: Path) -> None:
     grown_kib = float(top_line.split()[0])
     assert grown_kib >= 200 * 1000 / 1024
     assert "test_memtrace.py" in where
+
+
+def test_a_bad_setting_is_refused_naming_it_and_nothing_is_started(tmp_path: Path) -> None:
+    traces = str(tmp_path / "traces")
+    for name, raw, expected in (
+        (ENV_EVERY, "5m", "seconds"),
+        (ENV_EVERY, "-1", "seconds"),
+        (ENV_FRAMES, "0", "a whole number of frames"),
+    ):
+        with pytest.raises(ValueError, match=f"^{name}=") as refused:
+            start_from_env({ENV_DIR: traces, name: raw})
+        assert str(refused.value) == f"{name}={raw!r}: expected {expected} above 0"
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ValueError, match=r"^WAKEFUL_TRACEMALLOC=.*not a directory"):
+        start_from_env({ENV_DIR: str(blocker / "traces")})
+    assert not tracemalloc.is_tracing()

@@ -73,6 +73,9 @@ class Node:
         self.wakeup = asyncio.Event()
         self.on_message: list[Callable[[str], None]] = []
         self._last_renewed: float | None = None
+        # When each bot's lease was last acquired here (monotonic): a renewal's answer is
+        # read before an acquire that commits while it runs, and must not call it lost.
+        self._acquired_at: dict[str, float] = {}
         self._listener: Any = None
         # Notices said while one NOTIFY transaction is under way go out together in the next
         # (a burst of accepts for stopped bots was one transaction each).
@@ -130,7 +133,14 @@ class Node:
     # Leases ----------------------------------------------------------------------------
 
     async def acquire(self, session_id: str) -> SessionRecord | None:
-        return await self.store.acquire(session_id, self.id, self.clock.now(), self.config.lease)
+        record = await self.store.acquire(session_id, self.id, self.clock.now(), self.config.lease)
+        if record is not None:
+            self._acquired_at[session_id] = time.monotonic()
+        return record
+
+    def acquired_since(self, session_id: str, since: float) -> bool:
+        """Whether this node acquired the bot at or after `since` (monotonic)."""
+        return self._acquired_at.get(session_id, float("-inf")) >= since
 
     async def release(self, session_id: str, epoch: int) -> bool:
         released = await self.store.release(session_id, self.id, epoch)
@@ -143,6 +153,9 @@ class Node:
         now = self.clock.now()
         held = await self.store.renew(self.id, now, self.config.lease)
         self._last_renewed = time.monotonic()
+        # Only the acquisitions a later renewal could still miss are worth remembering.
+        forget_before = self._last_renewed - self.config.lease.total_seconds()
+        self._acquired_at = {b: t for b, t in self._acquired_at.items() if t >= forget_before}
         return held, now + self.config.lease
 
     def can_prove_hold(self) -> bool:

@@ -127,6 +127,7 @@ class ClusterKeeper:
     async def renew(self) -> None:
         """Extend our leases; a bot missing from the answer was taken by another node."""
         sessions = self.manager.sessions
+        asked = time.monotonic()
         try:
             held, until = await self.node.renew()
         except Exception:
@@ -138,7 +139,8 @@ class ClusterKeeper:
             if session.held():
                 if session.id in held:
                     session.record.lease_until = until
-                else:
+                elif not self.node.acquired_since(session.id, asked):
+                    # (One acquired while the renewal ran is simply not in its answer yet.)
                     await session.lose("another node took it")
             elif session.id in held:
                 # Given up here (renewals failed for too long) while the database, away,

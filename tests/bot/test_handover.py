@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -195,3 +195,31 @@ async def test_an_expired_bot_is_woken_by_one_node_only(nodes):
     starts = len(a_engine.starts) - a_starts + len(b_engine.starts)
     assert starts == 1
     await until(lambda: loser.sessions[sleepy.id].record.owner_node == winner.node.id)
+
+
+async def test_a_bot_acquired_while_a_renewal_runs_is_not_taken_for_lost(nodes):
+    """The renewal reads which bots this node holds; a bot created and started meanwhile
+    (its acquire committed after that read) is missing from the answer. That is not
+    another node taking it: the new bot must keep its lease and start (CI once saw it
+    stuck IDLE, 'Lost the lease on this bot (another node took it)' at its creation)."""
+    a: BotManager = await nodes("node-a")
+    assert a._keeper_task is not None
+    a._keeper_task.cancel()  # the renewals below are this test's
+    session = await a.create(user_id=None, name="new", webhook_url=None, metadata={}, start=False)
+    real_renew = a.node.renew
+
+    async def renew_then_a_start() -> tuple[dict[str, int], datetime]:
+        answer = await real_renew()
+        await session.start("started at creation")  # acquires after the renewal's read
+        return answer
+
+    a.node.renew = renew_then_a_start  # type: ignore[method-assign]
+    await a.keeper.renew()
+    assert session.held()
+    engine = a.engine
+    assert isinstance(engine, ScriptedEngine)
+    await until(lambda: session.id in engine.live)
+    # The next renewal finds it, as any held bot.
+    a.node.renew = real_renew  # type: ignore[method-assign]
+    await a.keeper.renew()
+    assert session.held() and session.state is not S.IDLE

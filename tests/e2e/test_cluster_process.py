@@ -187,7 +187,10 @@ def deploy(tmp_path: Path, database: str, sig: int, *, kill_after: float | None 
         for bot_id in bots:
             document = bot(new, bot_id)
             assert document["linkedAs"], document
-            assert "SCAN_QR" not in [t["to"] for t in document["history"][:4]], document
+            recent = [(t["to"], t["reason"]) for t in document["history"][:5]]
+            assert "SCAN_QR" not in [to for to, _ in recent[:4]], (
+                f"{bot_id}: {recent}\n{new.log[-6000:]}"
+            )
         if sig == signal.SIGTERM and kill_after is None:
             # The new node started no browser before the old one had closed its own and
             # released the bots: never two browsers on one link.

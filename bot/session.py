@@ -323,26 +323,33 @@ class BotSession:
     async def _start(self, reason: str) -> None:
         if self.held() and self.record.state not in STARTABLE_STATES:
             raise IllegalTransitionError(self.record.state, S.CONNECTING)
-        await self._take()
-        if self.record.state not in STARTABLE_STATES:
-            await self._give_up()
-            raise IllegalTransitionError(self.record.state, S.CONNECTING)
-        self._generation += 1
-        self._cancel_timers()
-        await self._close_engine()
-        self._error_times.clear()
-        self._breaker_opened_at = None
-        self._trial = False
-        now = self._ctx.clock.now()
-        await self._transition(
-            S.CONNECTING,
-            reason,
-            want_running=True,
-            started_at=now,
-            last_activity_at=now,
-            reconnect_attempts=0,
-            next_retry_at=None,
-        )
+        try:
+            await self._take()
+            if self.record.state not in STARTABLE_STATES:
+                raise IllegalTransitionError(self.record.state, S.CONNECTING)
+            self._generation += 1
+            self._cancel_timers()
+            await self._close_engine()
+            self._error_times.clear()
+            self._breaker_opened_at = None
+            self._trial = False
+            now = self._ctx.clock.now()
+            await self._transition(
+                S.CONNECTING,
+                reason,
+                want_running=True,
+                started_at=now,
+                last_activity_at=now,
+                reconnect_attempts=0,
+                next_retry_at=None,
+            )
+        except BaseException:
+            # Never keep a lease on a bot this node is not starting: it would look running
+            # here (and to every node) with no browser behind it. Released, it is adopted
+            # again (by this node or another) at the next look.
+            with contextlib.suppress(Exception):
+                await self._give_up()
+            raise
         self._spawn_launch()
 
     async def stop(

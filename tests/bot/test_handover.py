@@ -223,3 +223,35 @@ async def test_a_bot_acquired_while_a_renewal_runs_is_not_taken_for_lost(nodes):
     a.node.renew = real_renew  # type: ignore[method-assign]
     await a.keeper.renew()
     assert session.held() and session.state is not S.IDLE
+
+
+async def test_a_takeover_whose_first_write_fails_does_not_keep_the_bot_without_a_browser(nodes):
+    """The new owner acquires a dead node's bot, then its first write (the orphan's STOPPED)
+    fails. It must not keep the lease with no browser (the bot would read CONNECTED, under
+    the new node's name, forever): the lease goes back, and the bot is adopted again."""
+    a = await nodes("node-a")
+    running = await connected_bot(a, "sales")
+    b_engine = ScriptedEngine(auto=True)
+    b_engine.linked.add(running.id)
+    b: BotManager = await nodes("node-b", b_engine)
+    await until(lambda: running.id in b.sessions)
+    real_transition = b.store.transition
+    failed: list[str] = []
+
+    async def first_write_fails(*args: Any, **kwargs: Any) -> bool:
+        if not failed:
+            failed.append(str(args[3]))
+            return False  # as a concurrent change would be refused
+        return await real_transition(*args, **kwargs)
+
+    b.store.transition = first_write_fails  # type: ignore[method-assign]
+    # A dies: no more renewals.
+    assert a._keeper_task is not None and a._actions_task is not None
+    a._keeper_task.cancel()
+    a._actions_task.cancel()
+    adopted = b.sessions[running.id]
+    await until(lambda: running.id in b_engine.live, within=20)
+    await until(lambda: adopted.held() and adopted.state is S.CONNECTED)
+    assert failed == ["the process ended while it was running"]
+    reasons = [t.reason for t in await b.store.history(running.id, 4)]
+    assert "taken over from another node" in reasons

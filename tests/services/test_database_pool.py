@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,8 @@ async def burst(db: Database, size: int) -> None:
     await asyncio.gather(*(one() for _ in range(size)))
 
 
-async def test_repeated_bursts_open_no_more_connections_than_the_first(tmp_path: Path) -> None:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'wakeful.db'}")
+def connections_opened(db: Database) -> Callable[[], int]:
+    """How many connections the pool has opened since this was called."""
     opened = 0
 
     def count(_dbapi: Any, _record: Any) -> None:
@@ -41,16 +42,22 @@ async def test_repeated_bursts_open_no_more_connections_than_the_first(tmp_path:
         opened += 1
 
     event.listen(db.engine.sync_engine, "connect", count)
+    return lambda: opened
+
+
+async def test_repeated_bursts_open_no_more_connections_than_the_first(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'wakeful.db'}")
+    opened = connections_opened(db)
     threads_before = sqlite_worker_threads()
     try:
         await burst(db, BURST)
-        after_first = opened
+        after_first = opened()
         assert after_first == BURST
         for _ in range(BURSTS - 1):
             await burst(db, BURST)
         # SQLAlchemy's default (5 kept, 10 more for a burst, closed when returned) opened
         # 10 new connections, and 10 threads, for every burst after the first.
-        assert opened == after_first
+        assert opened() == after_first
         assert sqlite_worker_threads() - threads_before == BURST
     finally:
         await db.dispose()
@@ -59,17 +66,11 @@ async def test_repeated_bursts_open_no_more_connections_than_the_first(tmp_path:
 
 async def test_a_burst_beyond_the_pool_waits_for_a_connection(tmp_path: Path) -> None:
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'wakeful.db'}")
-    opened = 0
-
-    def count(_dbapi: Any, _record: Any) -> None:
-        nonlocal opened
-        opened += 1
-
-    event.listen(db.engine.sync_engine, "connect", count)
+    opened = connections_opened(db)
     try:
         results = await asyncio.gather(*(select_one(db) for _ in range(3 * SQLITE_POOL_SIZE)))
         assert results == [1] * (3 * SQLITE_POOL_SIZE)
-        assert opened <= SQLITE_POOL_SIZE
+        assert opened() <= SQLITE_POOL_SIZE
     finally:
         await db.dispose()
 

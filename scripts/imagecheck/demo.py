@@ -25,10 +25,25 @@ STEP_WAIT = 90.0
 
 
 @dataclass(slots=True)
+class Memory:
+    """PSS and its anonymous part (what the processes allocated: heaps, not mapped files)."""
+
+    pss_mb: float = 0.0
+    anon_mb: float = 0.0
+
+    @property
+    def file_mb(self) -> float:
+        return self.pss_mb - self.anon_mb
+
+    def __add__(self, other: Memory) -> Memory:
+        return Memory(self.pss_mb + other.pss_mb, self.anon_mb + other.anon_mb)
+
+
+@dataclass(slots=True)
 class Figures:
-    server_mb: float = 0.0
-    driver_mb: float = 0.0
-    bot_mb: float = 0.0
+    server: Memory = field(default_factory=Memory)
+    driver: Memory = field(default_factory=Memory)
+    bot: Memory = field(default_factory=Memory)
     health_after_s: float = 0.0
     linked_after_s: float = 0.0
     stopped_in_s: float = 0.0
@@ -55,12 +70,28 @@ def wait_for(
     raise BuildError(f"no {what} within {timeout:.0f} s")
 
 
-def pss_mb(processes: list[psutil.Process]) -> float:
-    total = 0
+def memory_of(processes: list[psutil.Process]) -> Memory:
+    pss = anon = 0
     for proc in processes:
-        with contextlib.suppress(psutil.Error):
-            total += proc.memory_full_info().pss
-    return total / 2**20
+        rollup = _smaps_rollup(proc.pid)
+        pss += rollup.get("Pss", 0)
+        anon += rollup.get("Pss_Anon", 0) + rollup.get("Pss_Shmem", 0) + rollup.get("SwapPss", 0)
+    return Memory(pss / 2**10, anon / 2**10)
+
+
+def _smaps_rollup(pid: int) -> dict[str, int]:
+    """kB by field; empty if the process is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    except OSError:
+        return {}
+    fields = {}
+    for line in lines:
+        key, _, rest = line.partition(":")
+        value = rest.split()
+        if value and value[0].isdigit():
+            fields[key] = int(value[0])
+    return fields
 
 
 class DemoRun:
@@ -188,9 +219,9 @@ class DemoRun:
             browser_tree.add(root.pid)
             browser_tree.update(c.pid for c in root.children(recursive=True))
         driver = [p for p in children if p.pid not in browser_tree]
-        self.figures.server_mb = pss_mb([server])
-        self.figures.driver_mb = pss_mb(driver)
-        self.figures.bot_mb = pss_mb([p for p in children if p.pid in browser_tree])
+        self.figures.server = memory_of([server])
+        self.figures.driver = memory_of(driver)
+        self.figures.bot = memory_of([p for p in children if p.pid in browser_tree])
 
     def stop(self) -> None:
         assert self.process is not None

@@ -10,7 +10,10 @@ sent more than once (attempts > 1 after the signal: at most those in flight at a
 Goals: the SIGTERM handover of 10 bots under 15 s; the SIGKILL takeover within the lease
 time plus 10 s.
 
-    python bench/handover.py [--bots 10] [--postgres-url URL] [--json PATH]
+The browser is the one the image runs (Debian's headless shell, what the server picks by
+itself when it is installed); `--chromium PATH` measures another one.
+
+    python bench/handover.py [--bots 10] [--postgres-url URL] [--chromium PATH] [--json PATH]
 """
 
 from __future__ import annotations
@@ -35,19 +38,21 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from bot.engines.whatsapp.browser import find_chromium  # noqa: E402
+
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 ADMIN = "admin-token-for-handover-bench"
 LEASE_SECONDS = 10
 WAIT = 180.0
 
 
-def env(database_url: str) -> dict[str, str]:
+def env(database_url: str, chromium: Path) -> dict[str, str]:
     return {
         "ADMIN_TOKEN": ADMIN,
         "SESSION_ENCRYPTION_KEY": "handover-bench-encryption-key-0001",
         "DATABASE_URL": database_url,
         "WHATSAPP_SIMULATOR": "1",
-        "CHROMIUM_PATH": "/usr/bin/chromium",
+        "CHROMIUM_PATH": str(chromium),
         "BOT_START_STAGGER": "200ms",
         "BOT_START_CONCURRENCY": "3",
         "PROFILE_BACKUP_DELAY": "2s",
@@ -149,7 +154,12 @@ async def _outbox(url: str) -> list[tuple[str, str, int]]:
 
 
 def run_once(
-    sig: signal.Signals, bots_wanted: int, postgres_url: str, root: Path, logs: Path | None
+    sig: signal.Signals,
+    bots_wanted: int,
+    postgres_url: str,
+    chromium: Path,
+    root: Path,
+    logs: Path | None,
 ) -> dict[str, Any]:
     admin = make_url(postgres_url).set(drivername="postgresql")
     name = f"wakeful_handover_{uuid.uuid4().hex[:10]}"
@@ -161,7 +171,8 @@ def run_once(
     dir_b.mkdir(parents=True)
     log_dir = logs or root
     log_dir.mkdir(parents=True, exist_ok=True)
-    a = common.start_wakeful("A", port_a, dir_a, log_dir / f"{sig.name}-a.log", **env(database))
+    settings = env(database, chromium)
+    a = common.start_wakeful("A", port_a, dir_a, log_dir / f"{sig.name}-a.log", **settings)
     b = None
     try:
         common.wait_ready(a, "/health", 60)
@@ -189,7 +200,7 @@ def run_once(
                     json={"to": "+15550001111", "text": f"{bot} {n}"},
                 )
                 messages.append(sent.json()["id"])
-        b = common.start_wakeful("B", port_b, dir_b, log_dir / f"{sig.name}-b.log", **env(database))
+        b = common.start_wakeful("B", port_b, dir_b, log_dir / f"{sig.name}-b.log", **settings)
         common.wait_ready(b, "/health", 60)
         # "CONNECTED" alone is not the handover: after a SIGKILL the old node's rows still
         # say CONNECTED, with its lease, until the lease expires. Each bot must be on B.
@@ -288,12 +299,22 @@ def main() -> int:
     parser.add_argument(
         "--logs", type=Path, help="keep both nodes' logs here (to see where the time went)"
     )
+    parser.add_argument(
+        "--chromium",
+        type=Path,
+        default=None,
+        help="CHROMIUM_PATH for both nodes (default: what the server picks, as in the image)",
+    )
     args = parser.parse_args()
+    chromium = args.chromium or find_chromium(None).path
+    if chromium is None:
+        parser.error("no Debian Chromium found: install chromium-headless-shell or --chromium")
+    print(f"browser: {chromium}", flush=True)
     wanted = [signal.Signals[name] for name in args.signal or ["SIGTERM", "SIGKILL"]]
     results = []
     with tempfile.TemporaryDirectory(prefix="wakeful-handover-") as tmp:
         for sig in wanted:
-            result = run_once(sig, args.bots, args.postgres_url, Path(tmp), args.logs)
+            result = run_once(sig, args.bots, args.postgres_url, chromium, Path(tmp), args.logs)
             results.append(result)
             goal = 15.0 if sig is signal.SIGTERM else LEASE_SECONDS + 10.0
             print(
@@ -309,6 +330,7 @@ def main() -> int:
             args.json,
             {
                 "machine": common.machine_info(["httpx", "psutil"]),
+                "chromium": str(chromium),
                 "results": results,
                 "headlines": headlines(results),
             },

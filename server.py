@@ -622,6 +622,8 @@ def main() -> int:
         # h11, for its bound on a request's head; ours adds a bound on the time it may take.
         http=protocol_with_head_timeout(settings.header_read_timeout.total_seconds()),
         h11_max_incomplete_event_size=settings.max_header_bytes,
+        # No WebSocket routes: uvicorn would otherwise import a WebSocket library it never uses.
+        ws="none",
         log_config=None,
         access_log=settings.access_log,
         proxy_headers=True,

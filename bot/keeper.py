@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from loguru import logger
@@ -69,6 +69,8 @@ class ClusterKeeper:
         self.node = manager.node
         self._adopting: asyncio.Task[None] | None = None
         self._booted = False
+        # The boot's adoption has run to its end: later adoptions are takeovers.
+        self.restored = False
         # The live nodes as last read (for /api/metrics and /metrics: no query per scrape).
         self.nodes: list[NodeRecord] = []
         # Bots another node changed outside their state (webhook, secret, metadata).
@@ -197,11 +199,18 @@ class ClusterKeeper:
             return
         if self._adopting is not None and not self._adopting.done():
             return
-        reason = "taken over from another node" if self._booted else "restored at boot"
+        at_boot = not self._booted
         self._booted = True
-        self._adopting = asyncio.get_running_loop().create_task(self._adopt(reason))
+        self._adopting = asyncio.get_running_loop().create_task(self._adopt(at_boot))
 
-    async def _adopt(self, reason: str) -> None:
+    async def _adopt(self, at_boot: bool) -> None:
+        try:
+            await self._adopt_waiting(at_boot)
+        finally:
+            if at_boot:
+                self.restored = True
+
+    async def _adopt_waiting(self, at_boot: bool) -> None:
         manager, node = self.manager, self.node
         capacity = node.config.capacity
         room = ADOPT_BATCH if capacity is None else capacity - manager.held_count()
@@ -211,17 +220,27 @@ class ClusterKeeper:
         records = self._my_share(records)[:room]
         if not records:
             return
-        log.info(
-            "Adopting {} bot session(s) ({}), {} apart",
-            len(records),
-            reason,
-            format_duration(manager.config.start_stagger),
-        )
+        # The gap is for a boot: a node that starts restores its bots slowly enough for its
+        # health check to pass. A takeover brings back bots whose users are waiting (every
+        # deploy hands all of them over, and 5 s apart ten bots would wait 45 s): only the
+        # start slots (BOT_START_CONCURRENCY) pace it.
+        if at_boot:
+            reason = "restored at boot"
+            gap = manager.config.start_stagger
+            log.info(
+                "Adopting {} bot session(s) ({}), {} apart",
+                len(records),
+                reason,
+                format_duration(gap),
+            )
+        else:
+            reason, gap = "taken over from another node", timedelta(0)
+            log.info("Adopting {} bot session(s) ({})", len(records), reason)
         for index, record in enumerate(records):
             if node.draining:
                 return
-            if index:
-                await asyncio.sleep(manager.config.start_stagger.total_seconds())
+            if index and gap:
+                await asyncio.sleep(gap.total_seconds())
             session: BotSession | None = manager.sessions.get(record.id)
             if session is None:
                 session = manager.add(record)

@@ -40,7 +40,9 @@ async def nodes(database_url: str) -> AsyncIterator[Callable[..., Any]]:
     await db.migrate()
     managers: list[BotManager] = []
 
-    async def build(name: str, engine: ScriptedEngine | None = None) -> BotManager:
+    async def build(
+        name: str, engine: ScriptedEngine | None = None, stagger: timedelta = timedelta(0)
+    ) -> BotManager:
         clock = SystemClock()
         manager = BotManager(
             store=BotStore(db),
@@ -49,7 +51,7 @@ async def nodes(database_url: str) -> AsyncIterator[Callable[..., Any]]:
             clock=clock,
             alerter=Alerter([], clock),
             metrics=Metrics(),
-            config=ManagerConfig(start_stagger=timedelta(0)),
+            config=ManagerConfig(start_stagger=stagger),
             rand=lambda: 0.5,
             node=Node(OwnershipStore(db), clock, CLUSTER, node_id=name),
         )
@@ -109,6 +111,26 @@ async def test_a_new_node_never_starts_a_running_bot_and_adopts_it_on_release(no
         "taken over from another node",
         "shutdown",
     ]
+
+
+async def test_a_takeover_is_not_spaced_out_by_the_boot_stagger(nodes):
+    # BOT_START_STAGGER paces a node's boot; at a deploy every bot is handed over, and its
+    # users wait: the start slots alone pace the takeover.
+    a = await nodes("node-a")
+    running = [await connected_bot(a, f"bot{i}") for i in range(3)]
+    b_engine = ScriptedEngine(auto=True)
+    b_engine.linked.update(bot.id for bot in running)
+    b = await nodes("node-b", b_engine, stagger=timedelta(seconds=60))
+    await until(lambda: b.keeper.restored)  # booted while A runs them: nothing to restore
+    assert b_engine.starts == []
+
+    await a.shutdown(within=5)
+    await until(
+        lambda: all(
+            b.sessions[bot.id].held() and b.sessions[bot.id].state is S.CONNECTED for bot in running
+        ),
+        within=20,
+    )
 
 
 async def test_a_node_that_loses_its_lease_stops_the_browser_and_writes_nothing(nodes):

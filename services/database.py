@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
 from services.filemodes import private_database
+from services.poolcheck import check_stale_connections
 
 CONNECT_TIMEOUT = 10.0
 # SQLite: SQLAlchemy's default pool keeps 5 connections and opens up to 10 more for a burst,
@@ -30,6 +31,9 @@ CONNECT_TIMEOUT = 10.0
 # shown to grow with it). The same ceiling (15), kept once opened: the pool grows to the
 # busiest moment and stays there (at most 15 page caches then, 2 MB each, instead of 5).
 SQLITE_POOL_SIZE = 15
+# A pooled Postgres connection idle this long is pinged before use: idle timeouts of proxies
+# and NATs that drop a connection without a word are minutes, not seconds.
+IDLE_PING_AFTER = 10.0
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 metadata = MetaData(
@@ -132,7 +136,9 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(
             parsed,
             connect_args=connect_args,
-            pool_pre_ping=self.dialect != "sqlite",
+            # Postgres: checked before use only when it may be stale (services/poolcheck.py);
+            # LIFO keeps the busy ones busy and lets the rest idle (and be pinged) together.
+            pool_use_lifo=self.dialect != "sqlite",
             # A request waiting for a pooled connection gives up (a 503) before a client or
             # a proxy gives up on it (SQLAlchemy's default is 30 s).
             pool_timeout=CONNECT_TIMEOUT,
@@ -140,6 +146,8 @@ class Database:
         )
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            check_stale_connections(self.engine.sync_engine, IDLE_PING_AFTER)
         self._inflight: set[asyncio.Future[Any]] = set()
 
     def track(self, task: asyncio.Future[Any]) -> None:

@@ -1,0 +1,63 @@
+"""Postgres connections are not pinged before every transaction (three round trips each on
+asyncpg), yet one the database closed is never handed to a request: the next transaction
+runs on a new connection, with no error."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from services.database import Database
+
+
+@pytest.fixture
+async def postgres_db(postgres_url: str) -> AsyncIterator[tuple[Database, str]]:
+    admin = make_url(postgres_url).set(drivername="postgresql")
+    admin_url = admin.render_as_string(hide_password=False)
+    name = f"wakeful_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    url = admin.set(drivername="postgresql+asyncpg", database=name)
+    db = Database(url.render_as_string(hide_password=False))
+    try:
+        yield db, admin_url
+    finally:
+        await db.dispose()
+        conn = await asyncpg.connect(admin_url)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+async def backend_pid(db: Database) -> int:
+    async with db.engine.begin() as conn:
+        return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def test_a_connection_the_database_closed_is_replaced_without_an_error(
+    postgres_db: tuple[Database, str],
+) -> None:
+    db, admin_url = postgres_db
+    async with db.engine.connect() as conn:
+        first = int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+        driver = (await conn.get_raw_connection()).driver_connection
+    assert await backend_pid(db) == first  # in steady use, the same connection again
+
+    # The database ends it while it sits in the pool (a restart, a failover, an admin).
+    admin = await asyncpg.connect(admin_url)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
+    finally:
+        await admin.close()
+    async with asyncio.timeout(10):  # asyncpg reads the server's goodbye on its own
+        while not driver.is_closed():
+            await asyncio.sleep(0.02)
+
+    replaced = await backend_pid(db)
+    assert replaced != first

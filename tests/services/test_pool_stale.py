@@ -47,6 +47,7 @@ async def test_a_connection_the_database_closed_is_replaced_without_an_error(
     async with db.engine.connect() as conn:
         first = int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
         driver = (await conn.get_raw_connection()).driver_connection
+    assert driver is not None
     assert await backend_pid(db) == first  # in steady use, the same connection again
 
     # The database ends it while it sits in the pool (a restart, a failover, an admin).

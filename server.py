@@ -417,7 +417,7 @@ def create_app(
             await asyncio.wait(background, timeout=1)
             await webhook_client.aclose()
             await app.state.media_client.aclose()
-            await _shutdown(settings, scheduler, manager, alerter, client, db)
+            await _shutdown(settings, scheduler, manager, alerter, keepalive, client, db)
 
     app = Starlette(
         routes=all_routes(),
@@ -501,6 +501,7 @@ async def _shutdown(
     scheduler: Scheduler,
     manager: BotManager,
     alerter: Alerter,
+    keepalive: KeepAlive,
     client: httpx.AsyncClient,
     db: Database,
 ) -> None:
@@ -513,6 +514,7 @@ async def _shutdown(
         async with asyncio.timeout(max(budget - 0.5, 0.1)):
             await manager.shutdown(within=max(budget * 0.6, 0.1))
             await alerter.drain(grace=max(budget / 2, 0.1))
+            await keepalive.close()
             await client.aclose()
             await db.dispose()
     except TimeoutError:

@@ -16,7 +16,6 @@ deleted check) is caught, counted and logged without the URL, which is a secret.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -30,6 +29,7 @@ from config import VERSION
 from services.clock import Clock
 from services.httpfailure import describe_failure
 from services.metrics import Metrics
+from services.uncancelled import UncancelledRequests
 
 log = logger.bind(component="heartbeat")
 
@@ -121,6 +121,11 @@ class Heartbeat:
         self.last_error: str | None = None
         self.failures = 0
         self.pushes = 0
+        self._requests = UncancelledRequests()
+
+    async def close(self) -> None:
+        """Stop the pushes that outlived their deadline (at shutdown)."""
+        await self._requests.close()
 
     async def success(self, latency_ms: float, message: str = "OK") -> bool:
         return await self._push("success", message, latency_ms)
@@ -145,14 +150,18 @@ class Heartbeat:
         self.pushes += 1
         failure: str | None
         try:
-            async with asyncio.timeout(self._timeout.total_seconds()):
-                response = await self._client.request(
+            # Judged at the timeout, never cancelled mid-way (services.uncancelled).
+            seconds = self._timeout.total_seconds()
+            response = await self._requests.within(
+                seconds,
+                self._client.request(
                     request.method,
                     request.url,
                     content=request.body,
-                    timeout=self._timeout.total_seconds(),
+                    timeout=seconds,
                     headers={"User-Agent": USER_AGENT, "Content-Type": "text/plain"},
-                )
+                ),
+            )
             failure = None if response.is_success else f"HTTP {response.status_code}"
             if failure is None and self.kind is HeartbeatKind.UPTIME_KUMA:
                 failure = _kuma_refusal(response)

@@ -6,7 +6,6 @@ There is no scheduling in here: the scheduler calls `ping_once()` at a fixed rat
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from services.httpfailure import describe_failure
 from services.metrics import Metrics
 from services.pingstore import PingRecord, PingStore
 from services.redaction import redact_url
+from services.uncancelled import UncancelledRequests
 
 log = logger.bind(component="keepalive")
 
@@ -148,6 +148,8 @@ class KeepAlive:
                 metrics=metrics,
             )
         self.store_failures = 0
+        # A ping is judged at its timeout, its request never cancelled (services.uncancelled).
+        self._requests = UncancelledRequests()
         # Oldest first; bounded both by count and (when read) by the 7-day window.
         self.history: deque[PingRecord] = deque(maxlen=config.history_limit)
 
@@ -225,12 +227,15 @@ class KeepAlive:
         status: int | None = None
         error: str | None = None
         try:
-            async with asyncio.timeout(self.config.timeout.total_seconds()):
-                response = await self._client.get(
+            seconds = self.config.timeout.total_seconds()
+            response = await self._requests.within(
+                seconds,
+                self._client.get(
                     self.config.url,
-                    timeout=self.config.timeout.total_seconds(),
+                    timeout=seconds,
                     headers={"User-Agent": USER_AGENT, "Cache-Control": "no-cache"},
-                )
+                ),
+            )
             status = response.status_code
             if not response.is_success:
                 error = f"HTTP {status} {response.reason_phrase}".strip()
@@ -261,6 +266,12 @@ class KeepAlive:
             self.log_stats()
         await self._persist(record)
         return record
+
+    async def close(self) -> None:
+        """Stop the requests that outlived their ping (at shutdown)."""
+        await self._requests.close()
+        if self.heartbeat is not None:
+            await self.heartbeat.close()
 
     def _record(self, record: PingRecord) -> None:
         self.last_ping = record

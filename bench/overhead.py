@@ -31,6 +31,8 @@ import _common as common  # noqa: E402
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
+from services.procmem import anonymous, smaps_rollup  # noqa: E402
+
 GOAL_MB = 150.0
 ADMIN_TOKEN = "bench-overhead-admin-token-" + "x" * 16  # only sent to our loopback server
 START_TIMEOUT_S = 120.0
@@ -52,26 +54,12 @@ class Overhead:
         return self.server_pss_mb + self.driver_pss_mb
 
 
-def rollup(pid: int) -> dict[str, int]:
-    values: dict[str, int] = {}
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return values
-    for line in text.splitlines()[1:]:
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts and parts[0].isdigit():
-            values[key] = int(parts[0]) * 1024
-    return values
-
-
 def pss_and_anon(pids: list[int]) -> tuple[float, float]:
     pss = anon = 0
     for pid in pids:
-        r = rollup(pid)
-        pss += r.get("Pss", 0)
-        anon += r.get("Pss_Anon", 0) + r.get("Pss_Shmem", 0) + r.get("SwapPss", 0)
+        fields = smaps_rollup(pid) or {}
+        pss += fields.get("Pss", 0)
+        anon += anonymous(fields)
     return pss / MB, anon / MB
 
 

@@ -99,6 +99,7 @@ from bot.engines.whatsapp.browser import (  # noqa: E402
     tree_memory_bytes,
 )
 from config import parse_duration  # noqa: E402
+from services.procmem import anonymous, smaps_rollup  # noqa: E402
 
 ADMIN_TOKEN = "bench-soak-admin-token-" + "x" * 16  # only ever sent to our loopback server
 TO = "+15550001111"
@@ -459,9 +460,6 @@ class Sample:
     load_average: float
 
 
-ANON_FIELDS = ("Pss_Anon", "Pss_Shmem", "SwapPss")
-
-
 def anon_bytes(processes: list[Any]) -> int | None:
     """PSS of the pages these processes allocated themselves (anonymous memory, shared memory
     and their swapped-out part; /proc/PID/smaps_rollup), mapped files excluded: what a leak
@@ -469,19 +467,12 @@ def anon_bytes(processes: list[Any]) -> int | None:
     as other processes on the machine map the same files and exit. None: not readable."""
     total = 0
     for proc in processes:
-        try:
-            text = Path(f"/proc/{proc.pid}/smaps_rollup").read_text()
-        except OSError:
+        fields = smaps_rollup(proc.pid)
+        if fields is None:
             continue  # it exited
-        fields: dict[str, int] = {}
-        for line in text.splitlines()[1:]:
-            name, _, rest = line.partition(":")
-            words = rest.split()
-            if words and words[0].isdigit():
-                fields[name] = int(words[0]) * 1024
         if "Pss_Anon" not in fields:
             return None  # a kernel older than 5.10
-        total += sum(fields.get(name, 0) for name in ANON_FIELDS)
+        total += anonymous(fields)
     return total
 
 

@@ -68,7 +68,6 @@ class ClusterKeeper:
         self.manager = manager
         self.node = manager.node
         self._adopting: asyncio.Task[None] | None = None
-        self._booted = False
         # The boot's adoption has run to its end: later adoptions are takeovers.
         self.restored = False
         # The live nodes as last read (for /api/metrics and /metrics: no query per scrape).
@@ -199,8 +198,7 @@ class ClusterKeeper:
             return
         if self._adopting is not None and not self._adopting.done():
             return
-        at_boot = not self._booted
-        self._booted = True
+        at_boot = self._adopting is None  # the node's first look restores its bots
         self._adopting = asyncio.get_running_loop().create_task(self._adopt(at_boot))
 
     async def _adopt(self, at_boot: bool) -> None:

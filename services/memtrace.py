@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from services.procmem import anonymous, smaps_rollup
+
 ENV_DIR = "WAKEFUL_TRACEMALLOC"
 ENV_FRAMES = "WAKEFUL_TRACEMALLOC_FRAMES"
 ENV_EVERY = "WAKEFUL_TRACEMALLOC_EVERY"
@@ -36,15 +38,8 @@ TOP_TYPES = 40
 
 def anonymous_bytes() -> int | None:
     """Linux: the process's own pages (Pss_Anon + Pss_Shmem + SwapPss), as the soak reads them."""
-    try:
-        text = Path("/proc/self/smaps_rollup").read_text()
-    except OSError:
-        return None
-    total = 0
-    for line in text.splitlines():
-        if line.startswith(("Pss_Anon:", "Pss_Shmem:", "SwapPss:")):
-            total += int(line.split()[1]) * 1024
-    return total
+    fields = smaps_rollup()
+    return None if fields is None else anonymous(fields)
 
 
 def rss_bytes() -> int | None:

@@ -19,6 +19,7 @@ import httpx
 import psutil
 
 from scripts.imagecheck.rootfs import BuildError, Chroot, User, say
+from services.procmem import anonymous, smaps_rollup
 
 HEALTH_WAIT = 180.0  # a cold first start on a loaded 2-core machine: Chromium's first launch
 STEP_WAIT = 90.0
@@ -73,25 +74,10 @@ def wait_for(
 def memory_of(processes: list[psutil.Process]) -> Memory:
     pss = anon = 0
     for proc in processes:
-        rollup = _smaps_rollup(proc.pid)
-        pss += rollup.get("Pss", 0)
-        anon += rollup.get("Pss_Anon", 0) + rollup.get("Pss_Shmem", 0) + rollup.get("SwapPss", 0)
-    return Memory(pss / 2**10, anon / 2**10)
-
-
-def _smaps_rollup(pid: int) -> dict[str, int]:
-    """kB by field; empty if the process is gone."""
-    try:
-        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
-    except OSError:
-        return {}
-    fields = {}
-    for line in lines:
-        key, _, rest = line.partition(":")
-        value = rest.split()
-        if value and value[0].isdigit():
-            fields[key] = int(value[0])
-    return fields
+        fields = smaps_rollup(proc.pid) or {}  # empty: it exited
+        pss += fields.get("Pss", 0)
+        anon += anonymous(fields)
+    return Memory(pss / 2**20, anon / 2**20)
 
 
 class DemoRun:

@@ -5,8 +5,7 @@ runs on a new connection, with no error."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
@@ -14,25 +13,24 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from services.database import Database
+from tests.support import fresh_postgres_database
 
 
 @pytest.fixture
-async def postgres_db(postgres_url: str) -> AsyncIterator[tuple[Database, str]]:
+def database_name(postgres_url: str) -> Iterator[str]:
+    with fresh_postgres_database(postgres_url, "wakeful_test") as name:
+        yield name
+
+
+@pytest.fixture
+async def postgres_db(postgres_url: str, database_name: str) -> AsyncIterator[tuple[Database, str]]:
     admin = make_url(postgres_url).set(drivername="postgresql")
-    admin_url = admin.render_as_string(hide_password=False)
-    name = f"wakeful_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(admin_url)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    url = admin.set(drivername="postgresql+asyncpg", database=name)
+    url = admin.set(drivername="postgresql+asyncpg", database=database_name)
     db = Database(url.render_as_string(hide_password=False))
     try:
-        yield db, admin_url
+        yield db, admin.render_as_string(hide_password=False)
     finally:
         await db.dispose()
-        conn = await asyncpg.connect(admin_url)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
 
 
 async def backend_pid(db: Database) -> int:

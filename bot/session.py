@@ -447,8 +447,20 @@ class BotSession:
         owner = self.record.owner_node
         return owner is not None and owner != self._ctx.node.id
 
-    def replace_record(self, fresh: SessionRecord) -> None:
-        """The bot as stored now (read from the database): what another node did to it."""
+    def replace_record(self, fresh: SessionRecord) -> bool:
+        """The bot as stored (read from the database): what another node did to it. False,
+        and nothing changes, when the read is older than what this node knows: the bot is
+        held here (this node writes every move of it), or the read is of an earlier epoch.
+        A status request reads the row while the bot is another node's; if this node takes
+        the bot before that answer arrives, the old owner's row must not replace the new
+        lease (the start would then refuse to run it, and the bot would stay CONNECTED
+        under this node's name with no browser)."""
+        if self.held() or fresh.epoch < self.record.epoch:
+            return False
+        self._set_record(fresh)
+        return True
+
+    def _set_record(self, fresh: SessionRecord) -> None:
         self._ctx.count_move(self.record.state, fresh.state)
         self.record = fresh
 
@@ -466,7 +478,7 @@ class BotSession:
             self.record.epoch, self.record.lease_until = fresh.epoch, fresh.lease_until
             self.record.owner_node = fresh.owner_node
             return
-        self.replace_record(fresh)
+        self._set_record(fresh)  # just acquired: the newest there is
         self._clear_qr()
         if fresh.state in RUNNING_STATES:
             await self._transition(S.STOPPED, ORPHAN_REASON, next_retry_at=None)
@@ -484,7 +496,7 @@ class BotSession:
         fresh = await self._ctx.node.acquire(self.id)
         if fresh is None:
             return False
-        self.replace_record(fresh)
+        self._set_record(fresh)
         try:
             if fresh.state not in RUNNING_STATES:
                 return False

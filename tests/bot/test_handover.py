@@ -277,3 +277,67 @@ async def test_a_takeover_whose_first_write_fails_does_not_keep_the_bot_without_
     assert failed == ["the process ended while it was running"]
     reasons = [t.reason for t in await b.store.history(running.id, 4)]
     assert "taken over from another node" in reasons
+
+
+async def test_a_status_read_from_before_a_takeover_does_not_undo_it(nodes):
+    """A GET of the bot on the new node reads the row (the old node's) while the takeover
+    runs, and its answer arrives after the takeover's acquire. That stale row must not
+    replace what the new owner knows: CI saw the adoption fail with "run by node <the dead
+    one>" while the database named the new node, and the bot stayed CONNECTED under the
+    new node's name with no browser (the three-node SIGKILL test)."""
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from web.sessions_api import session_json
+
+    a = await nodes("node-a")
+    running = await connected_bot(a, "sales")
+    b_engine = ScriptedEngine(auto=True)
+    b_engine.linked.add(running.id)
+    b: BotManager = await nodes("node-b", b_engine)
+    await until(lambda: running.id in b.sessions)
+    mirror = b.sessions[running.id]
+
+    looked, acquired = asyncio.Event(), asyncio.Event()
+    real_get, real_acquire = b.store.get_session, b.node.acquire
+
+    async def slow_look(session_id: str) -> Any:
+        b.store.get_session = real_get  # type: ignore[method-assign]
+        row = await real_get(session_id)  # as stored before the takeover
+        looked.set()
+        await acquired.wait()
+        return row
+
+    async def acquire_after_the_look(session_id: str) -> Any:
+        await looked.wait()
+        record = await real_acquire(session_id)
+        acquired.set()
+        return record
+
+    b.store.get_session = slow_look  # type: ignore[method-assign]
+    b.node.acquire = acquire_after_the_look  # type: ignore[method-assign]
+    request = Request({"type": "http", "app": SimpleNamespace(state=SimpleNamespace(manager=b))})
+    look = asyncio.create_task(session_json(request, mirror))
+    await until(looked.is_set)
+    # A dies: no more renewals; B adopts the bot once its lease runs out.
+    assert a._keeper_task is not None and a._actions_task is not None
+    a._keeper_task.cancel()
+    a._actions_task.cancel()
+    await look
+    adopted = b.sessions[running.id]
+    # The user goes on polling the bot's status, as `curl` (and the e2e test) does.
+    try:
+        async with asyncio.timeout(20):
+            while not (
+                running.id in b_engine.live and adopted.held() and adopted.state is S.CONNECTED
+            ):
+                await session_json(request, adopted)
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(
+            f"not running on node-b: {adopted.state}, owner {adopted.record.owner_node}, "
+            f"browser {running.id in b_engine.live}"
+        ) from None
+    reasons = [t.reason for t in await b.store.history(running.id, 4)]
+    assert "taken over from another node" in reasons

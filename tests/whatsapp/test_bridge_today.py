@@ -289,6 +289,41 @@ async def test_a_service_worker_presents_the_same_identity_as_its_page_from_its_
     assert service_worker["secChUa"] in (None, in_page["secChUa"])
 
 
+async def test_an_installed_service_worker_presents_the_identity_after_a_restart(
+    make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
+):
+    # A bot restarted on its own disk (a crash, SESSION_MAX_AGE's recycle) opens a profile
+    # where WhatsApp Web's worker is installed. Nothing holds an installed worker's first
+    # script, so an override that is late (a loaded machine; here 3 s late, on purpose) let
+    # it read the headless shell's own brands. A takeover never had it: the profile backup
+    # carries no workers, so the page registers a new one, which is held.
+    from bot.engines.whatsapp.worker_identity import ServiceWorkerIdentity
+
+    on_time = ServiceWorkerIdentity._override_in
+
+    async def late(self: ServiceWorkerIdentity, presenter: Any, target: str) -> None:
+        await asyncio.sleep(3)
+        await on_time(self, presenter, target)
+
+    monkeypatch.setattr(ServiceWorkerIdentity, "_override_in", late)
+    choice = find_chromium(None)
+    assert choice.path is not None, "no Chromium found without CHROMIUM_PATH"
+    engine = make_engine(chromium=choice)
+    bot = "bot_0000000000b8"
+    for run in ("first start", "restart on the same profile"):
+        events = Events()
+        session = await engine.start(bot, events)
+        await events.wait_for(EventKind.QR)
+        page = session.page
+        assert page is not None
+        worker = await asyncio.wait_for(page.evaluate(SERVICE_WORKER_IDENTITY), WAIT_SW)
+        brands = [b["brand"] for b in worker["brands"]]
+        assert brands and not any("Headless" in b for b in brands), (run, brands)
+        await session.stop()
+        # The worker is installed in the profile the restart opens.
+        assert (engine.profile_dir(bot) / "Default/Service Worker/Database").is_dir()
+
+
 # 7. Pairing codes -----------------------------------------------------------------------
 
 

@@ -55,7 +55,7 @@ from bot.engines.whatsapp.browser import (
 )
 from bot.engines.whatsapp.identity import BrowserIdentity, browser_version, build_identity
 from bot.engines.whatsapp.profile import BackupUnreadableError, ProfileVault, has_profile
-from bot.engines.whatsapp.worker_identity import ServiceWorkerIdentity
+from bot.engines.whatsapp.worker_identity import ServiceWorkerIdentity, forget_installed_workers
 from config import DEFAULT_USER_AGENT, Settings
 from services.clock import Clock, SystemClock
 from services.database import Database
@@ -230,6 +230,8 @@ class WhatsAppEngine:
         removed = remove_stale_locks(profile)
         if removed:
             log.bind(session=session_id).info("Removed stale profile locks: {}", ", ".join(removed))
+        # A worker installed by an earlier run would start unheld, maybe before its identity.
+        await asyncio.to_thread(forget_installed_workers, profile)
         playwright = await self._get_playwright()
         identity = await self.identity(playwright)
         width, height = self.options.viewport

@@ -19,14 +19,16 @@ detaches service workers at once). So each page gets two sessions here:
   starts again in this browser, its session is restored, override first, before its script
   runs.
 
-Not covered: an installed worker starting for the first time in a new browser (the
-profile of an earlier run) fetches no script, so nothing holds it; Playwright's resume
-starts it, and the override, queued as soon as the page's auto-attach reports the worker,
-usually but not always arrives before its first script reads `navigator.userAgentData`
-(measured on the headless shell: 1 relaunch in 7 read the browser's HeadlessChrome brands;
-with this handler delayed 400 ms, 1 in 3). From then on that worker has the override:
-restarts in the same browser restore its session first. Its fetches carry no Sec-CH-UA
-either way (measured on the wire), and its user agent is the `--user-agent` switch's."""
+An installed worker is not held: one that starts for the first time in a new browser (the
+profile of an earlier run) fetches no script, Playwright's resume starts it, and an override
+that is late (a loaded machine) lets its first script read the browser's own brands,
+HeadlessChrome among them (measured on the headless shell: 1 relaunch in 7 without delay;
+every one with the override 3 s late). So a profile opens with no worker installed
+(`forget_installed_workers`): WhatsApp Web registers its worker again on every load, which
+is then new, and held. A takeover was like that already (the profile backup carries no
+workers); the worker's caches (Cache Storage) and the HTTP cache are kept. Its fetches carry
+no Sec-CH-UA either way (measured on the wire), and its user agent is the `--user-agent`
+switch's."""
 
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ import asyncio
 import contextlib
 import itertools
 import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
@@ -45,7 +49,23 @@ SERVICE_WORKERS_ONLY = [{"type": "service_worker", "exclude": False}, {"exclude"
 # that does not answer must not keep WhatsApp Web's service worker from ever installing.
 OVERRIDE_TIMEOUT = 10.0
 
+# Where Chromium keeps a profile's worker registrations and their scripts; the workers'
+# Cache Storage beside them is data, kept.
+INSTALLED_WORKERS = ("Default/Service Worker/Database", "Default/Service Worker/ScriptCache")
+
 log = logger.bind(component="bot")
+
+
+def forget_installed_workers(profile: Path) -> bool:
+    """Before a browser opens `profile`: no service worker is installed in it, so each one
+    the page registers is new, and held until it has the identity. True if any was."""
+    found = False
+    for part in INSTALLED_WORKERS:
+        folder = profile / part
+        if folder.is_dir():
+            found = True
+            shutil.rmtree(folder, ignore_errors=True)
+    return found
 
 
 class ServiceWorkerIdentity:

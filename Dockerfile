@@ -32,7 +32,11 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); p
 # run from /app by the CMD, so it is not pip-installed a second time into site-packages.
 # See .dockerignore for what is left out (tests, benches, scripts).
 COPY . .
-RUN mkdir -p /app/data \
+# The app's own bytecode, compiled once here: the runtime user cannot write /app (and
+# PYTHONDONTWRITEBYTECODE is set), so otherwise every start compiles it again (slower to a
+# passing /health, ~1 MB more of the server's memory kept from the compiler's work).
+RUN python -m compileall -q /app \
+    && mkdir -p /app/data \
     && chown -R wakeful:wakeful /app/data
 
 ENV HOST=0.0.0.0 \

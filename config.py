@@ -238,6 +238,8 @@ class Settings(BaseSettings):
     boot_preflight: bool = True
     boot_preflight_timeout: Duration = timedelta(seconds=90)
     bot_user_agent: str = Field(default=DEFAULT_USER_AGENT, min_length=20)
+    # One process a bot's browser (Chromium's --single-process): about 0.75 of the memory.
+    bot_single_process: bool = True
     # Unset: a share of the memory budget (services/memory.py); 0 turns the watchdog off.
     bot_max_memory_mb: int | None = Field(default=None, ge=0)
     # The container's memory, when its cgroup limit cannot be read (or is not the truth).

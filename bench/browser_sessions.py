@@ -7,6 +7,9 @@ once as a server runs them, then closed before the next variant starts:
 
 * "wakeful": the real engine (`WhatsAppEngine`: driver, bridge, LEAN_FLAGS, the desktop user
   agent, its viewport). Start→QR ends at the first `qr` event its bridge reports.
+* "wakeful, flags before #19": the same engine with the flags it had before issue 19's
+  per-bot work (LEAN_FLAGS without `--single-process`), on the binary wakeful picks: the
+  per-bot goal is wakeful's PSS at most 0.8 of that, side by side in one run.
 * "plain Playwright defaults": `launch_persistent_context(profile, executable_path=...,
   headless=True)` with no args (Playwright's own defaults), the simulator attached, then
   `page.goto("https://web.whatsapp.com/")`. Start→QR ends when the simulator reports a QR
@@ -71,6 +74,7 @@ from bot.engines.whatsapp.browser import (  # noqa: E402
     DEBIAN_HEADLESS_SHELL,
     LEAN_FLAGS,
     ChromiumChoice,
+    browser_flags,
     find_browser_process,
     find_chromium,
     kill_tree,
@@ -80,6 +84,10 @@ from bot.engines.whatsapp.driver import DriverOptions, WhatsAppEngine  # noqa: E
 from config import DEFAULT_USER_AGENT, Settings  # noqa: E402
 
 GOAL_RATIO = 0.7  # wakeful's mean PSS per bot ÷ plain Playwright defaults with /usr/bin/chromium
+# Issue 19's per-bot goal: wakeful's mean PSS per bot ÷ that of the flags it had before that
+# work (the same engine, page and binary, side by side in the same run).
+PER_BOT_GOAL = 0.8
+BEFORE_FLAGS = browser_flags(single_process=False)
 
 # The server's defaults (BOT_START_CONCURRENCY, SIMULATOR_QR_EVERY).
 START_CONCURRENCY = cast(int, Settings.model_fields["bot_start_concurrency"].default)
@@ -95,7 +103,8 @@ MB = 1024 * 1024
 
 WAKEFUL = "wakeful"
 DEFAULTS = "plain Playwright defaults"
-Kind = Literal["wakeful", "defaults"]
+BEFORE = "wakeful, flags before #19"
+Kind = Literal["wakeful", "defaults", "before"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,7 +130,7 @@ class Variant:
 
     @property
     def name(self) -> str:
-        return WAKEFUL if self.kind == "wakeful" else DEFAULTS
+        return {"wakeful": WAKEFUL, "defaults": DEFAULTS, "before": BEFORE}[self.kind]
 
 
 CHROMIUM = Binary("chromium", DEBIAN_CHROMIUM, "Debian's chromium (/usr/bin/chromium)")
@@ -149,6 +158,7 @@ def plan_variants() -> tuple[list[Variant], list[str], Binary]:
         else:
             notes.append(f"{DEFAULTS} with {binary.label}: skipped, {binary.path} not installed")
     variants.append(Variant("wakeful", picked))
+    variants.append(Variant("before", picked))
     if picked.path == DEBIAN_CHROMIUM:
         notes.append(
             f"{WAKEFUL} with {CHROMIUM.label}: measured once, it is what find_chromium picks"
@@ -285,15 +295,20 @@ async def run_bots(
 
 
 async def measure_wakeful(
-    binary: Binary, workdir: Path, bots: list[str], settle: float, running: Running
+    binary: Binary,
+    workdir: Path,
+    bots: list[str],
+    settle: float,
+    running: Running,
+    flags: tuple[str, ...] = LEAN_FLAGS,
 ) -> RoundFigures:
     simulator = Simulator(qr_every=QR_EVERY)
     options = DriverOptions(
         profiles_dir=workdir / "profiles",
         chromium=ChromiumChoice(binary.path, binary.source),
         user_agent=DEFAULT_USER_AGENT,
+        flags=flags,
     )
-    assert options.flags == LEAN_FLAGS
     engine = WhatsAppEngine(options, simulator=simulator)
     slots = asyncio.Semaphore(START_CONCURRENCY)
     trees: dict[str, psutil.Process | None] = {}
@@ -433,6 +448,10 @@ async def run_all(
                 try:
                     if variant.kind == "wakeful":
                         got = await measure_wakeful(variant.binary, workdir, names, settle, running)
+                    elif variant.kind == "before":
+                        got = await measure_wakeful(
+                            variant.binary, workdir, names, settle, running, BEFORE_FLAGS
+                        )
                     else:
                         got = await measure_defaults(
                             playwright, variant.binary, workdir, names, settle, running
@@ -632,6 +651,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"  the binary alone ({DEFAULTS}, {SHELL.label} ÷ {CHROMIUM.label}): "
                 f"{_fmt(ratio(shell, reference), '.2f')}"
             )
+    before = summaries[f"before/{picked.label}"]
+    per_bot = ratio(judged, before)
+    per_bot_met = None if per_bot is None else per_bot <= PER_BOT_GOAL
+    print(
+        f"per-bot goal: wakeful ÷ {BEFORE} ({picked.label}) = {_fmt(per_bot, '.2f')} "
+        f"(goal ≤ {PER_BOT_GOAL}): "
+        + ("not judged" if per_bot_met is None else ("met" if per_bot_met else "NOT met"))
+    )
     print(f"run time {elapsed:.0f}s")
 
     if args.json is not None:
@@ -644,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
                 "start_concurrency": START_CONCURRENCY,
                 "qr_every_s": QR_EVERY.total_seconds(),
                 "wakeful_flags": list(LEAN_FLAGS),
+                "before_flags": list(BEFORE_FLAGS),
                 "picked": {"binary": picked.label, "path": str(picked.path), "why": picked.source},
             },
             "binaries": {
@@ -658,6 +686,9 @@ def main(argv: list[str] | None = None) -> int:
             "ratios_to_defaults_shell": {key: ratio(s, shell) for key, s in summaries.items()},
             "goal": GOAL_RATIO,
             "goal_ratio": goal_ratio,
+            "per_bot_goal": PER_BOT_GOAL,
+            "per_bot_ratio": per_bot,
+            "per_bot_goal_met": per_bot_met,
             "goal_met": met,
             "stray_processes_killed": strays,
             "run_s": round(elapsed, 1),

@@ -277,6 +277,12 @@ def browser_sessions(doc: dict[str, Any]) -> list[Headline]:
             doc["goal_met"],
         ),
         row(
+            "memory per bot ÷ wakeful's flags before #19 (same page and binary)",
+            _n(doc.get("per_bot_ratio"), ".2f"),
+            f"≤ {doc.get('per_bot_goal', 0.8):g}",
+            doc.get("per_bot_goal_met"),
+        ),
+        row(
             f"wakeful per bot ({picked}): PSS, processes",
             f"{_n(wakeful['pss_mean_mb'], '.0f')} MB, {_n(wakeful['processes_mean'], '.0f')}",
         ),

@@ -116,6 +116,7 @@ def test_url_precedence():
             "LINK_REFRESH_FOR=3600s (1h) must be shorter than LINK_REFRESH_EVERY=3600s (1h)",
         ),
         ({"link_alert_after": "soon"}, "LINK_ALERT_AFTER='soon': expected milliseconds"),
+        ({"bot_single_process": "maybe"}, "BOT_SINGLE_PROCESS='maybe': expected"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_variable(values: dict[str, object], line: str):
@@ -169,3 +170,12 @@ def test_alerts_name_the_instance(
     for variable, value in env.items():
         monkeypatch.setenv(variable, value)
     assert load_settings(_env_file=None).instance_name == name
+
+
+def test_bot_single_process_chooses_the_browser_flags():
+    from bot.engines.whatsapp.browser import SINGLE_PROCESS
+    from bot.engines.whatsapp.driver import driver_options
+
+    assert SINGLE_PROCESS in driver_options(settings()).flags  # the default
+    lean_left = driver_options(settings(bot_single_process="false")).flags
+    assert SINGLE_PROCESS not in lean_left and "--no-zygote" in lean_left

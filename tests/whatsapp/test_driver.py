@@ -14,7 +14,7 @@ import pytest
 from bot.engines.base import EngineError, EventKind
 from bot.engines.simulator import SimulatorError
 from bot.engines.whatsapp import browser
-from bot.engines.whatsapp.browser import find_browser_process
+from bot.engines.whatsapp.browser import browser_flags, find_browser_process
 from tests.whatsapp.conftest import Events, MakeEngine
 
 QR_PAYLOAD = re.compile(r"^2@[A-Za-z0-9+/=]+,[A-Za-z0-9+/=]{44},[A-Za-z0-9+/=]{44},[^,]+,Chrome$")
@@ -180,14 +180,23 @@ async def test_conflict_and_drop_are_reported_as_socket_states(make_engine: Make
     assert states.index("CONFLICT") < states.index("TIMEOUT")
 
 
-async def test_a_crashed_page_is_a_crash_event(make_engine: MakeEngine):
-    engine = make_engine()
+@pytest.mark.parametrize(
+    ("single_process", "reason"),
+    [
+        (True, "the browser ended (closed, or its page crashed)"),
+        (False, "the page crashed"),  # BOT_SINGLE_PROCESS=false: the page alone
+    ],
+)
+async def test_a_crashed_page_is_a_crash_event(
+    make_engine: MakeEngine, single_process: bool, reason: str
+):
+    engine = make_engine(flags=browser_flags(single_process=single_process))
     events = Events()
     await engine.start("bot_000000000008", events)
     await events.wait_for(EventKind.QR)
     await engine.simulator.crash("bot_000000000008")  # type: ignore[union-attr]
     crash = await events.wait_for(EventKind.CRASH)
-    assert "crashed" in crash.data["reason"]
+    assert crash.data["reason"] == reason
 
 
 async def test_a_browser_killed_from_outside_is_a_crash_and_the_next_start_works(

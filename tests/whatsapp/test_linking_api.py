@@ -271,7 +271,8 @@ async def test_phone_logout_and_owner_logout_delete_the_profile(demo: Api, tmp_p
     ("action", "reason"),
     [
         ("conflict", "conflict: WhatsApp Web was opened in another browser"),
-        ("crash", "crash: the page crashed"),
+        # One process a bot (BOT_SINGLE_PROCESS): the page's crash ends the browser.
+        ("crash", "crash: the browser ended (closed, or its page crashed)"),
         ("drop", "socket state TIMEOUT"),
     ],
 )

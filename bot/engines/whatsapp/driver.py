@@ -44,8 +44,10 @@ from bot.engines.base import (
 from bot.engines.simulator import WHATSAPP_URL, Simulator
 from bot.engines.whatsapp.browser import (
     LEAN_FLAGS,
+    SINGLE_PROCESS,
     ChromiumChoice,
     block_unneeded_requests,
+    browser_flags,
     driver_environment,
     find_browser_process,
     find_chromium,
@@ -131,6 +133,7 @@ def driver_options(settings: Settings) -> DriverOptions:
         profiles_dir=settings.data_dir.resolve() / "profiles",
         chromium=find_chromium(settings.chromium_path),
         user_agent=settings.bot_user_agent,
+        flags=browser_flags(single_process=settings.bot_single_process),
         max_memory_mb=watchdog_limit_mb(settings),
         memory_check_every=settings.memory_check_interval,
         backup_delay=settings.profile_backup_delay,
@@ -363,7 +366,14 @@ class WhatsAppSession:
         await context.add_init_script(path=BRIDGE)
         if self.engine.simulator is not None:
             await self.engine.simulator.attach(self.session_id, context)
-        context.on("close", lambda _: self.report_crash("the browser closed"))
+        # In one process (BOT_SINGLE_PROCESS) a page that crashes takes the browser with it,
+        # and only the browser's end is seen.
+        closed = (
+            "the browser ended (closed, or its page crashed)"
+            if SINGLE_PROCESS in self.engine.options.flags
+            else "the browser closed"
+        )
+        context.on("close", lambda _: self.report_crash(closed))
         context.on("page", self._on_new_page)
         page = context.pages[0] if context.pages else await context.new_page()
         page.on("crash", lambda _: self.report_crash("the page crashed"))

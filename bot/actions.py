@@ -283,11 +283,14 @@ class Actions:
         fresh = await self.manager.store.get_session(session.id)
         if fresh is None:
             raise ConcurrentChangeError(f"session {session.id} was deleted")
+        # Refused when this node's copy is newer (it took the bot while the row was read).
         session.replace_record(fresh)
-        now = self.manager.clock.now()
-        if fresh.owner_node is None or fresh.lease_until is None or fresh.lease_until < now:
+        if session.held():
+            return self.node.id
+        record, now = session.record, self.manager.clock.now()
+        if record.owner_node is None or record.lease_until is None or record.lease_until < now:
             return None
-        return fresh.owner_node
+        return record.owner_node
 
     async def _still_holds(self, node: str, session_id: str) -> bool:
         fresh = await self.manager.store.get_session(session_id)

@@ -28,7 +28,7 @@ HEADROOM_SHARE = 0.10
 # image on the simulator page (README, Sizing). A real WhatsApp page weighs more; the
 # estimate is replaced by the measured average as soon as a bot runs.
 DRIVER_ESTIMATE_MB = 140.0
-BOT_ESTIMATE_MB = 190.0
+BOT_ESTIMATE_MB = 175.0
 SAMPLE_EVERY = 5.0
 
 

@@ -22,7 +22,8 @@ from services.keepalive import KeepAlive, KeepAliveConfig
 from tests.support import FakeClock, free_port
 
 POOL = 4  # a small pool: a handful of leaked places is enough to fill it
-TIMED_OUT_PINGS = 300
+TIMED_OUT_PINGS = 300  # each a chance to lose one of the pool's 4 places, were timeouts to leak
+MAX_PINGS = 20_000
 
 
 async def health(_request: Request) -> JSONResponse:
@@ -58,9 +59,13 @@ async def test_pings_that_time_out_leave_the_client_able_to_ping(target: str) ->
     hurried = keepalive(target, client, timedelta(milliseconds=2))
     patient = keepalive(target, client, timedelta(seconds=5))
     try:
-        for _ in range(TIMED_OUT_PINGS):
+        # Until enough were cut short mid-way: how many a 2 ms deadline catches depends on
+        # the machine (a quiet one answers most loopback pings within it; CI saw 11 of 300).
+        for _ in range(MAX_PINGS):
             await hurried.ping_once()
-        assert hurried.failed_pings > TIMED_OUT_PINGS // 10  # cut short mid-way, often
+            if hurried.failed_pings >= TIMED_OUT_PINGS:
+                break
+        assert hurried.failed_pings >= TIMED_OUT_PINGS, hurried.failed_pings
 
         record = await patient.ping_once()
         assert record.ok, record.error

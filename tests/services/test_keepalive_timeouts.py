@@ -22,8 +22,9 @@ from services.keepalive import KeepAlive, KeepAliveConfig
 from tests.support import FakeClock, free_port
 
 POOL = 4  # a small pool: a handful of leaked places is enough to fill it
-TIMED_OUT_PINGS = 300  # each a chance to lose one of the pool's 4 places, were timeouts to leak
+TIMED_OUT_PINGS = 1000  # each a chance to lose one of the pool's 4 places, were timeouts to leak
 MAX_PINGS = 20_000
+DEADLINES_US = tuple(range(100, 1000, 25))
 
 
 async def health(_request: Request) -> JSONResponse:
@@ -56,19 +57,22 @@ def keepalive(url: str, client: httpx.AsyncClient, timeout: timedelta) -> KeepAl
 
 async def test_pings_that_time_out_leave_the_client_able_to_ping(target: str) -> None:
     client = httpx.AsyncClient(limits=httpx.Limits(max_connections=POOL))
-    hurried = keepalive(target, client, timedelta(milliseconds=2))
+    # Deadlines from 100 us to 1 ms in 25 us steps, in turn, so that they fall in every phase
+    # of a ping (while it connects, between its connect and its request, in the answer) on a
+    # quiet machine as on a loaded one: a fixed 2 ms caught 5 of 20,000 pings on a quiet one.
+    hurried = [keepalive(target, client, timedelta(microseconds=us)) for us in DEADLINES_US]
     patient = keepalive(target, client, timedelta(seconds=5))
     try:
-        # Until enough were cut short mid-way: how many a 2 ms deadline catches depends on
-        # the machine (a quiet one answers most loopback pings within it; CI saw 11 of 300).
-        for _ in range(MAX_PINGS):
-            await hurried.ping_once()
-            if hurried.failed_pings >= TIMED_OUT_PINGS:
+        for n in range(MAX_PINGS):
+            await hurried[n % len(hurried)].ping_once()
+            if sum(h.failed_pings for h in hurried) >= TIMED_OUT_PINGS:
                 break
-        assert hurried.failed_pings >= TIMED_OUT_PINGS, hurried.failed_pings
+        failed = sum(h.failed_pings for h in hurried)
+        assert failed >= TIMED_OUT_PINGS, failed
 
         record = await patient.ping_once()
         assert record.ok, record.error
     finally:
-        await hurried.close()
+        for each in hurried:
+            await each.close()
         await client.aclose()

@@ -81,6 +81,19 @@ async def connected_bot(manager: BotManager, name: str) -> BotSession:
     return session
 
 
+async def a_bot_node_b_mirrors(
+    nodes: Callable[..., Any],
+) -> tuple[BotManager, BotSession, BotManager, ScriptedEngine]:
+    """Node A runs a linked bot; node B (whose engine knows the link) has seen it."""
+    a = await nodes("node-a")
+    running = await connected_bot(a, "sales")
+    b_engine = ScriptedEngine(auto=True)
+    b_engine.linked.add(running.id)
+    b: BotManager = await nodes("node-b", b_engine)
+    await until(lambda: running.id in b.sessions)
+    return a, running, b, b_engine
+
+
 async def test_a_new_node_never_starts_a_running_bot_and_adopts_it_on_release(nodes):
     a = await nodes("node-a")
     running = await connected_bot(a, "sales")
@@ -251,12 +264,7 @@ async def test_a_takeover_whose_first_write_fails_does_not_keep_the_bot_without_
     """The new owner acquires a dead node's bot, then its first write (the orphan's STOPPED)
     fails. It must not keep the lease with no browser (the bot would read CONNECTED, under
     the new node's name, forever): the lease goes back, and the bot is adopted again."""
-    a = await nodes("node-a")
-    running = await connected_bot(a, "sales")
-    b_engine = ScriptedEngine(auto=True)
-    b_engine.linked.add(running.id)
-    b: BotManager = await nodes("node-b", b_engine)
-    await until(lambda: running.id in b.sessions)
+    a, running, b, b_engine = await a_bot_node_b_mirrors(nodes)
     real_transition = b.store.transition
     failed: list[str] = []
 
@@ -291,12 +299,7 @@ async def test_a_status_read_from_before_a_takeover_does_not_undo_it(nodes):
 
     from web.sessions_api import session_json
 
-    a = await nodes("node-a")
-    running = await connected_bot(a, "sales")
-    b_engine = ScriptedEngine(auto=True)
-    b_engine.linked.add(running.id)
-    b: BotManager = await nodes("node-b", b_engine)
-    await until(lambda: running.id in b.sessions)
+    a, running, b, b_engine = await a_bot_node_b_mirrors(nodes)
     mirror = b.sessions[running.id]
 
     looked, acquired = asyncio.Event(), asyncio.Event()

@@ -447,18 +447,16 @@ class BotSession:
         owner = self.record.owner_node
         return owner is not None and owner != self._ctx.node.id
 
-    def replace_record(self, fresh: SessionRecord) -> bool:
-        """The bot as stored (read from the database): what another node did to it. False,
-        and nothing changes, when the read is older than what this node knows: the bot is
-        held here (this node writes every move of it), or the read is of an earlier epoch.
+    def replace_record(self, fresh: SessionRecord) -> None:
+        """The bot as stored (read from the database): what another node did to it. Nothing
+        changes when the read is older than what this node knows: the bot is held here
+        (this node writes every move of it), or the read is of an earlier epoch.
         A status request reads the row while the bot is another node's; if this node takes
         the bot before that answer arrives, the old owner's row must not replace the new
         lease (the start would then refuse to run it, and the bot would stay CONNECTED
         under this node's name with no browser)."""
-        if self.held() or fresh.epoch < self.record.epoch:
-            return False
-        self._set_record(fresh)
-        return True
+        if not self.held() and fresh.epoch >= self.record.epoch:
+            self._set_record(fresh)
 
     def _set_record(self, fresh: SessionRecord) -> None:
         self._ctx.count_move(self.record.state, fresh.state)

@@ -394,6 +394,9 @@ class Actions:
     async def _answer(self, row: ActionRow) -> None:
         try:
             result: dict[str, Any] = {"ok": wire(await self._execute(row))}
+        except asyncio.CancelledError:
+            await self._answer_interrupted(row)
+            raise
         except Exception as exc:
             result = encode_error(exc)
             if result["error"] == "failed":
@@ -402,6 +405,18 @@ class Actions:
             await self.store.finish(row.id, result, self.manager.clock.now())
         finally:
             await self.node.notify(f"done:{row.id}")
+
+    async def _answer_interrupted(self, row: ActionRow) -> None:
+        """Cut short by this node's shutdown: the asker hears it now ("moving, try again"),
+        not at the end of its bound; it does not repeat the action by itself, which may
+        have half happened."""
+        interrupted = ConcurrentChangeError(
+            f"node {self.node.id} shut down before it finished; the bot moves to another node"
+        )
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1):
+                await self.store.finish(row.id, encode_error(interrupted), self.manager.clock.now())
+                await self.node.notify(f"done:{row.id}")
 
     async def _execute(self, row: ActionRow) -> dict[str, Any]:
         if row.session_id is None:
@@ -431,6 +446,15 @@ class Actions:
             session = self.manager.add(fresh)
         await session.start("started at creation")
         return {}
+
+    async def finish_running(self, within: float) -> None:
+        """Let the answers already under way end (a scan, a pairing code asked through
+        another node), for at most `within` seconds: a draining node closes its browsers
+        after, so the asker gets the outcome, not "the page was closed". A request claimed
+        from now on is refused (the node is draining), so this wait does not grow."""
+        running = list(self._running)
+        if running:
+            await asyncio.wait(running, timeout=within)
 
     async def stop(self) -> None:
         for task in list(self._running):

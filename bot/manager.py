@@ -396,6 +396,7 @@ class BotManager:
         release the leases (the other nodes hear of it at once and adopt the bots)."""
         self.node.draining = True
         await self.keeper.stop()
+        await self.actions.finish_running(within / 3)
         sessions = [s for s in self.sessions.values() if s.held()]
         try:
             async with asyncio.timeout(within):

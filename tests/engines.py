@@ -75,6 +75,12 @@ class ScriptedSession:
         return Heartbeat(ok=self.healthy, state="CONNECTED" if self.healthy else "TIMEOUT")
 
     async def request_pair_code(self, phone: str) -> str:
+        gate = self.engine.pair_gate
+        if gate is not None:  # the page takes its time (a test says when it answers)
+            self.engine.pairs_waiting += 1
+            await gate.wait()
+        if self.stopped:  # as Playwright says when the browser closed under a call
+            raise EngineError("Target page, context or browser has been closed")
         return "WAKEFUL1"  # 8 characters, as WhatsApp's codes are (shown as WAKE-FUL1)
 
     # Contacts and groups (bot.engines.base.ContactsSession)
@@ -119,6 +125,8 @@ class ScriptedEngine:
         self.contents: list[tuple[str, str, dict[str, Any]]] = []
         self.presences: list[tuple[str, str, str]] = []  # (session, to, state)
         self.start_delay = 0.0
+        self.pair_gate: asyncio.Event | None = None  # set: pairing codes wait for it
+        self.pairs_waiting = 0
         self.concurrent = 0
         self.max_concurrent = 0
         self.forgotten: list[str] = []

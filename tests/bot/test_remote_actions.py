@@ -5,6 +5,7 @@ process, on SQLite and on Postgres. Real store, real timers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +15,7 @@ from bot.action_store import ActionStore
 from bot.actions import NoQrError, OwnerSilentError
 from bot.engines.base import EventKind
 from bot.manager import BotManager
-from bot.session import BotSession
+from bot.session import BotSession, ConcurrentChangeError
 from bot.states import IllegalTransitionError, SessionState
 from services.leader import Leadership, LeaseStore
 from tests.bot.test_handover import connected_bot, nodes, until
@@ -305,3 +306,60 @@ async def test_the_bots_of_a_node_that_leaves_are_spread_over_the_others(nodes):
     await until(lambda: a.held_count() + b.held_count() == 2)
     assert a.held_count() == 1 and b.held_count() == 1
     assert {s.id for s in bots} == {i for m in (a, b) for i, s in m.sessions.items() if s.held()}
+
+
+async def test_a_node_that_hands_over_answers_the_request_it_is_working_on_first(nodes):
+    """A deploy's SIGTERM lands while the old node asks the page for a pairing code that a
+    user asked for through the new node: the user gets the code (the page is closed after),
+    not "the page was closed"."""
+    a = await nodes("node-a")
+    b = await nodes("node-b")
+    quick(a, b)
+    a.ctx.policy = replace(a.ctx.policy, qr_timeout=timedelta(minutes=1))
+    waiting = await a.create(user_id=None, name="sales", webhook_url=None, metadata={}, start=False)
+    await waiting.start("started at creation")
+    await until(lambda: waiting.qr is not None)
+    mirror = await mirror_of(b, waiting)
+    engine_a = a.engine
+    assert isinstance(engine_a, ScriptedEngine)
+    page = engine_a.live[waiting.id]
+    engine_a.pair_gate = asyncio.Event()
+    asked = asyncio.get_running_loop().create_task(
+        b.actions.run(mirror, "pair", {"phone": "15550002222"})
+    )
+    await until(lambda: engine_a.pairs_waiting == 1)
+    handing_over = asyncio.get_running_loop().create_task(a.shutdown(within=6))
+    # The page answers a second later, or as soon as its browser is closed under it.
+    with contextlib.suppress(TimeoutError):
+        await until(lambda: page.stopped, within=1)
+    engine_a.pair_gate.set()
+    assert await asked == {"code": "WAKEFUL1"}
+    await handing_over
+    assert page.stopped  # and the bot was handed over all the same
+    stored = await b.store.get_session(waiting.id)
+    assert stored is not None and stored.owner_node != "node-a"
+
+
+async def test_a_request_the_old_node_could_not_finish_before_it_left_is_answered_at_once(nodes):
+    """The page never answers: the node hands the bot over after its bound all the same,
+    and the asker hears "moving, try again" then, not after its 30 s wait."""
+    a = await nodes("node-a")
+    b = await nodes("node-b")
+    quick(a, b)
+    a.ctx.policy = replace(a.ctx.policy, qr_timeout=timedelta(minutes=1))
+    waiting = await a.create(user_id=None, name="sales", webhook_url=None, metadata={}, start=False)
+    await waiting.start("started at creation")
+    await until(lambda: waiting.qr is not None)
+    mirror = await mirror_of(b, waiting)
+    engine_a = a.engine
+    assert isinstance(engine_a, ScriptedEngine)
+    engine_a.pair_gate = asyncio.Event()  # never set
+    assert b.actions.answer_within == timedelta(seconds=30)
+    asked = asyncio.get_running_loop().create_task(
+        b.actions.run(mirror, "pair", {"phone": "15550002222"})
+    )
+    await until(lambda: engine_a.pairs_waiting == 1)
+    await a.shutdown(within=1.5)
+    async with asyncio.timeout(10):
+        with pytest.raises(ConcurrentChangeError, match="node node-a shut down"):
+            await asked

@@ -251,6 +251,9 @@ class Settings(BaseSettings):
     profile_backup_interval: Duration = timedelta(minutes=10)
     whatsapp_simulator: bool = False
     simulator_qr_every: Duration = timedelta(seconds=20)
+    # Demo mode: "real" gives the simulated page WhatsApp Web's code, files and heap (a bot
+    # then costs about what it costs on the real page); "light", a few KB.
+    simulator_weight: Literal["light", "real"] = "light"
     # Demo mode: the simulator's phone side (what arrived, uploads, which browser holds each
     # linked device) lives here; nodes of one cluster share it to see each other's browsers.
     # Unset: DATA_DIR.

@@ -31,6 +31,7 @@ from playwright.async_api import BrowserContext, Error, Page, Route
 
 from bot.engines.simulator.links import Conflict, LinkRegistry, device_id
 from bot.engines.simulator.media import MEDIA_HOST, MEDIA_KINDS, EncryptedMedia, MediaHost
+from bot.engines.simulator.weight import PICTURES_HOST, STATIC_HOST, AssetHost, Weight
 
 HERE = Path(__file__).resolve().parent
 SIMULATOR_VERSION = "2.3000.1044999999"
@@ -153,10 +154,14 @@ class Behaviour:
     groups: tuple[dict[str, Any], ...] = DEMO_GROUPS
     exists_limit: int = 30
     exists_window_ms: int = 60_000
+    # What the page weighs: None, a few dozen KB of script and no files (what tests need);
+    # a Weight, the real page's code, files and heap (weight.py).
+    weight: Weight | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def page_config(self, qr_every_ms: int) -> dict[str, Any]:
         return {
+            "weight": self.weight.page_config() if self.weight else None,
             "qrEvery": qr_every_ms,
             "qrRefs": 6,
             "version": SIMULATOR_VERSION,
@@ -228,6 +233,9 @@ class Simulator:
         self._presence: deque[PresenceUpdate] = deque(maxlen=KEEP_SENT_IN_MEMORY)
         self._page_html = (HERE / "page.html").read_text(encoding="utf-8")
         self._script = (HERE / "whatsapp.js").read_text(encoding="utf-8")
+        self._weight_script = (HERE / "weight.js").read_text(encoding="utf-8")
+        # static.whatsapp.net and pps.whatsapp.net, routed only for a page with weight.
+        self.assets = AssetHost(self.behaviour.weight or Weight())
         self.media_host = MediaHost()
         # WhatsApp's servers' record of which browser holds each linked device, shared with
         # the other processes through the record folder (see links.py).
@@ -255,6 +263,10 @@ class Simulator:
 
         await context.route("https://web.whatsapp.com/**", fulfil)
         await context.route(f"{MEDIA_HOST}/**", self._fulfil_media)
+        if self.behaviour.weight is not None:
+            self.assets.weight = self.behaviour.weight
+            await context.route(f"{STATIC_HOST}/**", self.assets.fulfil)
+            await context.route(f"{PICTURES_HOST}/**", self.assets.fulfil)
         await context.expose_binding(SENT_BINDING, record_sent)
         await context.expose_binding(PRESENCE_BINDING, record_presence)
         await context.expose_binding(LINK_BINDING, link)
@@ -311,7 +323,10 @@ class Simulator:
                     await route.fulfill(status=200, content_type="text/html", body=UNSUPPORTED_PAGE)
                     return
                 config = self.behaviour.page_config(self._qr_every_ms)
-                body = self._page_html.replace("__CONFIG__", json.dumps(config))
+                weight = '<script src="/__sim/weight.js"></script>' if config["weight"] else ""
+                body = self._page_html.replace("__CONFIG__", json.dumps(config)).replace(
+                    "__WEIGHT__", weight
+                )
                 await route.fulfill(status=200, content_type="text/html", body=body)
             elif path == "/sw.js":
                 # WhatsApp Web's service worker lives here; ours says what it is told it is.
@@ -321,6 +336,10 @@ class Simulator:
             elif path == "/__sim/client-hints":
                 header = (await request.all_headers()).get("sec-ch-ua")
                 await route.fulfill(status=200, json={"secChUa": header})
+            elif path == "/__sim/weight.js":
+                await route.fulfill(
+                    status=200, content_type="application/javascript", body=self._weight_script
+                )
             elif path == "/__sim/whatsapp.js":
                 await route.fulfill(
                     status=200, content_type="application/javascript", body=self._script

@@ -91,14 +91,16 @@ BLOCKED_URLS = (
 )
 
 
-async def block_unneeded_requests(cdp: CDPSession) -> None:
-    """Have Chromium refuse BLOCKED_URLS for this page (the blocking needs the Network domain
-    on in this session; no response bodies are kept for it)."""
+async def block_unneeded_requests(cdp: CDPSession, urls: tuple[str, ...] = BLOCKED_URLS) -> None:
+    """Have Chromium refuse `urls` for this page (the blocking needs the Network domain on
+    in this session; no response bodies are kept for it)."""
+    if not urls:
+        return
     await cdp.send(
         "Network.enable",
         {"maxTotalBufferSize": 0, "maxResourceBufferSize": 0, "maxPostDataSize": 0},
     )
-    await cdp.send("Network.setBlockedURLs", {"urls": list(BLOCKED_URLS)})
+    await cdp.send("Network.setBlockedURLs", {"urls": list(urls)})
 
 
 # What Chromium leaves behind when it is killed; a new launch refuses the profile while they

@@ -41,8 +41,10 @@ from bot.engines.base import (
     MediaFile,
     MediaNotFoundError,
 )
-from bot.engines.simulator import WHATSAPP_URL, Simulator
+from bot.engines.simulator import WHATSAPP_URL, Behaviour, Simulator
+from bot.engines.simulator.weight import REAL_WEIGHT, Weight
 from bot.engines.whatsapp.browser import (
+    BLOCKED_URLS,
     LEAN_FLAGS,
     SINGLE_PROCESS,
     ChromiumChoice,
@@ -124,6 +126,8 @@ class DriverOptions:
     backup_delay: timedelta = timedelta(seconds=60)
     backup_every: timedelta = timedelta(minutes=10)
     flags: tuple[str, ...] = LEAN_FLAGS
+    # Refused by Chromium itself (browser.py); a benchmark's "before" runs without.
+    blocked_urls: tuple[str, ...] = BLOCKED_URLS
     viewport: tuple[int, int] = (1024, 720)
     bridge: BridgeTimings = field(default_factory=BridgeTimings)
 
@@ -160,9 +164,11 @@ def create_engine(settings: Settings, db: Database | None = None) -> WhatsAppEng
     """The factory BOT_ENGINE=whatsapp resolves to. Nothing is launched until a bot starts."""
     simulator = None
     if settings.whatsapp_simulator:
+        weight = Weight() if settings.simulator_weight == REAL_WEIGHT else None
         simulator = Simulator(
             qr_every=settings.simulator_qr_every,
             record_dir=settings.whatsapp_simulator_dir or settings.data_dir,
+            behaviour=Behaviour(weight=weight),
         )
     key = settings.session_encryption_key
     vault = ProfileVault(db, key.get_secret_value() if key else None) if db else None
@@ -396,7 +402,7 @@ class WhatsAppSession:
         also says what an installed worker starting in a new browser gets)."""
         cdp = await self.context.new_cdp_session(page)
         await cdp.send("Emulation.setUserAgentOverride", self.identity.override())
-        await block_unneeded_requests(cdp)
+        await block_unneeded_requests(cdp, self.engine.options.blocked_urls)
         self._cdp_sessions.append(cdp)
         self._cdp_sessions.append(await self._service_workers.watch(self.context, page, cdp))
 

@@ -7,19 +7,27 @@ once as a server runs them, then closed before the next variant starts:
 
 * "wakeful": the real engine (`WhatsAppEngine`: driver, bridge, LEAN_FLAGS, the desktop user
   agent, its viewport). Start→QR ends at the first `qr` event its bridge reports.
-* "wakeful, flags before #19": the same engine with the flags it had before issue 19's
-  per-bot work (LEAN_FLAGS without `--single-process`), on the binary wakeful picks: the
-  per-bot goal is wakeful's PSS at most 0.8 of that, side by side in one run.
+* "wakeful, flags before #19": the same engine as it was before issue 19's per-bot work
+  (LEAN_FLAGS without `--single-process` and the page's small young generation, and no
+  BLOCKED_URLS), on the binary wakeful picks: the per-bot goal is wakeful's PSS at most 0.8
+  of that, side by side in one run.
 * "plain Playwright defaults": `launch_persistent_context(profile, executable_path=...,
   headless=True)` with no args (Playwright's own defaults), the simulator attached, then
   `page.goto("https://web.whatsapp.com/")`. Start→QR ends when the simulator reports a QR
   reference (`simulator.status(id)["ref"]`, polled every 50 ms).
 
+The page (`--page`): "real" (the default) is the simulator carrying WhatsApp Web's weight
+(`bot/engines/simulator/weight.py`: its code, fonts, emoji sheet, and once linked a store of
+300 chats and the chat list with profile pictures); each bot is then linked (its QR scanned
+by the simulated phone) and measured once its chat list has settled. "light" is the
+simulator's bare page, a few KB, and the bots are measured at their QR.
+
 The bots are asked to start at the same moment and at most BOT_START_CONCURRENCY (the
 server's default, 2) launch at a time: the slot is held from the launch until the page's
 DOMContentLoaded, as the manager holds it around `engine.start`. "start→QR" counts from that
 common moment (the wait for a slot included, as a user of the server sees it); "launch→QR"
-from the bot's own launch. Once every bot shows a QR (or failed), the script waits
+from the bot's own launch. Once every bot shows a QR (and on the real page, is linked with
+its chat list settled), or failed, the script waits
 `--settle` seconds and reads the proportional set size (PSS) of each bot's browser process
 tree (`tree_memory_bytes`): shared pages are split across the processes that map them, so
 the N trees add up to what the bots cost the machine.
@@ -34,7 +42,8 @@ launched once, unmeasured, before the first round, so no variant pays for a cold
 Everything lives in a temporary directory removed at the end; any process still naming it
 (a browser that would not close) is killed on the way out, Ctrl-C and errors included.
 
-    .venv/bin/python bench/browser_sessions.py [--bots 5] [--settle 5] [--rounds 1] [--json PATH]
+    .venv/bin/python bench/browser_sessions.py [--bots 5] [--settle 5] [--rounds 1]
+        [--page real|light] [--json PATH]
 """
 
 from __future__ import annotations
@@ -64,17 +73,25 @@ if str(REPO_ROOT) not in sys.path:
 import _common as common  # noqa: E402
 import psutil  # noqa: E402
 from loguru import logger  # noqa: E402
-from playwright.async_api import BrowserContext, Playwright, async_playwright  # noqa: E402
+from playwright.async_api import BrowserContext, Page, Playwright, async_playwright  # noqa: E402
 from playwright.async_api import Error as PlaywrightError  # noqa: E402
 
 from bot.engines.base import EngineError, EngineEvent, EventKind  # noqa: E402
 from bot.engines.simulator import WHATSAPP_URL, Behaviour, Simulator, SimulatorError  # noqa: E402
+from bot.engines.simulator.weight import (  # noqa: E402
+    REAL_WEIGHT,
+    SETTLED_SCRIPT,
+    WEIGHTS,
+    Weight,
+)
 from bot.engines.whatsapp.browser import (  # noqa: E402
+    BLOCKED_URLS,
     DEBIAN_CHROMIUM,
     DEBIAN_HEADLESS_SHELL,
     LEAN_FLAGS,
+    SINGLE_PROCESS,
+    SMALL_YOUNG_GENERATION,
     ChromiumChoice,
-    browser_flags,
     find_browser_process,
     find_chromium,
     kill_tree,
@@ -87,13 +104,14 @@ GOAL_RATIO = 0.7  # wakeful's mean PSS per bot ÷ plain Playwright defaults with
 # Issue 19's per-bot goal: wakeful's mean PSS per bot ÷ that of the flags it had before that
 # work (the same engine, page and binary, side by side in the same run).
 PER_BOT_GOAL = 0.8
-BEFORE_FLAGS = browser_flags(single_process=False)
+BEFORE_FLAGS = tuple(f for f in LEAN_FLAGS if f not in (SINGLE_PROCESS, SMALL_YOUNG_GENERATION))
 
 # The server's defaults (BOT_START_CONCURRENCY, SIMULATOR_QR_EVERY).
 START_CONCURRENCY = cast(int, Settings.model_fields["bot_start_concurrency"].default)
 QR_EVERY = cast(timedelta, Settings.model_fields["simulator_qr_every"].default)
 
 QR_TIMEOUT_S = 120.0  # one bot: from its launch to its first QR
+LINK_TIMEOUT_S = 120.0  # one bot on the weighty page: from its scan to its settled chat list
 GOTO_TIMEOUT_MS = 60_000  # as the driver's page.goto
 POLL_S = 0.05  # the baseline's QR poll
 CLOSE_TIMEOUT_S = 15.0  # one browser context closing, then its tree is killed
@@ -300,14 +318,17 @@ async def measure_wakeful(
     bots: list[str],
     settle: float,
     running: Running,
-    flags: tuple[str, ...] = LEAN_FLAGS,
+    weight: Weight | None,
+    before: bool = False,
 ) -> RoundFigures:
-    simulator = Simulator(qr_every=QR_EVERY)
+    simulator = Simulator(qr_every=QR_EVERY, behaviour=Behaviour(weight=weight))
     options = DriverOptions(
         profiles_dir=workdir / "profiles",
         chromium=ChromiumChoice(binary.path, binary.source),
         user_agent=DEFAULT_USER_AGENT,
-        flags=flags,
+        flags=BEFORE_FLAGS if before else LEAN_FLAGS,
+        # Before #19 nothing was blocked.
+        blocked_urls=() if before else BLOCKED_URLS,
     )
     engine = WhatsAppEngine(options, simulator=simulator)
     slots = asyncio.Semaphore(START_CONCURRENCY)
@@ -315,12 +336,14 @@ async def measure_wakeful(
     try:
 
         async def start_one(bot: str, result: BotResult, t0: float) -> None:
-            shown = asyncio.Event()
+            shown, ready = asyncio.Event(), asyncio.Event()
 
             async def on_event(event: EngineEvent) -> None:
                 if event.kind is EventKind.QR and not shown.is_set():
                     result.start_to_qr_s = time.perf_counter() - t0
                     shown.set()
+                elif event.kind is EventKind.READY:
+                    ready.set()
 
             try:
                 async with slots:
@@ -332,8 +355,12 @@ async def measure_wakeful(
                 async with asyncio.timeout(QR_TIMEOUT_S):
                     await shown.wait()
                 result.launch_to_qr_s = time.perf_counter() - launched
+                if weight is not None and session.page is not None:
+                    await link(simulator, bot, ready.wait, session.page)
             except (EngineError, TimeoutError) as exc:
                 result.error = _first_line(exc) if isinstance(exc, EngineError) else "no QR"
+            except (SimulatorError, LinkError) as exc:
+                result.error = _first_line(exc)
 
         results, all_qr = await run_bots(bots, start_one)
         await asyncio.sleep(settle)
@@ -351,10 +378,13 @@ async def measure_defaults(
     bots: list[str],
     settle: float,
     running: Running,
+    weight: Weight | None,
 ) -> RoundFigures:
     # Bare Playwright launches, without the bot's browser identity: the simulator's
     # unsupported-browser page for HeadlessChrome is off, the page is what is measured.
-    simulator = Simulator(qr_every=QR_EVERY, behaviour=Behaviour(headless_check=False))
+    simulator = Simulator(
+        qr_every=QR_EVERY, behaviour=Behaviour(headless_check=False, weight=weight)
+    )
     slots = asyncio.Semaphore(START_CONCURRENCY)
     trees: dict[str, psutil.Process | None] = {}
 
@@ -386,7 +416,9 @@ async def measure_defaults(
             now = time.perf_counter()
             result.start_to_qr_s = now - t0
             result.launch_to_qr_s = now - launched
-        except PlaywrightError as exc:
+            if weight is not None:
+                await link(simulator, bot, lambda: synced(simulator, bot), page)
+        except (PlaywrightError, SimulatorError, LinkError) as exc:
             result.error = _first_line(exc)
         except TimeoutError:
             result.error = "no QR"
@@ -395,6 +427,35 @@ async def measure_defaults(
     await asyncio.sleep(settle)
     await measure_trees(trees, results)
     return figures(results, all_qr)
+
+
+class LinkError(Exception):
+    """A bot on the weighty page did not link, or its chat list did not settle."""
+
+
+async def synced(simulator: Simulator, bot: str) -> None:
+    """The page says its first sync is over (as the bridge's READY would)."""
+    while True:
+        if (await simulator.status(bot)).get("syncProgress") == 100:
+            return
+        await asyncio.sleep(POLL_S)
+
+
+async def link(
+    simulator: Simulator, bot: str, linked: Callable[[], Awaitable[object]], page: Page
+) -> None:
+    """Scan the bot's QR, wait for it to be linked, then for the page's chat list to settle
+    (every picture and font loaded or refused): the real page's weight is there then."""
+    try:
+        async with asyncio.timeout(LINK_TIMEOUT_S):
+            await simulator.scan(bot)
+            await linked()
+            while True:
+                if await page.evaluate(SETTLED_SCRIPT):
+                    break
+                await asyncio.sleep(POLL_S)
+    except TimeoutError:
+        raise LinkError(f"not linked and settled within {LINK_TIMEOUT_S:g}s") from None
 
 
 async def close_all(running: Running) -> None:
@@ -434,7 +495,12 @@ def rotated(items: list[Variant], by: int) -> Iterator[Variant]:
 
 
 async def run_all(
-    variants: list[Variant], root: Path, bots: int, settle: float, rounds: int
+    variants: list[Variant],
+    root: Path,
+    bots: int,
+    settle: float,
+    rounds: int,
+    weight: Weight | None,
 ) -> dict[str, list[RoundFigures]]:
     results: dict[str, list[RoundFigures]] = {v.key: [] for v in variants}
     names = [f"bench-bot-{i + 1}" for i in range(bots)]
@@ -446,15 +512,19 @@ async def run_all(
                 workdir = root / f"round{round_no + 1}" / variant.key.replace("/", "-")
                 running = Running()
                 try:
-                    if variant.kind == "wakeful":
-                        got = await measure_wakeful(variant.binary, workdir, names, settle, running)
-                    elif variant.kind == "before":
-                        got = await measure_wakeful(
-                            variant.binary, workdir, names, settle, running, BEFORE_FLAGS
+                    if variant.kind == "defaults":
+                        got = await measure_defaults(
+                            playwright, variant.binary, workdir, names, settle, running, weight
                         )
                     else:
-                        got = await measure_defaults(
-                            playwright, variant.binary, workdir, names, settle, running
+                        got = await measure_wakeful(
+                            variant.binary,
+                            workdir,
+                            names,
+                            settle,
+                            running,
+                            weight,
+                            before=variant.kind == "before",
                         )
                 finally:
                     await close_all(running)
@@ -570,6 +640,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--settle", type=float, default=5.0, help="s after the last QR before measuring (5)"
     )
     parser.add_argument("--rounds", type=int, default=1, help="rounds; medians across them (1)")
+    parser.add_argument(
+        "--page",
+        choices=WEIGHTS,
+        default=REAL_WEIGHT,
+        help="the simulator's page: real (WhatsApp Web's weight, bots linked; the default) "
+        "or light (a few KB, bots measured at their QR)",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write figures")
     args = parser.parse_args(argv)
     if args.bots < 1 or args.settle < 0 or args.rounds < 1:
@@ -584,11 +661,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
 
     variants, notes, picked = plan_variants()
+    weight = Weight() if args.page == REAL_WEIGHT else None
     binaries = list({v.binary: None for v in variants})
     versions = {b.label: chromium_version(b) for b in binaries}
     print(
         f"{args.bots} bots per variant side by side, start concurrency {START_CONCURRENCY}, "
-        f"settle {args.settle:g}s, {args.rounds} round(s), {os.cpu_count()} CPUs; "
+        f"settle {args.settle:g}s, {args.rounds} round(s), {os.cpu_count()} CPUs, "
+        f"{args.page} page{' (linked, measured with its chat list)' if weight else ''}; "
         f"find_chromium(None) picks {picked.label} ({picked.source})"
     )
     for binary in binaries:
@@ -602,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp).resolve()
         try:
             results = common.run_async(
-                lambda: run_all(variants, root, args.bots, args.settle, args.rounds)
+                lambda: run_all(variants, root, args.bots, args.settle, args.rounds, weight)
             )
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -668,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
                 "bots": args.bots,
                 "settle_s": args.settle,
                 "rounds": args.rounds,
+                "page": args.page,
+                "weight": asdict(weight) if weight else None,
                 "start_concurrency": START_CONCURRENCY,
                 "qr_every_s": QR_EVERY.total_seconds(),
                 "wakeful_flags": list(LEAN_FLAGS),

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -308,10 +309,11 @@ async def test_the_bots_of_a_node_that_leaves_are_spread_over_the_others(nodes):
     assert {s.id for s in bots} == {i for m in (a, b) for i, s in m.sessions.items() if s.held()}
 
 
-async def test_a_node_that_hands_over_answers_the_request_it_is_working_on_first(nodes):
-    """A deploy's SIGTERM lands while the old node asks the page for a pairing code that a
-    user asked for through the new node: the user gets the code (the page is closed after),
-    not "the page was closed"."""
+async def a_pairing_code_asked_through_b_of_a_bot_on_a(
+    nodes: Any,
+) -> tuple[BotManager, BotManager, BotSession, ScriptedEngine, asyncio.Task[dict[str, Any]]]:
+    """Node A runs a bot waiting for a link; a pairing code is asked for it through node B,
+    and A's page is working on it (until `engine_a.pair_gate` is set)."""
     a = await nodes("node-a")
     b = await nodes("node-b")
     quick(a, b)
@@ -322,12 +324,21 @@ async def test_a_node_that_hands_over_answers_the_request_it_is_working_on_first
     mirror = await mirror_of(b, waiting)
     engine_a = a.engine
     assert isinstance(engine_a, ScriptedEngine)
-    page = engine_a.live[waiting.id]
     engine_a.pair_gate = asyncio.Event()
     asked = asyncio.get_running_loop().create_task(
         b.actions.run(mirror, "pair", {"phone": "15550002222"})
     )
     await until(lambda: engine_a.pairs_waiting == 1)
+    return a, b, waiting, engine_a, asked
+
+
+async def test_a_node_that_hands_over_answers_the_request_it_is_working_on_first(nodes):
+    """A deploy's SIGTERM lands while the old node asks the page for a pairing code that a
+    user asked for through the new node: the user gets the code (the page is closed after),
+    not "the page was closed"."""
+    a, b, waiting, engine_a, asked = await a_pairing_code_asked_through_b_of_a_bot_on_a(nodes)
+    page = engine_a.live[waiting.id]
+    assert engine_a.pair_gate is not None
     handing_over = asyncio.get_running_loop().create_task(a.shutdown(within=6))
     # The page answers a second later, or as soon as its browser is closed under it.
     with contextlib.suppress(TimeoutError):
@@ -343,23 +354,9 @@ async def test_a_node_that_hands_over_answers_the_request_it_is_working_on_first
 async def test_a_request_the_old_node_could_not_finish_before_it_left_is_answered_at_once(nodes):
     """The page never answers: the node hands the bot over after its bound all the same,
     and the asker hears "moving, try again" then, not after its 30 s wait."""
-    a = await nodes("node-a")
-    b = await nodes("node-b")
-    quick(a, b)
-    a.ctx.policy = replace(a.ctx.policy, qr_timeout=timedelta(minutes=1))
-    waiting = await a.create(user_id=None, name="sales", webhook_url=None, metadata={}, start=False)
-    await waiting.start("started at creation")
-    await until(lambda: waiting.qr is not None)
-    mirror = await mirror_of(b, waiting)
-    engine_a = a.engine
-    assert isinstance(engine_a, ScriptedEngine)
-    engine_a.pair_gate = asyncio.Event()  # never set
+    a, b, _, _, asked = await a_pairing_code_asked_through_b_of_a_bot_on_a(nodes)
     assert b.actions.answer_within == timedelta(seconds=30)
-    asked = asyncio.get_running_loop().create_task(
-        b.actions.run(mirror, "pair", {"phone": "15550002222"})
-    )
-    await until(lambda: engine_a.pairs_waiting == 1)
-    await a.shutdown(within=1.5)
+    await a.shutdown(within=1.5)  # the page's answer never comes
     async with asyncio.timeout(10):
         with pytest.raises(ConcurrentChangeError, match="node node-a shut down"):
             await asked

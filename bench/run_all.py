@@ -277,7 +277,8 @@ def browser_sessions(doc: dict[str, Any]) -> list[Headline]:
             doc["goal_met"],
         ),
         row(
-            "memory per bot ÷ wakeful's flags before #19 (same page and binary)",
+            "memory per bot ÷ wakeful before #19 (same binary, "
+            f"{doc['settings'].get('page', 'light')} page)",
             _n(doc.get("per_bot_ratio"), ".2f"),
             f"≤ {doc.get('per_bot_goal', 0.8):g}",
             doc.get("per_bot_goal_met"),

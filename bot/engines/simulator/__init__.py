@@ -235,7 +235,7 @@ class Simulator:
         self._script = (HERE / "whatsapp.js").read_text(encoding="utf-8")
         self._weight_script = (HERE / "weight.js").read_text(encoding="utf-8")
         # static.whatsapp.net and pps.whatsapp.net, routed only for a page with weight.
-        self.assets = AssetHost(self.behaviour.weight or Weight())
+        self.assets = AssetHost()
         self.media_host = MediaHost()
         # WhatsApp's servers' record of which browser holds each linked device, shared with
         # the other processes through the record folder (see links.py).
@@ -263,10 +263,14 @@ class Simulator:
 
         await context.route("https://web.whatsapp.com/**", fulfil)
         await context.route(f"{MEDIA_HOST}/**", self._fulfil_media)
-        if self.behaviour.weight is not None:
-            self.assets.weight = self.behaviour.weight
-            await context.route(f"{STATIC_HOST}/**", self.assets.fulfil)
-            await context.route(f"{PICTURES_HOST}/**", self.assets.fulfil)
+        weight = self.behaviour.weight
+        if weight is not None:
+
+            async def fulfil_asset(route: Route) -> None:
+                await self.assets.fulfil(route, weight)
+
+            await context.route(f"{STATIC_HOST}/**", fulfil_asset)
+            await context.route(f"{PICTURES_HOST}/**", fulfil_asset)
         await context.expose_binding(SENT_BINDING, record_sent)
         await context.expose_binding(PRESENCE_BINDING, record_presence)
         await context.expose_binding(LINK_BINDING, link)

@@ -159,15 +159,15 @@ def font_bytes(index: int, size_kb: int) -> bytes:
 
 
 class AssetHost:
-    """static.whatsapp.net and pps.whatsapp.net for the pages of one simulator."""
+    """static.whatsapp.net and pps.whatsapp.net for the pages of one simulator (each page
+    with the weight it was loaded with)."""
 
-    def __init__(self, weight: Weight) -> None:
-        self.weight = weight
+    def __init__(self) -> None:
         self.fetched: Counter[str] = Counter()  # "script", "font", "sprite", "picture"
 
-    async def fulfil(self, route: Route) -> None:
+    async def fulfil(self, route: Route, weight: Weight) -> None:
         url = urlsplit(route.request.url)
-        found = self._asset(f"{url.scheme}://{url.netloc}", url.path)
+        found = _asset(weight, f"{url.scheme}://{url.netloc}", url.path)
         try:
             if found is None:
                 await route.fulfill(status=404, headers=CORS, body="not in the simulator")
@@ -178,21 +178,22 @@ class AssetHost:
         except Error as exc:  # the page went away while we answered
             log.debug("Simulator: asset {} not answered: {}", url.path, exc)
 
-    def _asset(self, host: str, path: str) -> tuple[str, str, bytes] | None:
-        weight = self.weight
-        name = path.rsplit("/", 1)[-1]
-        stem, _, extension = name.partition(".")
-        if host == PICTURES_HOST and extension == "png" and stem.isdigit():
-            return "picture", "image/png", picture_png(int(stem), weight.picture_px)
-        if host != STATIC_HOST or not path.startswith("/rsrc.php/"):
-            return None
-        if extension == "js" and stem.startswith("app-") and stem[4:].isdigit():
-            index = int(stem[4:])
-            if index < weight.bundles:
-                script = bundle_script(index, weight.bundle_kb)
-                return "script", "application/javascript", script
-        if extension == "woff2" and stem.startswith("font-") and stem[5:].isdigit():
-            return "font", "font/woff2", font_bytes(int(stem[5:]), weight.font_kb)
-        if name == "emoji-sprite.png":
-            return "sprite", "image/png", sprite_png(weight.sprite_px)
+
+def _asset(weight: Weight, host: str, path: str) -> tuple[str, str, bytes] | None:
+    """What a URL of the two hosts is: (kind, content type, body); None: not found."""
+    name = path.rsplit("/", 1)[-1]
+    stem, _, extension = name.partition(".")
+    if host == PICTURES_HOST and extension == "png" and stem.isdigit():
+        return "picture", "image/png", picture_png(int(stem), weight.picture_px)
+    if host != STATIC_HOST or not path.startswith("/rsrc.php/"):
         return None
+    if extension == "js" and stem.startswith("app-") and stem[4:].isdigit():
+        index = int(stem[4:])
+        if index < weight.bundles:
+            script = bundle_script(index, weight.bundle_kb)
+            return "script", "application/javascript", script
+    if extension == "woff2" and stem.startswith("font-") and stem[5:].isdigit():
+        return "font", "font/woff2", font_bytes(int(stem[5:]), weight.font_kb)
+    if name == "emoji-sprite.png":
+        return "sprite", "image/png", sprite_png(weight.sprite_px)
+    return None

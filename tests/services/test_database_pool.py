@@ -1,9 +1,12 @@
 """SQLite's connection pool: bursts reuse the connections they opened instead of opening (a
-thread and a SQLite handle each, on aiosqlite) and closing new ones every time."""
+thread and a SQLite handle each, on aiosqlite) and closing new ones every time, and what the
+connections it keeps hold in memory."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 
-from services.database import SQLITE_POOL_SIZE, Database
+from services.database import SQLITE_PAGE_CACHE_KIB, SQLITE_POOL_SIZE, Database
 
 BURST = SQLITE_POOL_SIZE  # every connection the pool may hold, busy at once
 BURSTS = 4
@@ -80,3 +83,50 @@ async def select_one(db: Database) -> int:
         value = (await conn.execute(text("SELECT 1"))).scalar_one()
         await asyncio.sleep(0)  # hold it across a loop turn, so the calls overlap
         return int(value)
+
+
+def sqlite_memory_used() -> int:
+    """Bytes SQLite holds in this process, all connections together, asked of the library
+    Python's sqlite3 module runs on (the same shared library, loaded once)."""
+    name = ctypes.util.find_library("sqlite3")
+    assert name, "libsqlite3 not found"
+    library = ctypes.CDLL(name)
+    library.sqlite3_memory_used.restype = ctypes.c_int64
+    return int(library.sqlite3_memory_used())
+
+
+async def test_connections_reading_a_large_database_hold_small_page_caches(tmp_path: Path) -> None:
+    # A database far larger than any page cache, read through by every connection of a busy
+    # moment: each connection's cache fills to its limit and the pool keeps it. With SQLite's
+    # default (2 MB a connection) this held ~15 MB for 8 connections, and 30 MB at the pool's 15.
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'wakeful.db'}")
+    connections = 8
+    try:
+        async with db.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE filler (id INTEGER PRIMARY KEY, body TEXT)"))
+            await conn.execute(
+                text(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n"
+                    " WHERE i < 20000) INSERT INTO filler (body)"
+                    " SELECT hex(randomblob(200)) FROM n"
+                )
+            )
+        assert (tmp_path / "wakeful.db").stat().st_size + (
+            tmp_path / "wakeful.db-wal"
+        ).stat().st_size > 4 * 2**20
+        before = sqlite_memory_used()
+        all_in = asyncio.Barrier(connections)
+
+        async def read_everything() -> None:
+            async with db.engine.connect() as conn:
+                total = await conn.scalar(text("SELECT sum(length(body)) FROM filler"))
+                assert total == 20000 * 400
+                await all_in.wait()
+
+        await asyncio.gather(*(read_everything() for _ in range(connections)))
+        held = sqlite_memory_used() - before
+        # Per connection: its page cache, plus its handle, schema and statements (~0.2 MB).
+        ceiling = connections * (SQLITE_PAGE_CACHE_KIB * 1024 + 320 * 1024)
+        assert held < ceiling, f"{held / 2**20:.1f} MB held by {connections} connections"
+    finally:
+        await db.engine.dispose()

@@ -141,9 +141,11 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(
             parsed,
             connect_args=connect_args,
-            # Postgres: checked before use only when it may be stale (services/poolcheck.py);
-            # LIFO keeps the busy ones busy and lets the rest idle (and be pinged) together.
-            pool_use_lifo=self.dialect != "sqlite",
+            # LIFO keeps the busy connections busy and lets the rest idle. Postgres: the idle
+            # ones are pinged together when used again (services/poolcheck.py). SQLite: each
+            # connection keeps its own page cache and prepared statements, so round-robin use
+            # would, over hours, fill every connection the pool kept after a burst.
+            pool_use_lifo=True,
             # A request waiting for a pooled connection gives up (a 503) before a client or
             # a proxy gives up on it (SQLAlchemy's default is 30 s).
             pool_timeout=CONNECT_TIMEOUT,

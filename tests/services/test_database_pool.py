@@ -130,3 +130,31 @@ async def test_connections_reading_a_large_database_hold_small_page_caches(tmp_p
         assert held < ceiling, f"{held / 2**20:.1f} MB held by {connections} connections"
     finally:
         await db.engine.dispose()
+
+
+async def test_steady_use_after_a_burst_fills_one_connection_not_all(tmp_path: Path) -> None:
+    # After a burst the pool keeps every connection it opened. Each SQLite connection keeps
+    # the statements it ran prepared (a few KiB each) and its own page cache: if steady,
+    # one-at-a-time use went round all of them, every kept connection would in time hold
+    # every statement the server runs, and the memory grew for hours before it levelled off.
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'wakeful.db'}")
+    kept = 8
+    shapes = 41  # not a multiple of `kept`: round-robin would take each to every connection
+
+    async def run_every_shape() -> None:
+        for shape in range(shapes):
+            async with db.engine.connect() as conn:
+                await conn.execute(text(f"SELECT {shape} AS shape, :n AS n"), {"n": shape})
+
+    try:
+        await burst(db, kept)
+        before = sqlite_memory_used()
+        await run_every_shape()
+        prepared_once = sqlite_memory_used() - before
+        for _ in range(kept - 1):
+            await run_every_shape()
+        held = sqlite_memory_used() - before
+        # Round-robin (SQLAlchemy's default FIFO pool) held 8 times as much here.
+        assert held < 2 * prepared_once, f"{held} bytes, {prepared_once} after one round"
+    finally:
+        await db.engine.dispose()

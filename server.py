@@ -53,6 +53,7 @@ from bot.webhook_reply import Reply
 from bot.webhooks import DeliveryStore, WebhookConfig, Webhooks
 from config import VERSION, ConfigError, Settings, format_duration, load_settings
 from services.alerts import AlertConfigError, Alerter
+from services.allocator import return_large_blocks
 from services.clock import Clock, SystemClock
 from services.database import Database, DatabaseError
 from services.dbhealth import DatabaseMonitor
@@ -599,6 +600,8 @@ def main() -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
+    # Large buffers freed go back to the system for the life of the process (glibc only).
+    return_large_blocks()
     if os.environ.get("WAKEFUL_TRACEMALLOC"):  # opt-in memory debugging: README, Performance
         from services.memtrace import start_from_env
 

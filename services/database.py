@@ -29,12 +29,12 @@ CONNECT_TIMEOUT = 10.0
 # and a SQLite handle, so under steady load the server opened and closed one every few
 # seconds (CPU and threads spent for nothing: bench/db_pool_churn.py; its memory was not
 # shown to grow with it). The same ceiling (15), kept once opened: the pool grows to the
-# busiest moment and stays there (at most 15 page caches then, 2 MB each, instead of 5).
+# busiest moment and stays there (at most 15 page caches then, instead of 5: see below).
 SQLITE_POOL_SIZE = 15
 # Each SQLite connection keeps a page cache of its own, 2 MB by default, filled as the
-# database grows past it: 15 connections held up to 30 MB that arrived slowly over hours
-# and looked like a leak in the soak. The file's pages stay in the kernel's page cache
-# (shared, reclaimable), so a read the small cache misses costs a copy, not a disk read.
+# database grows past it: up to 30 MB at the pool's 15 connections, arriving over hours, which
+# looked like a leak in the soak. The file's pages stay in the kernel's page cache (shared,
+# reclaimable), so a read the small cache misses costs a copy, not a disk read.
 SQLITE_PAGE_CACHE_KIB = 512
 # A pooled Postgres connection idle this long is pinged before use: idle timeouts of proxies
 # and NATs that drop a connection without a word are minutes, not seconds.

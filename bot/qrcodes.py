@@ -7,15 +7,20 @@ there once, as a QR drawn with block characters that a phone can scan off the sc
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import segno
 from loguru import logger
+
+if TYPE_CHECKING:
+    import segno
 
 IMAGE_SCALE = 8
 
 
 def _qr(data: str) -> segno.QRCode:
+    # segno (and the XML writer it brings) is loaded with the first QR, not at start.
+    import segno
+
     return segno.make(data, error="l", micro=False)
 
 

@@ -8,15 +8,15 @@ from `web/static`: no CDN, no build step.
 from __future__ import annotations
 
 import secrets
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.templating import Jinja2Templates
 
 from services.metrics import SystemSampler
 from web.api import keepalive_document
@@ -33,12 +33,23 @@ from web.websession import (
     set_cookie,
 )
 
+if TYPE_CHECKING:
+    from starlette.templating import Jinja2Templates
+
 HERE = Path(__file__).resolve().parent
-templates = Jinja2Templates(directory=str(HERE / "templates"))
 LATENCY_POINTS = 60
 
 
 FORM_MAX_BYTES = 4096
+
+
+@cache
+def templates() -> Jinja2Templates:
+    """Jinja2 is loaded with the first page served, not at start: a deploy driven only
+    through the API (most are) never carries it (~2 MB)."""
+    from starlette.templating import Jinja2Templates
+
+    return Jinja2Templates(directory=str(HERE / "templates"))
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -74,7 +85,7 @@ def _page(
     request: Request, name: str, who: Principal, session: BrowserSession, **context: Any
 ) -> Response:
     settings = request.app.state.settings
-    return templates.TemplateResponse(
+    return templates().TemplateResponse(
         request,
         name,
         {
@@ -93,7 +104,7 @@ def _to_login() -> Response:
 
 async def login_form(request: Request, error: str | None = None, status: int = 200) -> Response:
     csrf = secrets.token_urlsafe(24)
-    response = templates.TemplateResponse(
+    response = templates().TemplateResponse(
         request,
         "login.html",
         {"csrf": csrf, "error": error, "who": None, "demo": False},
@@ -193,7 +204,7 @@ async def bot_page(request: Request) -> Response:
     bot_id = request.path_params["session_id"]
     found = request.app.state.manager.visible(bot_id, who.owner_scope)
     if found is None:
-        return templates.TemplateResponse(
+        return templates().TemplateResponse(
             request,
             "missing.html",
             {"who": who, "csrf": session.csrf, "demo": False, "bot_id": bot_id[:40]},

@@ -494,10 +494,12 @@ async def _start_jobs_once_listening(
     """
     listening: asyncio.Event = app.state.listening
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(listening.wait(), timeout=1.0)
+        async with asyncio.timeout(1.0):
+            await listening.wait()
     if boot_check is not None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(boot_check.done.wait(), timeout=boot_check.timeout + 5)
+            async with asyncio.timeout(boot_check.timeout + 5):
+                await boot_check.done.wait()
     scheduler.start()
 
 

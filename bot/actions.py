@@ -352,7 +352,8 @@ class Actions:
                         raise OwnedElsewhereError(session_id, None)
                 # A notice cuts the wait short; the poll is for a notice that never comes.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(answered.wait(), min(left, 0.25))
+                    async with asyncio.timeout(min(left, 0.25)):
+                        await answered.wait()
                 answered.clear()
         finally:
             self._answered.pop(action_id, None)
@@ -376,7 +377,8 @@ class Actions:
             # With LISTEN, a request's notice wakes this at once; the look is a safety net.
             every = self.poll_seconds if not self.node.listening else LISTENING_POLL_SECONDS
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._asked.wait(), every)
+                async with asyncio.timeout(every):
+                    await self._asked.wait()
 
     async def serve_once(self) -> int:
         now = self.manager.clock.now()

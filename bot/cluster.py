@@ -240,7 +240,8 @@ class Node:
         listener, self._listener = self._listener, None
         if listener is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(listener.close(), 2)
+                async with asyncio.timeout(2):
+                    await listener.close()
 
 
 def _alive(pid: int, own_pid: int) -> bool:

@@ -124,7 +124,8 @@ class ContactChecker:
             self._tasks.add(task)
             task.add_done_callback(self._finished)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), self.budget)
+                async with asyncio.timeout(self.budget):
+                    await asyncio.shield(task)
             if task.done() and not task.cancelled():
                 failure = task.exception()
                 if failure is not None:

@@ -106,7 +106,8 @@ class ClusterKeeper:
                 else:
                     log.opt(exception=exc).warning("Cluster step failed: {}", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(node.wakeup.wait(), self._wait_seconds(every))
+                async with asyncio.timeout(self._wait_seconds(every)):
+                    await node.wakeup.wait()
 
     def _wait_seconds(self, every: float) -> float:
         return seconds_to_next_step(every, self._next_expiry, self.manager.clock.now())

@@ -134,7 +134,8 @@ class OutboxSender:
                     # Cut short by a wake-up: a message accepted (the database answers
                     # again), the database seen back (wake_all), or a shutdown.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wakeup.wait(), pause)
+                        async with asyncio.timeout(pause):
+                            await wakeup.wait()
                     continue
                 errors = 0
                 if sent:
@@ -146,13 +147,15 @@ class OutboxSender:
                     if gap > 0:
                         # New messages do not shorten the gap; a shutdown does.
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._stopped.wait(), gap)
+                            async with asyncio.timeout(gap):
+                                await self._stopped.wait()
                     continue
                 wait = IDLE_POLL
                 if due is not None:
                     wait = min(max((due - self.clock.now()).total_seconds(), 0.02), IDLE_POLL)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await wakeup.wait()
         finally:
             self._wakeups.pop(session.id, None)
             self._due.pop(session.id, None)
@@ -172,7 +175,8 @@ class OutboxSender:
         try:
             if self.presence:
                 await self._show_presence(session.id, handle, message)
-            engine_id = await asyncio.wait_for(self._deliver(handle, message), self.send_timeout)
+            async with asyncio.timeout(self.send_timeout):
+                engine_id = await self._deliver(handle, message)
         except Exception as exc:
             error = _describe(exc)
             now = self.clock.now()
@@ -258,15 +262,18 @@ class OutboxSender:
         quiet = min(max(remaining - wait, 0.0), lead)
         if quiet > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), quiet)
+                async with asyncio.timeout(quiet):
+                    await self._stopped.wait()
         state = content.presence if wait > 0 else "read"
         try:
-            await asyncio.wait_for(handle.presence(message.to, state), self.send_timeout / 4)
+            async with asyncio.timeout(self.send_timeout / 4):
+                await handle.presence(message.to, state)
         except Exception as exc:
             log.bind(session=session_id).debug("No presence before {}: {}", message.id, exc)
         if wait > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._stopped.wait()
 
     async def shutdown(self, within: float) -> None:
         """Let sends under way finish (their marks are what prevents a re-send), then stop."""

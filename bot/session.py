@@ -402,7 +402,8 @@ class BotSession:
             reason += "; the phone may still list this device under Linked devices: remove it"
         else:
             try:
-                await asyncio.wait_for(self._engine_session.logout(), timeout=15)
+                async with asyncio.timeout(15):
+                    await self._engine_session.logout()
             except Exception as exc:
                 self._log().warning("Logout through the page failed: {}", exc)
         await self._close_engine()
@@ -926,7 +927,8 @@ class BotSession:
             ok = False
             if handle is not None:
                 try:
-                    beat = await asyncio.wait_for(handle.heartbeat(), HEARTBEAT_TIMEOUT)
+                    async with asyncio.timeout(HEARTBEAT_TIMEOUT):
+                        beat = await handle.heartbeat()
                     ok = beat.ok
                 except Exception as exc:
                     self._log().debug("Heartbeat failed: {}", exc)
@@ -989,7 +991,8 @@ class BotSession:
         if handle is None:
             return
         try:
-            await asyncio.wait_for(handle.stop(), timeout=15)
+            async with asyncio.timeout(15):
+                await handle.stop()
         except Exception as exc:
             self._log().warning("Closing the engine session failed: {}", _describe(exc))
 

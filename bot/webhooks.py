@@ -353,7 +353,8 @@ class Webhooks:
                     log.warning("Webhook delivery loop error ({}); retrying in {:.0f}s", exc, pause)
                     # Cut short by a wake-up: a new event queued or the database seen back.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), pause)
+                        async with asyncio.timeout(pause):
+                            await self._wake.wait()
                     continue
                 errors = 0
                 wait = 30.0
@@ -363,7 +364,8 @@ class Webhooks:
                     # Due, but their receivers are busy: a delivery ending wakes us sooner.
                     wait = max(wait, 1.0)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
         finally:
             for task in list(self._tasks):
                 task.cancel()

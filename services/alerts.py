@@ -222,7 +222,8 @@ class Alerter:
             async with self._writing:
                 try:
                     # Bounded: a database away must not hold the notice back for long.
-                    mine = await asyncio.wait_for(action(store), STORE_WAIT_SECONDS)
+                    async with asyncio.timeout(STORE_WAIT_SECONDS):
+                        mine = await action(store)
                 except Exception as exc:  # the database away must not lose the alert itself
                     log.warning("Could not {}: {}", what, type(exc).__name__)
                     mine = True

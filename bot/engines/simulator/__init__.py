@@ -651,7 +651,8 @@ class Simulator:
         page = self._page(session_id)
         cdp = await page.context.new_cdp_session(page)
         with contextlib.suppress(Error, TimeoutError):  # the crash takes the reply with it
-            await asyncio.wait_for(cdp.send("Page.crash"), timeout=2)
+            async with asyncio.timeout(2):
+                await cdp.send("Page.crash")
 
     async def act(self, session_id: str, action: str, data: dict[str, Any]) -> dict[str, Any]:
         """One control by name, for the HTTP API of demo mode."""
@@ -739,7 +740,8 @@ class Simulator:
     async def _call(self, session_id: str, script: str, arg: Any = None) -> Any:
         page = self._page(session_id)
         try:
-            return await asyncio.wait_for(page.evaluate(script, arg), timeout=10)
+            async with asyncio.timeout(10):
+                return await page.evaluate(script, arg)
         except Error as exc:
             message = str(exc).splitlines()[0].removeprefix("Error: ").strip()
             raise SimulatorError(message.removeprefix("page.evaluate: Error: ")) from None

@@ -464,7 +464,8 @@ class WhatsAppSession:
         if page is None or page.is_closed():
             raise EngineError("the page is closed")
         try:
-            return await asyncio.wait_for(page.evaluate(script, arg), bound)
+            async with asyncio.timeout(bound):
+                return await page.evaluate(script, arg)
         except Error as exc:
             raise EngineError(_page_error(exc)) from None
         except TimeoutError:
@@ -592,7 +593,8 @@ class WhatsAppSession:
                 if self._backups is not None:
                     self._backups.cancel()
             try:
-                await asyncio.wait_for(self.context.close(), CLOSE_TIMEOUT)
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self.context.close()
             except (Error, TimeoutError) as exc:
                 forced = True
                 self._log.warning("The browser did not close ({}); killing it", _first_line(exc))

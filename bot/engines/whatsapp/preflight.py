@@ -127,7 +127,8 @@ async def probe_driver() -> Diagnosis | None:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        output, _ = await asyncio.wait_for(process.communicate(), DRIVER_PROBE_TIMEOUT)
+        async with asyncio.timeout(DRIVER_PROBE_TIMEOUT):
+            output, _ = await process.communicate()
     except (OSError, TimeoutError) as exc:
         return Diagnosis(
             f"the Playwright driver ({node}) does not start: {exc}",

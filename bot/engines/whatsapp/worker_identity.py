@@ -110,7 +110,8 @@ class ServiceWorkerIdentity:
             if event["targetInfo"]["type"] == "service_worker" and target not in self._presented:
                 self._presented.add(target)
                 try:
-                    await asyncio.wait_for(self._override_in(presenter, target), OVERRIDE_TIMEOUT)
+                    async with asyncio.timeout(OVERRIDE_TIMEOUT):
+                        await self._override_in(presenter, target)
                 except (Error, TimeoutError) as exc:  # the worker or the page went away
                     self._presented.discard(target)
                     log.debug("Service worker {} not given the identity: {!r}", target, exc)

@@ -149,3 +149,23 @@ def test_a_missing_library_is_named_with_its_package():
 )
 def test_debian_library_package_names(soname: str, package: str):
     assert diagnose.debian_package_for(soname) == package
+
+
+def test_the_cmd_can_be_given_a_platforms_variables():
+    from scripts.imagecheck.__main__ import arguments
+
+    args = arguments(["--env", "SIMULATOR_WEIGHT=real", "--env", "LOG_LEVEL=DEBUG=x"])
+    # As `docker run -e`: the first = splits, the rest is the value.
+    assert dict(args.env) == {"SIMULATOR_WEIGHT": "real", "LOG_LEVEL": "DEBUG=x"}
+
+
+@pytest.mark.parametrize(
+    "bad", ["SIMULATOR_WEIGHT", "1X=a", "A-B=c", "=x", "PORT=9", "ADMIN_TOKEN=t"]
+)
+def test_a_bad_env_option_stops_the_check_naming_it(bad: str, capsys: pytest.CaptureFixture[str]):
+    from scripts.imagecheck.__main__ import arguments
+
+    with pytest.raises(SystemExit) as stopped:
+        arguments(["--env", bad])
+    assert stopped.value.code == 2
+    assert "--env" in capsys.readouterr().err

@@ -38,7 +38,7 @@ BOT_BINARIES = (
 )
 
 
-def arguments() -> argparse.Namespace:
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="image-check", description=__doc__)
     parser.add_argument("--dockerfile", type=Path, default=Path("Dockerfile"))
     parser.add_argument("--context", type=Path, default=Path("."))
@@ -49,7 +49,32 @@ def arguments() -> argparse.Namespace:
         default=15.0,
         help="seconds SIGTERM may take (SHUTDOWN_TIMEOUT 10 s + margin)",
     )
-    return parser.parse_args()
+    parser.add_argument(
+        "--env",
+        type=env_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="more environment for the CMD, as a platform's variables (repeatable); e.g. "
+        "SIMULATOR_WEIGHT=real for a demo bot with WhatsApp Web's weight",
+    )
+    return parser.parse_args(argv)
+
+
+# The check sets these itself: its port, its token, demo mode.
+RESERVED_ENV = frozenset({"PORT", "ADMIN_TOKEN", "WHATSAPP_SIMULATOR"})
+
+
+def env_setting(text: str) -> tuple[str, str]:
+    """NAME=VALUE, as `docker run -e` takes it."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.replace("_", "a").isalnum() or name[0].isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected NAME=VALUE, NAME letters, digits and _ (not first a digit)"
+        )
+    if name in RESERVED_ENV:
+        raise argparse.ArgumentTypeError(f"{name}: set by the check itself")
+    return name, value
 
 
 def linked_libraries(chroot: Chroot, env: dict[str, str]) -> list[diagnose.MissingLibrary]:
@@ -95,7 +120,7 @@ def check(args: argparse.Namespace) -> int:
         user = resolve_user(rootfs, parsed.user())
         run = DemoRun(
             chroot,
-            parsed.env() | base.env() | {k: v for k, v in state.env.items()},
+            parsed.env() | base.env() | {k: v for k, v in state.env.items()} | dict(args.env),
             state.workdir,
             user,
             parsed.cmd(),
@@ -129,6 +154,7 @@ def check(args: argparse.Namespace) -> int:
             return 1
     figures = run.figures
     overhead = figures.server + figures.driver
+    page = "weighty" if dict(args.env).get("SIMULATOR_WEIGHT") == "real" else "light simulator"
     total = overhead + figures.bot
     verdict = (
         "met"
@@ -145,7 +171,7 @@ def check(args: argparse.Namespace) -> int:
         f"  Playwright driver     {_memory(figures.driver)}\n"
         f"  server + driver       {_memory(overhead)}\n"
         f"                        (goal ≤ {OVERHEAD_GOAL_MB} MB PSS: {verdict})\n"
-        f"  one demo bot          {_memory(figures.bot)} (browser tree, simulator page)\n"
+        f"  one demo bot          {_memory(figures.bot)} (browser tree, {page} page)\n"
         f"  total                 {_memory(total)}\n"
         f"  whole check           {time.monotonic() - started:8.0f} s",
         flush=True,

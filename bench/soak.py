@@ -1212,7 +1212,34 @@ def headlines(
             "goal": "all, 0 changes",
             "met": bots["met"],
         },
+        *slope_headlines(goals),
     ]
+
+
+def slope_headlines(goals: dict[str, Any]) -> list[dict[str, Any]]:
+    """The --speed mode's verdict, one row a judged process: the slope, by how much it is
+    missed, and what it would be at 1x if the growth follows the events."""
+    slopes = goals.get("memory_slope")
+    if slopes is None:
+        return []
+    speed = float(slopes["speed"])
+    found = []
+    for name, slope in slopes["mb_per_h"].items():
+        met = slope is not None and slope < SLOPE_GOAL_MB_PER_H
+        value = f"{_f(slope, '+.2f')} MB/hour"
+        if slope is not None:
+            if not met:
+                value += f" (missed by {slope - SLOPE_GOAL_MB_PER_H:.2f})"
+            value += f"; ≈ {slope / speed:+.2f} at 1x if per event"
+        found.append(
+            {
+                "figure": f"{name} anon. memory slope after the windows filled, at {speed:g}x",
+                "value": value,
+                "goal": f"< {SLOPE_GOAL_MB_PER_H:g} MB/hour",
+                "met": met,
+            }
+        )
+    return found
 
 
 def report(result: SoakResult, args: argparse.Namespace) -> tuple[dict[str, Any], list[Growth]]:

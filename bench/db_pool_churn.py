@@ -10,6 +10,7 @@ SwapPss, as the soak reads it) after the warm-up and at the end, as MB per 1,000
 wall-clock and CPU time a burst takes (CPU: the process's, all threads).
 
     .venv/bin/python bench/db_pool_churn.py [--bursts 500] [--warmup 100] [--concurrency 12]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+import _common as common  # noqa: E402
 from sqlalchemy import event, text  # noqa: E402
 
 from services.database import SQLITE_POOL_SIZE, Database  # noqa: E402
@@ -92,6 +94,7 @@ def main() -> int:
     parser.add_argument("--bursts", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=12)
+    parser.add_argument("--json", type=Path, default=None, help="write figures (for run_all)")
     parser.add_argument("--variant", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant is not None:  # the child
@@ -102,9 +105,10 @@ def main() -> int:
         f"{args.bursts} bursts of {args.concurrency} concurrent connections (after "
         f"{args.warmup}); wakeful's pool: {SQLITE_POOL_SIZE}, no overflow"
     )
+    results: dict[str, dict[str, Any]] = {}
     for variant in VARIANTS:
         done = subprocess.run(
-            [sys.executable, __file__, *sys.argv[1:], "--variant", variant],
+            [sys.executable, __file__, *child_argv(sys.argv[1:]), "--variant", variant],
             capture_output=True,
             text=True,
             check=True,
@@ -117,7 +121,54 @@ def main() -> int:
             f"({r['mb_per_1000_bursts']:+.2f} MB per 1,000 bursts); "
             f"{r['wall_ms_per_burst']:.1f} ms a burst, {r['cpu_ms_per_burst']:.1f} ms CPU"
         )
+        results[variant] = r
+    if args.json is not None:
+        common.write_json(args.json, document(args, results))
     return 0
+
+
+def child_argv(argv: list[str]) -> list[str]:
+    """The options without --json: only the parent writes the figures."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--json":
+            skip = True
+        elif not arg.startswith("--json="):
+            kept.append(arg)
+    return kept
+
+
+def document(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The figures, with headlines for bench/run_all.py (diagnostic: no goal of its own)."""
+    ours, default = results["wakeful"], results["default"]
+    return {
+        "benchmark": "db_pool_churn",
+        "settings": {
+            "bursts": args.bursts,
+            "warmup": args.warmup,
+            "concurrency": args.concurrency,
+            "sqlite_pool_size": SQLITE_POOL_SIZE,
+        },
+        "results": results,
+        "headlines": [
+            {
+                "figure": f"SQLite connections opened in {args.bursts} bursts of "
+                f"{args.concurrency}: wakeful's pool / SQLAlchemy's default",
+                "value": f"{ours['connections_opened']} / {default['connections_opened']}",
+                "goal": None,
+                "met": None,
+            },
+            {
+                "figure": "CPU a burst: wakeful's pool / SQLAlchemy's default",
+                "value": f"{ours['cpu_ms_per_burst']:.1f} / {default['cpu_ms_per_burst']:.1f} ms",
+                "goal": None,
+                "met": None,
+            },
+        ],
+    }
 
 
 if __name__ == "__main__":

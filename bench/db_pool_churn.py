@@ -108,7 +108,11 @@ def main() -> int:
     results: dict[str, dict[str, Any]] = {}
     for variant in VARIANTS:
         done = subprocess.run(
-            [sys.executable, __file__, *child_argv(sys.argv[1:]), "--variant", variant],
+            [
+                *(sys.executable, __file__, "--variant", variant),
+                *("--bursts", str(args.bursts), "--warmup", str(args.warmup)),
+                *("--concurrency", str(args.concurrency)),
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -125,20 +129,6 @@ def main() -> int:
     if args.json is not None:
         common.write_json(args.json, document(args, results))
     return 0
-
-
-def child_argv(argv: list[str]) -> list[str]:
-    """The options without --json: only the parent writes the figures."""
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--json":
-            skip = True
-        elif not arg.startswith("--json="):
-            kept.append(arg)
-    return kept
 
 
 def document(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -1326,18 +1326,8 @@ def report(result: SoakResult, args: argparse.Namespace) -> tuple[dict[str, Any]
         f"bots: {b['connected']} of {b['bots']} connected, {b['state_changes']} state "
         f"changes: {verdict(b['met'])}"
     )
-    if args.speed > 1:
-        slopes = goals["memory_slope"]
-        for name, slope in slopes["mb_per_h"].items():
-            met = slope is not None and slope < SLOPE_GOAL_MB_PER_H
-            miss = "" if met or slope is None else f", missed by {slope - SLOPE_GOAL_MB_PER_H:.2f}"
-            per_event = None if slope is None else slope / args.speed
-            print(
-                f"{name} anonymous memory slope at {args.speed:g}x after the windows filled: "
-                f"{_f(slope, '+.2f')} MB/hour (≈ {_f(per_event, '+.2f')} "
-                f"at 1x if per event; goal < {SLOPE_GOAL_MB_PER_H:g}: "
-                f"{'met' if met else 'NOT met'}{miss})"
-            )
+    for row in slope_headlines(goals):
+        print(f"{row['figure']}: {row['value']} (goal {row['goal']}: {verdict(row['met'])})")
     overall = all(g["met"] for g in goals.values())
     cut = "" if result.completed else f"; cut short after {format_s(round(result.ran_s))}"
     print(f"verdict: {'PASS' if overall else 'FAIL'} (memory flat after warm-up, zero errors{cut})")
